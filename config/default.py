@@ -1,0 +1,30 @@
+"""Default settings. Every name can be overridden by an environment variable of the
+same name (see gateway/settings.py), or by a file named in GATEWAY_SETTINGS."""
+
+# SQLAlchemy URL. Empty means a SQLite file in the instance folder.
+DATABASE_URL = ""
+# Comma-separated bearer keys accepted on /api/v1. Empty: every call is refused.
+GATEWAY_API_KEYS = ""
+
+# Stripe. Without a secret key, purchases answer payment_provider_unavailable.
+STRIPE_SECRET_KEY = ""
+STRIPE_WEBHOOK_SECRETS = ""
+STRIPE_API_BASE = ""
+STRIPE_TAX_MODE = ""  # automatic | rates | none; empty: rates when ids are set, else none
+STRIPE_TAX_RATE_IDS = ""
+STRIPE_COLLECTION_METHOD = "charge_automatically"  # or send_invoice
+STRIPE_DAYS_UNTIL_DUE = 30
+STRIPE_MAX_NETWORK_RETRIES = 2
+STRIPE_TIMEOUT_SECONDS = 20
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = 300
+STRIPE_WEBHOOK_MAX_BODY_BYTES = 262144
+
+# Idempotency keys are kept this long (hours) and then deleted.
+IDEMPOTENCY_KEY_TTL_HOURS = 24
+# Purchases whose invoice never reached us are failed by reconcile after this (minutes).
+PURCHASE_STUCK_GRACE_MINUTES = 60
+# Rows handled per transaction by the expiry sweep.
+EXPIRY_BATCH_SIZE = 500
+
+# Largest JSON body accepted on the API.
+MAX_CONTENT_LENGTH = 65536

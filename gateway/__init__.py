@@ -1,0 +1,38 @@
+"""Credit gateway: prepaid credits sold through Stripe invoices and kept in a ledger."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import Engine
+from sqlalchemy.engine import Connection
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    overrides: dict[str, Any] | None = None, *, bind: Engine | Connection | None = None
+) -> Flask:
+    """The application factory: config → database → blueprints → errors → CLI.
+
+    `overrides` replace settings (tests); `bind` reuses an engine or connection
+    instead of building one from DATABASE_URL (tests, benchmarks).
+    """
+    from gateway import cli, metrics
+    from gateway.api import register_api
+    from gateway.api.errors import register_error_handlers
+    from gateway.db import Database, build_engine
+    from gateway.settings import load_config
+
+    app = Flask(__name__, instance_relative_config=True, static_folder=None)
+    settings = load_config(app, overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    Database(bind if bind is not None else build_engine(settings.database_url)).init_app(app)
+    metrics.init_app(app)
+    register_api(app)
+    register_error_handlers(app)
+    cli.register_commands(app)
+    return app

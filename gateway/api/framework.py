@@ -1,0 +1,161 @@
+"""The shape every API view shares: parse strictly, run one transaction, dump.
+
+A view is declared with `@endpoint(...)`: its body and query schemas, its response
+schema and status, and the error codes it can answer. The same declaration feeds
+the OpenAPI document (`gateway.api.spec`), so the document cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import wraps
+from typing import Any
+
+from flask import Blueprint, Response, request
+from marshmallow import Schema
+
+from gateway.api.errors import ApiError
+from gateway.db import get_session, unit_of_work
+
+
+@dataclass
+class Reply:
+    """What a view returns: the object to dump with its response schema, and a status."""
+
+    payload: Any
+    status: int = 200
+
+
+@dataclass
+class Operation:
+    rule: str
+    method: str
+    view_name: str
+    summary: str
+    body: type[Schema] | None
+    query: type[Schema] | None
+    response: type[Schema] | None
+    status: int
+    errors: Sequence[str]
+    authenticated: bool
+    extra_statuses: dict[int, str] = field(default_factory=dict)
+
+
+OPERATIONS: list[Operation] = []
+
+COMMON_ERRORS = ("unauthorized", "internal_error")
+BODY_ERRORS = ("validation_errors", "invalid_json", "unsupported_media_type", "payload_too_large")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def parse_json_body() -> Any:
+    """The request's JSON, refusing wrong content types, bad UTF-8, NaN and Infinity.
+
+    Numbers with a fraction become `Decimal`, never `float`.
+    """
+    if request.mimetype != "application/json":
+        raise ApiError(
+            "unsupported_media_type", "send the body as JSON (Content-Type: application/json)"
+        )
+    raw = request.get_data(cache=True)
+    try:
+        return json.loads(raw.decode("utf-8"), parse_float=Decimal, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        message = "the body is not valid JSON"
+        if isinstance(exc, json.JSONDecodeError):
+            message += f" (line {exc.lineno}, column {exc.colno})"
+        elif isinstance(exc, ValueError) and "not a number" in str(exc):
+            message = f"the body is not valid JSON: {exc}"
+        raise ApiError("invalid_json", message) from exc
+
+
+def load_body(schema: Schema) -> dict[str, Any]:
+    payload = parse_json_body()
+    if not isinstance(payload, dict):
+        raise ApiError(
+            "validation_errors",
+            "the body must be a JSON object",
+            {"_schema": ["must be an object"]},
+        )
+    loaded: dict[str, Any] = schema.load(payload)
+    return loaded
+
+
+def load_query(schema: Schema) -> dict[str, Any]:
+    loaded: dict[str, Any] = schema.load(request.args.to_dict(flat=True))
+    return loaded
+
+
+def json_response(payload: Any, status: int) -> Response:
+    return Response(
+        json.dumps(payload, separators=(",", ":")),
+        status=status,
+        mimetype="application/json",
+    )
+
+
+def endpoint(
+    bp: Blueprint,
+    rule: str,
+    method: str,
+    *,
+    summary: str,
+    body: type[Schema] | None = None,
+    query: type[Schema] | None = None,
+    response: type[Schema] | None = None,
+    status: int = 200,
+    errors: Sequence[str] = (),
+    authenticated: bool = True,
+    extra_statuses: dict[int, str] | None = None,
+) -> Callable[[Callable[..., Reply]], Callable[..., Response]]:
+    """Register `view` on `bp` and describe it for the OpenAPI document.
+
+    The view gets the path arguments plus `body=` and/or `query=` (loaded dicts) and
+    runs inside one database transaction, committed only if it returns normally.
+    """
+
+    def decorate(view: Callable[..., Reply]) -> Callable[..., Response]:
+        full_rule = (bp.url_prefix or "") + rule
+        OPERATIONS.append(
+            Operation(
+                rule=full_rule,
+                method=method.upper(),
+                view_name=view.__name__,
+                summary=summary,
+                body=body,
+                query=query,
+                response=response,
+                status=status,
+                errors=tuple(errors),
+                authenticated=authenticated,
+                extra_statuses=extra_statuses or {},
+            )
+        )
+        response_schema = response() if response is not None else None
+
+        @wraps(view)
+        def wrapper(**path_args: Any) -> Response:
+            kwargs: dict[str, Any] = dict(path_args)
+            if body is not None:
+                kwargs["body"] = load_body(body())
+            if query is not None:
+                kwargs["query"] = load_query(query())
+            with unit_of_work(get_session()):
+                reply = view(**kwargs)
+                dumped = (
+                    response_schema.dump(reply.payload)
+                    if response_schema is not None
+                    else reply.payload
+                )
+            return json_response(dumped, reply.status)
+
+        bp.add_url_rule(rule, endpoint=view.__name__, view_func=wrapper, methods=[method.upper()])
+        return wrapper
+
+    return decorate

@@ -1,0 +1,317 @@
+"""The tables. Balances change only through `gateway.ledger`."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from gateway.db import Base, UTCDateTime, new_id, utcnow
+
+# Credits and rates: 5 decimal places. Transaction amounts: their exact product.
+Credits = Numeric(30, 5, asdecimal=True)
+Rate = Numeric(30, 5, asdecimal=True)
+ExactAmount = Numeric(40, 10, asdecimal=True)
+
+
+class SubscriptionStatus(enum.StrEnum):
+    ACTIVE = "active"
+    TERMINATED = "terminated"
+
+
+class WalletStatus(enum.StrEnum):
+    ACTIVE = "active"
+    TERMINATED = "terminated"
+
+
+class TransactionType(enum.StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class TransactionStatus(enum.StrEnum):
+    """What the movement is (`transaction_status` in the API)."""
+
+    PURCHASED = "purchased"
+    GRANTED = "granted"
+    VOIDED = "voided"
+    INVOICED = "invoiced"
+
+
+class EntryStatus(enum.StrEnum):
+    """Where the movement is (`status` in the API)."""
+
+    PENDING = "pending"
+    SETTLED = "settled"
+    FAILED = "failed"
+
+
+class PurchaseStatus(enum.StrEnum):
+    """Life of a paid-credits purchase.
+
+    creating: row committed, invoice not (yet) stored; open: invoice finalized at the
+    provider; settled: paid and credited; failed: voided, uncollectible, rejected or
+    abandoned; refund_required: paid, but the wallet was terminated, so not credited;
+    review_required: paid in a way we cannot accept (currency, amount, discount).
+    """
+
+    CREATING = "creating"
+    OPEN = "open"
+    SETTLED = "settled"
+    FAILED = "failed"
+    REFUND_REQUIRED = "refund_required"
+    REVIEW_REQUIRED = "review_required"
+
+
+class WebhookEventStatus(enum.StrEnum):
+    RECEIVED = "received"
+    PROCESSED = "processed"
+    IGNORED = "ignored"
+    FAILED = "failed"
+
+
+def _enum_values(enum_cls: type[enum.StrEnum]) -> str:
+    return ", ".join(f"'{member.value}'" for member in enum_cls)
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("cus"))
+    external_id: Mapped[str] = mapped_column(String(255), unique=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    name: Mapped[str | None] = mapped_column(String(255))
+    email: Mapped[str | None] = mapped_column(String(320))
+    provider_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    subscriptions: Mapped[list[Subscription]] = relationship(back_populates="customer")
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_enum_values(SubscriptionStatus)})", name="status"),
+        Index("ix_subscriptions_customer_status", "customer_id", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("sub"))
+    external_id: Mapped[str] = mapped_column(String(255), unique=True)
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    plan_code: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default=SubscriptionStatus.ACTIVE)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    terminated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    customer: Mapped[Customer] = relationship(back_populates="subscriptions")
+
+
+class Wallet(Base):
+    __tablename__ = "wallets"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_enum_values(WalletStatus)})", name="status"),
+        CheckConstraint("credits_balance >= 0", name="balance_not_negative"),
+        CheckConstraint("rate_amount > 0", name="rate_positive"),
+        CheckConstraint("consumed_credits >= 0", name="consumed_not_negative"),
+        # One active wallet per customer, enforced where racing requests meet.
+        Index(
+            "uq_wallets_one_active_per_customer",
+            "customer_id",
+            unique=True,
+            postgresql_where=text("status = 'active'"),
+            sqlite_where=text("status = 'active'"),
+        ),
+        Index(
+            "ix_wallets_active_expiration",
+            "expiration_at",
+            postgresql_where=text("status = 'active' AND expiration_at IS NOT NULL"),
+            sqlite_where=text("status = 'active' AND expiration_at IS NOT NULL"),
+        ),
+        Index("ix_wallets_customer_created", "customer_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("wal"))
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    status: Mapped[str] = mapped_column(String(16), default=WalletStatus.ACTIVE)
+    name: Mapped[str | None] = mapped_column(String(255))
+    currency: Mapped[str] = mapped_column(String(3))
+    rate_amount: Mapped[Decimal] = mapped_column(Rate)
+    credits_balance: Mapped[Decimal] = mapped_column(Credits, default=Decimal("0"))
+    consumed_credits: Mapped[Decimal] = mapped_column(Credits, default=Decimal("0"))
+    consumed_amount_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    expiration_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    terminated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    customer: Mapped[Customer] = relationship()
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.expiration_at is not None and self.expiration_at <= now
+
+    def is_usable(self, now: datetime) -> bool:
+        """Active and not past its expiration, whether or not the sweep has run."""
+        return self.status == WalletStatus.ACTIVE and not self.is_expired(now)
+
+
+class WalletTransaction(Base):
+    """One ledger entry: a movement of credits into or out of a wallet."""
+
+    __tablename__ = "wallet_transactions"
+    __table_args__ = (
+        CheckConstraint(f"transaction_type IN ({_enum_values(TransactionType)})", name="type"),
+        CheckConstraint(f"transaction_status IN ({_enum_values(TransactionStatus)})", name="kind"),
+        CheckConstraint(f"status IN ({_enum_values(EntryStatus)})", name="status"),
+        CheckConstraint("credit_amount >= 0", name="credit_amount_not_negative"),
+        Index("ix_wallet_transactions_wallet_created", "wallet_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("wtx"))
+    wallet_id: Mapped[str] = mapped_column(ForeignKey("wallets.id"))
+    transaction_type: Mapped[str] = mapped_column(String(16))
+    transaction_status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    credit_amount: Mapped[Decimal] = mapped_column(Credits)
+    amount: Mapped[Decimal] = mapped_column(ExactAmount)
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    wallet: Mapped[Wallet] = relationship()
+    purchase: Mapped[Purchase | None] = relationship(back_populates="transaction", uselist=False)
+
+    @property
+    def signed_credits(self) -> Decimal:
+        if self.transaction_type == TransactionType.INBOUND:
+            return self.credit_amount
+        return -self.credit_amount
+
+
+class Purchase(Base):
+    """Paid credits on their way through a provider invoice."""
+
+    __tablename__ = "purchases"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_enum_values(PurchaseStatus)})", name="status"),
+        CheckConstraint("amount_cents > 0", name="amount_positive"),
+        Index("ix_purchases_status_created", "status", "created_at"),
+        Index("ix_purchases_wallet", "wallet_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("pur"))
+    wallet_id: Mapped[str] = mapped_column(ForeignKey("wallets.id"))
+    customer_id: Mapped[str] = mapped_column(ForeignKey("customers.id"))
+    transaction_id: Mapped[str] = mapped_column(ForeignKey("wallet_transactions.id"), unique=True)
+    status: Mapped[str] = mapped_column(String(24), default=PurchaseStatus.CREATING)
+    currency: Mapped[str] = mapped_column(String(3))
+    credit_amount: Mapped[Decimal] = mapped_column(Credits)
+    amount_cents: Mapped[int] = mapped_column(BigInteger)  # expected subtotal, minor units
+    provider: Mapped[str] = mapped_column(String(16), default="stripe")
+    provider_invoice_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    invoice_status: Mapped[str | None] = mapped_column(String(32))
+    subtotal_cents: Mapped[int | None] = mapped_column(BigInteger)
+    tax_cents: Mapped[int | None] = mapped_column(BigInteger)
+    total_cents: Mapped[int | None] = mapped_column(BigInteger)
+    amount_paid_cents: Mapped[int | None] = mapped_column(BigInteger)
+    hosted_invoice_url: Mapped[str | None] = mapped_column(Text)
+    attention_reason: Mapped[str | None] = mapped_column(Text)  # why review/refund is needed
+    failure_code: Mapped[str | None] = mapped_column(String(64))
+    failure_message: Mapped[str | None] = mapped_column(Text)
+    last_payment_error: Mapped[str | None] = mapped_column(Text)
+    provider_void_pending: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The API request that created it (API-key hash, Idempotency-Key, position), so a
+    # retry of that request resumes this purchase instead of starting another.
+    request_key: Mapped[str | None] = mapped_column(String(400), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    transaction: Mapped[WalletTransaction] = relationship(back_populates="purchase")
+    wallet: Mapped[Wallet] = relationship()
+    customer: Mapped[Customer] = relationship()
+
+
+class CreditApplication(Base):
+    """The answer given for one invoice of the billing core: at most one per invoice."""
+
+    __tablename__ = "credit_applications"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("cap"))
+    invoice_external_id: Mapped[str] = mapped_column(String(255), unique=True)
+    external_customer_id: Mapped[str] = mapped_column(String(255))
+    wallet_id: Mapped[str | None] = mapped_column(ForeignKey("wallets.id"))
+    transaction_id: Mapped[str | None] = mapped_column(ForeignKey("wallet_transactions.id"))
+    invoice_type: Mapped[str] = mapped_column(String(16))
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(64))
+    credit_amount: Mapped[Decimal] = mapped_column(Credits, default=Decimal("0"))
+    amount_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    subtotal_amount_cents: Mapped[int] = mapped_column(BigInteger)
+    subtotal_after_credits_amount_cents: Mapped[int] = mapped_column(BigInteger)
+    tax_rate: Mapped[Decimal | None] = mapped_column(Numeric(9, 5, asdecimal=True))
+    taxes_amount_cents: Mapped[int] = mapped_column(BigInteger)
+    total_amount_cents: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class IdempotencyKey(Base):
+    """A POST remembered by its Idempotency-Key, scoped to the API key that sent it."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        UniqueConstraint("principal", "key", name="uq_idempotency_keys_principal_key"),
+        Index("ix_idempotency_keys_expires_at", "expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    principal: Mapped[str] = mapped_column(String(64))  # hash of the bearer key
+    key: Mapped[str] = mapped_column(String(255))
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(String(255))
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[str | None] = mapped_column(Text)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WebhookEvent(Base):
+    """Every verified provider event, once, kept whatever its processing did."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_enum_values(WebhookEventStatus)})", name="status"),
+        Index("ix_webhook_events_status_received", "status", "received_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # the provider's event id
+    provider: Mapped[str] = mapped_column(String(16), default="stripe")
+    type: Mapped[str] = mapped_column(String(128))
+    livemode: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(16), default=WebhookEventStatus.RECEIVED)
+    error: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    purchase_id: Mapped[str | None] = mapped_column(String(40))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,0 +1,137 @@
+"""Configuration: `config/default.py`, then an optional file, then the environment.
+
+The Flask config holds raw values; `Settings` is the typed, validated view the rest
+of the service reads (`current_settings()` inside a request or CLI command).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, current_app
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "config"
+
+# Names an environment variable may override, with the type to parse it as.
+_ENV_TYPES: dict[str, type] = {
+    "DATABASE_URL": str,
+    "GATEWAY_API_KEYS": str,
+    "STRIPE_SECRET_KEY": str,
+    "STRIPE_WEBHOOK_SECRETS": str,
+    "STRIPE_API_BASE": str,
+    "STRIPE_TAX_MODE": str,
+    "STRIPE_TAX_RATE_IDS": str,
+    "STRIPE_COLLECTION_METHOD": str,
+    "STRIPE_DAYS_UNTIL_DUE": int,
+    "STRIPE_MAX_NETWORK_RETRIES": int,
+    "STRIPE_TIMEOUT_SECONDS": int,
+    "STRIPE_WEBHOOK_TOLERANCE_SECONDS": int,
+    "STRIPE_WEBHOOK_MAX_BODY_BYTES": int,
+    "IDEMPOTENCY_KEY_TTL_HOURS": int,
+    "PURCHASE_STUCK_GRACE_MINUTES": int,
+    "EXPIRY_BATCH_SIZE": int,
+    "MAX_CONTENT_LENGTH": int,
+}
+
+TAX_MODES = ("automatic", "rates", "none")
+COLLECTION_METHODS = ("charge_automatically", "send_invoice")
+
+
+class ConfigurationError(RuntimeError):
+    """A setting has a value the service cannot run with."""
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    api_keys: tuple[str, ...]
+    stripe_secret_key: str
+    stripe_webhook_secrets: tuple[str, ...]
+    stripe_api_base: str
+    stripe_tax_mode: str
+    stripe_tax_rate_ids: tuple[str, ...]
+    stripe_collection_method: str
+    stripe_days_until_due: int
+    stripe_max_network_retries: int
+    stripe_timeout_seconds: int
+    webhook_tolerance_seconds: int
+    webhook_max_body_bytes: int
+    idempotency_key_ttl_hours: int
+    purchase_stuck_grace_minutes: int
+    expiry_batch_size: int
+
+    @property
+    def stripe_livemode(self) -> bool:
+        """Events must match the key's mode: `sk_live_`/`rk_live_` keys are live."""
+        return "_live_" in self.stripe_secret_key
+
+    @classmethod
+    def from_mapping(cls, config: Any) -> Settings:
+        tax_rate_ids = _split(str(config["STRIPE_TAX_RATE_IDS"]))
+        tax_mode = str(config["STRIPE_TAX_MODE"]).strip() or ("rates" if tax_rate_ids else "none")
+        if tax_mode not in TAX_MODES:
+            raise ConfigurationError(f"STRIPE_TAX_MODE must be one of {', '.join(TAX_MODES)}")
+        if tax_mode == "rates" and not tax_rate_ids:
+            raise ConfigurationError("STRIPE_TAX_MODE=rates needs STRIPE_TAX_RATE_IDS")
+        collection = str(config["STRIPE_COLLECTION_METHOD"]).strip()
+        if collection not in COLLECTION_METHODS:
+            raise ConfigurationError(
+                f"STRIPE_COLLECTION_METHOD must be one of {', '.join(COLLECTION_METHODS)}"
+            )
+        days_until_due = int(config["STRIPE_DAYS_UNTIL_DUE"])
+        if days_until_due < 1:
+            raise ConfigurationError("STRIPE_DAYS_UNTIL_DUE must be at least 1")
+        return cls(
+            database_url=str(config["DATABASE_URL"]),
+            api_keys=_split(str(config["GATEWAY_API_KEYS"])),
+            stripe_secret_key=str(config["STRIPE_SECRET_KEY"]).strip(),
+            stripe_webhook_secrets=_split(str(config["STRIPE_WEBHOOK_SECRETS"])),
+            stripe_api_base=str(config["STRIPE_API_BASE"]).strip().rstrip("/"),
+            stripe_tax_mode=tax_mode,
+            stripe_tax_rate_ids=tax_rate_ids,
+            stripe_collection_method=collection,
+            stripe_days_until_due=days_until_due,
+            stripe_max_network_retries=int(config["STRIPE_MAX_NETWORK_RETRIES"]),
+            stripe_timeout_seconds=int(config["STRIPE_TIMEOUT_SECONDS"]),
+            webhook_tolerance_seconds=int(config["STRIPE_WEBHOOK_TOLERANCE_SECONDS"]),
+            webhook_max_body_bytes=int(config["STRIPE_WEBHOOK_MAX_BODY_BYTES"]),
+            idempotency_key_ttl_hours=int(config["IDEMPOTENCY_KEY_TTL_HOURS"]),
+            purchase_stuck_grace_minutes=int(config["PURCHASE_STUCK_GRACE_MINUTES"]),
+            expiry_batch_size=int(config["EXPIRY_BATCH_SIZE"]),
+        )
+
+
+def load_config(app: Flask, overrides: dict[str, Any] | None = None) -> Settings:
+    """Fill `app.config` (defaults, file, environment, overrides) and validate it."""
+    app.config.from_pyfile(str(CONFIG_DIR / "default.py"))
+    settings_file = os.environ.get("GATEWAY_SETTINGS")
+    if settings_file:
+        app.config.from_pyfile(settings_file)
+    for name, kind in _ENV_TYPES.items():
+        if name in os.environ:
+            raw = os.environ[name]
+            try:
+                app.config[name] = kind(raw)
+            except ValueError as exc:
+                raise ConfigurationError(f"{name} must be {kind.__name__}, got {raw!r}") from exc
+    if overrides:
+        app.config.update(overrides)
+    if not app.config["DATABASE_URL"]:
+        Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+        app.config["DATABASE_URL"] = f"sqlite:///{Path(app.instance_path) / 'gateway.sqlite3'}"
+    settings = Settings.from_mapping(app.config)
+    app.extensions["settings"] = settings
+    return settings
+
+
+def current_settings() -> Settings:
+    settings: Settings = current_app.extensions["settings"]
+    return settings

@@ -1,0 +1,347 @@
+"""Wallet use cases: create, top up, update, terminate, expire.
+
+Use cases run inside the caller's transaction (the API commits once per request, the
+CLI once per batch) and only flush; balances move only through `gateway.ledger`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from gateway import ledger
+from gateway.customers import get_customer, has_active_subscription
+from gateway.errors import (
+    CurrencyMismatch,
+    NoActiveSubscription,
+    NotFound,
+    PaymentProviderUnavailable,
+    ValidationFailed,
+    WalletAlreadyExists,
+    WalletIsTerminated,
+)
+from gateway.models import Customer, Wallet, WalletStatus, WalletTransaction
+
+UNSET: object = object()
+
+
+@dataclass(frozen=True)
+class WalletInput:
+    external_customer_id: str
+    rate_amount: Decimal
+    name: str | None = None
+    currency: str | None = None
+    paid_credits: Decimal | None = None
+    granted_credits: Decimal | None = None
+    expiration_at: datetime | None = None
+
+
+@dataclass
+class WalletResult:
+    wallet: Wallet
+    transactions: list[WalletTransaction] = field(default_factory=list)
+
+
+# Paid credits are handed to this hook (set by the purchases module when a payment
+# provider is configured). Without one, purchases are refused before anything is stored.
+PurchaseOpener = Callable[[Session, Wallet, Decimal, datetime], WalletTransaction]
+
+
+def paid_credits_unavailable(
+    _session: Session, _wallet: Wallet, _credits: Decimal, _now: datetime
+) -> WalletTransaction:
+    raise PaymentProviderUnavailable(
+        "paid credits need a payment provider: set STRIPE_SECRET_KEY",
+        details={"setting": "STRIPE_SECRET_KEY"},
+    )
+
+
+def get_wallet(session: Session, wallet_id: str) -> Wallet:
+    wallet = session.get(Wallet, wallet_id)
+    if wallet is None:
+        raise NotFound(f"wallet {wallet_id} does not exist", details={"wallet": ["not_found"]})
+    return wallet
+
+
+def _check_expiration(expiration_at: datetime | None, now: datetime) -> None:
+    if expiration_at is not None and expiration_at <= now:
+        raise ValidationFailed(
+            "expiration_at must be in the future",
+            details={"expiration_at": ["must be in the future"]},
+        )
+
+
+def _ensure_usable(wallet: Wallet, now: datetime) -> None:
+    """Refuse changes to a terminated wallet, or one past its expiration (swept or not)."""
+    if wallet.status == WalletStatus.TERMINATED:
+        raise WalletIsTerminated(
+            f"wallet {wallet.id} is terminated", details={"wallet": ["terminated"]}
+        )
+    if wallet.is_expired(now):
+        raise WalletIsTerminated(
+            f"wallet {wallet.id} expired at {wallet.expiration_at:%Y-%m-%dT%H:%M:%SZ}",
+            details={"wallet": ["expired"]},
+        )
+
+
+def _add_credits(
+    session: Session,
+    wallet: Wallet,
+    *,
+    granted: Decimal | None,
+    paid: Decimal | None,
+    now: datetime,
+    open_purchase: PurchaseOpener,
+) -> list[WalletTransaction]:
+    if not granted and not paid:
+        raise ValidationFailed(
+            "give paid_credits or granted_credits (or both) greater than zero",
+            details={"paid_credits": ["paid_credits or granted_credits is required"]},
+        )
+    transactions: list[WalletTransaction] = []
+    if paid:
+        transactions.append(open_purchase(session, wallet, paid, now))
+    if granted:
+        transactions.append(ledger.grant_credits(session, wallet, granted, now))
+    return transactions
+
+
+def create_wallet(
+    session: Session,
+    data: WalletInput,
+    now: datetime,
+    *,
+    open_purchase: PurchaseOpener = paid_credits_unavailable,
+) -> WalletResult:
+    """A new active wallet for a customer with an active subscription, with its credits."""
+    customer = get_customer(session, data.external_customer_id)
+    if data.currency is not None and data.currency != customer.currency:
+        raise CurrencyMismatch(
+            f"the wallet's currency is the customer's ({customer.currency})",
+            details={"currency": [f"must be {customer.currency}"]},
+        )
+    if not has_active_subscription(session, customer):
+        raise NoActiveSubscription(
+            f"customer {customer.external_id} has no active subscription",
+            details={"external_customer_id": ["no active subscription"]},
+        )
+    _check_expiration(data.expiration_at, now)
+    active_id = _active_wallet_id(session, customer)
+    if active_id is not None:
+        active = ledger.lock_wallet(session, active_id)
+        if not active.is_expired(now):
+            raise _already_exists(customer)
+        # Expired but not swept yet: record its expiry now, then the new wallet may exist.
+        assert active.expiration_at is not None
+        _end_wallet(session, active, active.expiration_at)
+    wallet = Wallet(
+        customer_id=customer.id,
+        status=WalletStatus.ACTIVE,
+        name=data.name,
+        currency=customer.currency,
+        rate_amount=data.rate_amount,
+        credits_balance=Decimal("0"),
+        consumed_credits=Decimal("0"),
+        consumed_amount_cents=0,
+        expiration_at=data.expiration_at,
+        created_at=now,
+    )
+    try:
+        # The partial unique index is the arbiter when two requests race past the check.
+        with session.begin_nested():
+            session.add(wallet)
+    except IntegrityError as exc:
+        raise _already_exists(customer) from exc
+    if not data.granted_credits and not data.paid_credits:
+        return WalletResult(wallet)
+    transactions = _add_credits(
+        session,
+        wallet,
+        granted=data.granted_credits,
+        paid=data.paid_credits,
+        now=now,
+        open_purchase=open_purchase,
+    )
+    return WalletResult(wallet, transactions)
+
+
+def top_up(
+    session: Session,
+    wallet_id: str,
+    *,
+    granted: Decimal | None,
+    paid: Decimal | None,
+    now: datetime,
+    open_purchase: PurchaseOpener = paid_credits_unavailable,
+) -> list[WalletTransaction]:
+    """Add granted and/or paid credits to an active, unexpired wallet."""
+    wallet = ledger.lock_wallet(session, wallet_id)
+    _ensure_usable(wallet, now)
+    return _add_credits(
+        session, wallet, granted=granted, paid=paid, now=now, open_purchase=open_purchase
+    )
+
+
+def update_wallet(
+    session: Session,
+    wallet_id: str,
+    *,
+    name: str | object | None = UNSET,
+    expiration_at: datetime | object | None = UNSET,
+    now: datetime,
+) -> Wallet:
+    """Change the name and/or expiration (null removes it) of an active wallet."""
+    wallet = ledger.lock_wallet(session, wallet_id)
+    _ensure_usable(wallet, now)
+    if expiration_at is not UNSET:
+        assert expiration_at is None or isinstance(expiration_at, datetime)
+        _check_expiration(expiration_at, now)
+        wallet.expiration_at = expiration_at
+    if name is not UNSET:
+        assert name is None or isinstance(name, str)
+        wallet.name = name
+    wallet.updated_at = now
+    session.flush()
+    return wallet
+
+
+def terminate_wallet(session: Session, wallet_id: str, now: datetime) -> Wallet:
+    """Terminate now, voiding what is left. Repeating it changes nothing."""
+    wallet = ledger.lock_wallet(session, wallet_id)
+    if wallet.status == WalletStatus.TERMINATED:
+        return wallet
+    # An expired wallet that the sweep has not reached yet ends at its expiration.
+    ended_at = wallet.expiration_at if wallet.is_expired(now) else now
+    assert ended_at is not None
+    _end_wallet(session, wallet, ended_at)
+    return wallet
+
+
+def _end_wallet(session: Session, wallet: Wallet, at: datetime) -> None:
+    ledger.void_remaining_credits(session, wallet, at)
+    wallet.status = WalletStatus.TERMINATED
+    wallet.terminated_at = at
+    wallet.updated_at = at
+    session.flush()
+    for hook in WALLET_ENDED_HOOKS:
+        hook(session, wallet)
+
+
+# Called in the transaction that ends a wallet (the purchases module registers one to
+# void the wallet's open invoices at the provider once the transaction has committed).
+WALLET_ENDED_HOOKS: list[Callable[[Session, Wallet], None]] = []
+
+
+def expire_due_wallets(session: Session, now: datetime, batch_size: int) -> list[str]:
+    """Terminate one batch of wallets past their expiration; returns their ids.
+
+    Rows another process is sweeping are skipped (SKIP LOCKED on PostgreSQL), so many
+    hosts can run the sweep at once; the caller commits after each batch.
+    """
+    wallets = (
+        session.execute(
+            select(Wallet)
+            .where(
+                Wallet.status == WalletStatus.ACTIVE,
+                Wallet.expiration_at.is_not(None),
+                Wallet.expiration_at <= now,
+            )
+            .order_by(Wallet.expiration_at, Wallet.id)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True)
+        )
+        .scalars()
+        .all()
+    )
+    for wallet in wallets:
+        assert wallet.expiration_at is not None
+        _end_wallet(session, wallet, wallet.expiration_at)
+    return [wallet.id for wallet in wallets]
+
+
+def list_wallets(
+    session: Session,
+    *,
+    external_customer_id: str | None,
+    status: str | None,
+    page: int,
+    per_page: int,
+) -> tuple[list[Wallet], int]:
+    query = select(Wallet)
+    if external_customer_id is not None:
+        query = query.join(Customer, Customer.id == Wallet.customer_id).where(
+            Customer.external_id == external_customer_id
+        )
+    if status is not None:
+        query = query.where(Wallet.status == status)
+    total = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+    rows = (
+        session.execute(
+            query.order_by(Wallet.created_at.desc(), Wallet.id.desc())
+            .limit(per_page)
+            .offset((page - 1) * per_page)
+        )
+        .scalars()
+        .all()
+    )
+    return list(rows), int(total)
+
+
+def _active_wallet_id(session: Session, customer: Customer) -> str | None:
+    return session.execute(
+        select(Wallet.id).where(
+            Wallet.customer_id == customer.id, Wallet.status == WalletStatus.ACTIVE
+        )
+    ).scalar_one_or_none()
+
+
+def _already_exists(customer: Customer) -> WalletAlreadyExists:
+    return WalletAlreadyExists(
+        f"customer {customer.external_id} already has an active wallet",
+        details={"external_customer_id": ["already has an active wallet"]},
+    )
+
+
+def get_transaction(session: Session, transaction_id: str) -> WalletTransaction:
+    entry = session.get(WalletTransaction, transaction_id)
+    if entry is None:
+        raise NotFound(
+            f"wallet transaction {transaction_id} does not exist",
+            details={"wallet_transaction": ["not_found"]},
+        )
+    return entry
+
+
+def list_transactions(
+    session: Session,
+    wallet_id: str,
+    *,
+    status: str | None,
+    transaction_status: str | None,
+    page: int,
+    per_page: int,
+) -> tuple[list[WalletTransaction], int]:
+    """A wallet's ledger entries, newest first, filtered by status and kind."""
+    get_wallet(session, wallet_id)
+    query = select(WalletTransaction).where(WalletTransaction.wallet_id == wallet_id)
+    if status is not None:
+        query = query.where(WalletTransaction.status == status)
+    if transaction_status is not None:
+        query = query.where(WalletTransaction.transaction_status == transaction_status)
+    total = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+    rows = (
+        session.execute(
+            query.order_by(WalletTransaction.created_at.desc(), WalletTransaction.id.desc())
+            .limit(per_page)
+            .offset((page - 1) * per_page)
+        )
+        .scalars()
+        .all()
+    )
+    return list(rows), int(total)
