@@ -1,0 +1,127 @@
+"""The payment-provider boundary. The domain speaks only these types; the Stripe
+implementation (`gateway.providers.stripe`) is the only code that imports `stripe`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+# Keys of our ids in a provider invoice's metadata.
+META_PURCHASE_ID = "gateway_purchase_id"
+META_WALLET_ID = "gateway_wallet_id"
+META_TRANSACTION_ID = "gateway_transaction_id"
+
+
+class ProviderError(Exception):
+    """Base of every error crossing the boundary."""
+
+
+class ProviderNotConfigured(ProviderError):
+    """No credentials: purchases cannot be made until the named setting is set."""
+
+    def __init__(self, setting: str) -> None:
+        super().__init__(f"the payment provider is not configured: set {setting}")
+        self.setting = setting
+
+
+class ProviderUnavailable(ProviderError):
+    """Network error, timeout, 5xx or rate limit: retrying later may succeed."""
+
+
+class ProviderRejected(ProviderError):
+    """The provider refused the request (4xx other than 429): retrying will not help."""
+
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+@dataclass(frozen=True)
+class InvoiceSnapshot:
+    """What we need to know of a provider invoice, in our terms (minor units)."""
+
+    id: str
+    status: str  # draft | open | paid | void | uncollectible
+    currency: str  # upper-case ISO code
+    subtotal_cents: int
+    tax_cents: int
+    total_cents: int
+    amount_paid_cents: int
+    has_discount: bool
+    hosted_invoice_url: str | None
+    livemode: bool
+    created_at: datetime | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def purchase_id(self) -> str | None:
+        return self.metadata.get(META_PURCHASE_ID)
+
+
+@dataclass(frozen=True)
+class PurchaseInvoiceRequest:
+    """One purchase to invoice: everything the provider needs, nothing it may change."""
+
+    purchase_id: str
+    wallet_id: str
+    transaction_id: str
+    provider_customer_id: str
+    currency: str
+    amount_cents: int  # paid credits x rate, minor units, halves up
+    credits: Decimal
+    rate_amount: Decimal
+    description: str
+
+
+@dataclass(frozen=True)
+class CustomerRequest:
+    customer_id: str
+    external_id: str
+    name: str | None
+    email: str | None
+
+
+class PaymentProvider(Protocol):
+    """Operations the service performs at its payment provider.
+
+    Every write takes an idempotency key derived from our own ids, so a retry after a
+    timeout or a crash never creates a second object.
+    """
+
+    name: str
+
+    def minimum_charge_cents(self, currency: str) -> int:
+        """The smallest total the provider will charge in `currency` (minor units)."""
+        ...
+
+    def maximum_charge_cents(self, currency: str) -> int:
+        """The largest amount the provider accepts on an invoice item (minor units)."""
+        ...
+
+    def ensure_customer(self, customer: CustomerRequest) -> str:
+        """Create the provider's customer for `customer` (idempotent); returns its id."""
+        ...
+
+    def create_purchase_invoice(self, request: PurchaseInvoiceRequest) -> InvoiceSnapshot:
+        """Create, fill (one line, no discounts) and finalize the purchase invoice."""
+        ...
+
+    def retrieve_invoice(self, invoice_id: str) -> InvoiceSnapshot: ...
+
+    def void_invoice(self, invoice_id: str) -> InvoiceSnapshot:
+        """Void an open invoice (best effort when a wallet ends)."""
+        ...
+
+    def find_purchase_invoice(self, purchase_id: str) -> InvoiceSnapshot | None:
+        """The invoice carrying `purchase_id` in its metadata, if the provider has one."""
+        ...
+
+    def iter_purchase_invoices(
+        self, *, created_since: datetime | None = None, status: str | None = None
+    ) -> Iterator[InvoiceSnapshot]:
+        """Every invoice carrying our purchase metadata, read in pages."""
+        ...
