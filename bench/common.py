@@ -64,7 +64,7 @@ def wait_until_up(url: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
                     return
         except OSError:
@@ -84,7 +84,7 @@ def gunicorn(
     """Run `app` (module:attr) under gunicorn with the project's config; yields its URL."""
     port = free_port()
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
-    process = subprocess.Popen(  # noqa: S603
+    process = subprocess.Popen(
         [str(BIN / "gunicorn"), "-c", str(ROOT / "config" / "gunicorn.conf.py"), app],
         cwd=ROOT,
         env={
@@ -126,7 +126,7 @@ def run_load(
             handle.write(json.dumps(request) + "\n")
         path = handle.name
     try:
-        completed = subprocess.run(  # noqa: S603
+        completed = subprocess.run(
             [
                 sys.executable,
                 "-m",
