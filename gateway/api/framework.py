@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from functools import wraps
 from typing import Any
 
@@ -18,6 +17,7 @@ from flask import Blueprint, Response, request
 from marshmallow import Schema
 
 from gateway.api.errors import ApiError
+from gateway.api.fields import json_decimal, json_integer, refuse_unstorable_text
 from gateway.db import get_session, unit_of_work
 
 
@@ -65,7 +65,12 @@ def parse_json_body() -> Any:
         )
     raw = request.get_data(cache=True)
     try:
-        return json.loads(raw.decode("utf-8"), parse_float=Decimal, parse_constant=_refuse_constant)
+        payload = json.loads(
+            raw.decode("utf-8"),
+            parse_float=json_decimal,
+            parse_int=json_integer,
+            parse_constant=_refuse_constant,
+        )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         message = "the body is not valid JSON"
         if isinstance(exc, json.JSONDecodeError):
@@ -73,6 +78,8 @@ def parse_json_body() -> Any:
         elif isinstance(exc, ValueError) and "not a number" in str(exc):
             message = f"the body is not valid JSON: {exc}"
         raise ApiError("invalid_json", message) from exc
+    refuse_unstorable_text(payload)
+    return payload
 
 
 def load_body(schema: Schema) -> dict[str, Any]:
