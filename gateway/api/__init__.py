@@ -12,6 +12,7 @@ api_v1.before_request(require_api_key)
 
 def register_api(app: Flask) -> None:
     # Importing the view modules attaches their routes to the blueprints.
+    import gateway.api.credit_applications  # noqa: F401
     from gateway.api import customers, health, spec, wallets  # noqa: F401
 
     app.register_blueprint(api_v1)

@@ -37,6 +37,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "payment_provider_rejected": 422,
     "idempotency_key_reused": 422,
     "idempotency_key_in_progress": 409,
+    "invoice_already_applied": 422,
     "internal_error": 500,
 }
 

@@ -314,3 +314,57 @@ def require_object(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValidationError({"_schema": ["must be an object"]})
     return data
+
+
+# --- credit applications -----------------------------------------------------------
+
+# Minor units of one invoice subtotal: far above any real invoice, far below BigInteger.
+MAX_SUBTOTAL_CENTS = 10**15
+
+
+class CreditApplicationInputSchema(Schema):
+    invoice_external_id = fields.String(required=True, validate=_identifier)
+    external_customer_id = fields.String(required=True, validate=_identifier)
+    invoice_type = fields.String(
+        required=True,
+        validate=validate.OneOf(["subscription", "usage", "add_on", "one_off", "credit"]),
+    )
+    currency = CurrencyField(required=True, validate=_currency)
+    subtotal_amount_cents = fields.Integer(
+        required=True, strict=True, validate=validate.Range(min=0, max=MAX_SUBTOTAL_CENTS)
+    )
+    tax_rate = DecimalString(
+        places=5, minimum=Decimal(0), maximum=Decimal(100), allow_none=True, load_default=None
+    )
+
+
+class CreditApplicationRequest(Schema):
+    credit_application = fields.Nested(CreditApplicationInputSchema, required=True)
+
+
+def _tax_rate_text(application: Any) -> str | None:
+    rate = application.tax_rate
+    return None if rate is None else f"{rate.normalize():f}"
+
+
+class CreditApplicationSchema(Schema):
+    id = fields.String()
+    invoice_external_id = fields.String()
+    external_customer_id = fields.String()
+    wallet_id = fields.String(allow_none=True)
+    invoice_type = fields.String()
+    currency = fields.String()
+    status = fields.String()
+    reason = fields.String(allow_none=True)
+    credit_amount = DecimalString(places=5, formatter=money.format_credits)
+    amount_cents = fields.Integer()
+    subtotal_amount_cents = fields.Integer()
+    subtotal_after_credits_amount_cents = fields.Integer()
+    tax_rate = fields.Function(_tax_rate_text, metadata={"type": "string", "nullable": True})
+    taxes_amount_cents = fields.Integer()
+    total_amount_cents = fields.Integer()
+    created_at = UTCDateTimeField()
+
+
+class CreditApplicationResponse(Schema):
+    credit_application = fields.Nested(CreditApplicationSchema)
