@@ -6,6 +6,7 @@ module either as a `Decimal` in currency units or as an `int` of minor units.
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
 
 CREDIT_PLACES = 5
@@ -55,17 +56,33 @@ def minor_unit_exponent(currency: str) -> int:
     return 2
 
 
+# A decimal in plain ASCII notation, optionally with an exponent: "10", "-0.5", "2.5e3".
+# Decimal() alone would also take "1_000", "NaN", "Infinity" and non-ASCII digits.
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+
+
 def parse_decimal(value: object) -> Decimal:
-    """A finite `Decimal` from a string or integer; floats and specials are refused."""
+    """A finite `Decimal` from a decimal string, an integer or a `Decimal`.
+
+    Binary floats, booleans, NaN, infinities and anything but plain ASCII decimal
+    notation are refused with a `MoneyError` saying why.
+    """
     if isinstance(value, bool | float):
         raise MoneyError("must be a decimal string or an integer, not a binary float")
     if isinstance(value, Decimal):
         result = value
-    elif isinstance(value, int | str):
+    elif isinstance(value, int):
+        result = Decimal(value)  # exact, whatever the number of digits
+    elif isinstance(value, str):
+        text = value.strip()
+        if not _DECIMAL_TEXT.fullmatch(text):
+            if text.lstrip("+-").lower() in ("nan", "snan", "inf", "infinity"):
+                raise MoneyError("must be a finite number")
+            raise MoneyError("is not a valid decimal number")
         try:
-            result = Decimal(str(value).strip())
-        except InvalidOperation as exc:
-            raise MoneyError("is not a valid decimal number") from exc
+            result = Decimal(text)
+        except InvalidOperation as exc:  # an exponent beyond what Decimal can hold
+            raise MoneyError("is out of range") from exc
     else:
         raise MoneyError("must be a decimal string")
     if not result.is_finite():
