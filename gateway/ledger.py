@@ -112,6 +112,24 @@ def settle_purchase_entry(wallet: Wallet, entry: WalletTransaction, now: datetim
     return True
 
 
+def settle_failed_purchase_entry(wallet: Wallet, entry: WalletTransaction, now: datetime) -> bool:
+    """A failed purchase whose invoice was paid after all → settled, balance raised.
+
+    Stripe lets an uncollectible invoice be paid later; the money arrived, so the
+    credits do too. False if the entry was not failed (no-op).
+    """
+    _check_belongs(wallet, entry)
+    if entry.status != EntryStatus.FAILED:
+        return False
+    if entry.transaction_status != TransactionStatus.PURCHASED:
+        raise LedgerError("only a purchase entry can settle after failing")
+    entry.status = EntryStatus.SETTLED
+    entry.settled_at = now
+    entry.failed_at = None
+    wallet.credits_balance += entry.credit_amount
+    return True
+
+
 def fail_purchase_entry(wallet: Wallet, entry: WalletTransaction, now: datetime) -> bool:
     """Pending purchase → failed; the balance never saw it. False if not pending."""
     _check_belongs(wallet, entry)

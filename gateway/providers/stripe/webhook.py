@@ -1,0 +1,201 @@
+"""Stripe webhook deliveries: verify the signature on the raw body, then read the event.
+
+`verify_event` checks `Stripe-Signature` with stripe-python's `WebhookSignature`
+against each configured endpoint secret (several during a rotation), with the
+library's tolerance for old timestamps, and refuses timestamps from the future as
+well (the library does not). It returns the event as a plain dict; nothing here
+touches the database. `invoice_snapshot` turns an event's invoice into the
+provider-neutral `InvoiceSnapshot` the settlement code works with.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from stripe import SignatureVerificationError, WebhookSignature
+
+from gateway.providers.base import InvoiceSnapshot
+
+SIGNATURE_HEADER = "Stripe-Signature"
+# Column sizes of webhook_events.
+_MAX_EVENT_ID = 255
+_MAX_EVENT_TYPE = 128
+
+
+class WebhookRejected(Exception):
+    """A delivery that is not a genuine, well-formed Stripe event; `reason` is a code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class WebhookNotConfigured(Exception):
+    """No endpoint secret is configured, so no delivery can be verified."""
+
+
+class MalformedInvoice(ValueError):
+    """A verified event whose invoice lacks a field we rely on."""
+
+
+def verify_event(
+    payload: bytes,
+    signature_header: str | None,
+    secrets: Sequence[str],
+    *,
+    tolerance_seconds: int,
+) -> dict[str, Any]:
+    """The event in `payload`, if one of `secrets` signed it recently; else `WebhookRejected`.
+
+    A timestamp older than `tolerance_seconds` or more than `tolerance_seconds` ahead of
+    our clock is refused, so a captured delivery cannot be replayed later.
+    """
+    if not secrets:
+        raise WebhookNotConfigured("set STRIPE_WEBHOOK_SECRETS to the endpoint's whsec_ secret(s)")
+    if tolerance_seconds <= 0:
+        # The library treats a tolerance of 0 as "no limit": never allow that.
+        raise ValueError("the webhook tolerance must be a positive number of seconds")
+    if not signature_header:
+        raise WebhookRejected("missing_signature", f"the {SIGNATURE_HEADER} header is missing")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WebhookRejected("invalid_payload", "the body is not UTF-8") from exc
+
+    failures: list[str] = []
+    for secret in secrets:
+        try:
+            WebhookSignature.verify_header(text, signature_header, secret, tolerance_seconds)
+        except SignatureVerificationError as exc:
+            failures.append(str(exc))
+            continue
+        break
+    else:
+        # Signatures are checked before the age, so a tolerance complaint means a secret
+        # matched: say so, it is the more useful message. Secrets are never echoed.
+        stale = [message for message in failures if "tolerance" in message]
+        raise WebhookRejected("invalid_signature", (stale or failures)[0])
+
+    timestamp = _signed_timestamp(signature_header)
+    if timestamp > time.time() + tolerance_seconds:
+        raise WebhookRejected(
+            "invalid_signature",
+            f"the signature timestamp {timestamp} is more than {tolerance_seconds} s in the future",
+        )
+    return _parse_event(text)
+
+
+def _signed_timestamp(header: str) -> int:
+    """The `t=` value the library verified (parsed the way the library parses it)."""
+    for item in header.split(","):
+        parts = item.split("=", 2)
+        if parts[0] == "t" and len(parts) > 1:
+            try:
+                return int(parts[1])
+            except ValueError:
+                break
+    raise WebhookRejected("invalid_signature", "the signature header has no usable timestamp")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_event(text: str) -> dict[str, Any]:
+    try:
+        event = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise WebhookRejected("invalid_payload", "the body is not valid JSON") from exc
+    if not isinstance(event, dict) or event.get("object") != "event":
+        raise WebhookRejected("invalid_payload", "the body is not a Stripe event")
+    event_id, event_type = event.get("id"), event.get("type")
+    if not isinstance(event_id, str) or not 0 < len(event_id) <= _MAX_EVENT_ID:
+        raise WebhookRejected("invalid_payload", "the event has no usable id")
+    if not isinstance(event_type, str) or not 0 < len(event_type) <= _MAX_EVENT_TYPE:
+        raise WebhookRejected("invalid_payload", "the event has no usable type")
+    if not isinstance(event.get("livemode"), bool):
+        raise WebhookRejected("invalid_payload", "the event has no livemode flag")
+    data = event.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        raise WebhookRejected("invalid_payload", "the event has no data.object")
+    return event
+
+
+def _int(data: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    value = data.get(key, default)
+    if value is None and default is not None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedInvoice(f"invoice {key} must be an integer, got {value!r}")
+    return value
+
+
+def _has_discount(invoice: Mapping[str, Any]) -> bool:
+    """Any sign of a discount: the legacy `discount`, `discounts`, or discounted amounts."""
+    if invoice.get("discount"):
+        return True
+    if invoice.get("discounts"):
+        return True
+    for amount in invoice.get("total_discount_amounts") or ():
+        if isinstance(amount, Mapping) and amount.get("amount"):
+            return True
+    for credit in invoice.get("total_pretax_credit_amounts") or ():
+        if (
+            isinstance(credit, Mapping)
+            and credit.get("type") == "discount"
+            and credit.get("amount")
+        ):
+            return True
+    return False
+
+
+def _tax(invoice: Mapping[str, Any], total: int) -> int:
+    taxes = invoice.get("total_taxes")
+    if isinstance(taxes, list):
+        return sum(_int(tax, "amount") for tax in taxes if isinstance(tax, Mapping))
+    if invoice.get("tax") is not None:  # API versions before total_taxes
+        return _int(invoice, "tax")
+    if invoice.get("total_excluding_tax") is not None:
+        return total - _int(invoice, "total_excluding_tax")
+    return 0
+
+
+def invoice_snapshot(invoice: Mapping[str, Any]) -> InvoiceSnapshot:
+    """Our view of a Stripe invoice object (an event's `data.object`, or an API result)."""
+    if invoice.get("object") != "invoice":
+        raise MalformedInvoice(f"expected an invoice, got {invoice.get('object')!r}")
+    invoice_id, status, currency = invoice.get("id"), invoice.get("status"), invoice.get("currency")
+    if not isinstance(invoice_id, str) or not invoice_id:
+        raise MalformedInvoice("the invoice has no id")
+    if not isinstance(status, str) or not isinstance(currency, str):
+        raise MalformedInvoice(f"invoice {invoice_id} has no status or currency")
+    raw_metadata = invoice.get("metadata") or {}
+    if not isinstance(raw_metadata, Mapping):
+        raise MalformedInvoice(f"invoice {invoice_id} metadata is not an object")
+    metadata = {str(key): str(value) for key, value in raw_metadata.items()}
+    created = invoice.get("created")
+    total = _int(invoice, "total")
+    url = invoice.get("hosted_invoice_url")
+    return InvoiceSnapshot(
+        id=invoice_id,
+        status=status,
+        currency=currency.upper(),
+        subtotal_cents=_int(invoice, "subtotal"),
+        tax_cents=_tax(invoice, total),
+        total_cents=total,
+        amount_paid_cents=_int(invoice, "amount_paid", 0),
+        has_discount=_has_discount(invoice),
+        hosted_invoice_url=url if isinstance(url, str) else None,
+        livemode=bool(invoice.get("livemode", False)),
+        created_at=(
+            datetime.fromtimestamp(created, UTC)
+            if isinstance(created, int) and not isinstance(created, bool)
+            else None
+        ),
+        metadata=metadata,
+    )
