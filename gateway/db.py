@@ -13,13 +13,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from flask import Flask, current_app, g
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import BigInteger, DateTime, Engine, MetaData, Numeric, Text, create_engine, event
 from sqlalchemy.engine import Connection
+from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -52,6 +54,73 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class ExactNumeric(TypeDecorator[Decimal]):
+    """NUMERIC(precision, scale) that returns exactly the `Decimal` it was given, on
+    every backend.
+
+    PostgreSQL's NUMERIC is exact. SQLite has no decimal type: a NUMERIC column keeps
+    a 64-bit float (15 significant digits), so 123456789012.12345 came back as
+    ...12344. On SQLite this type stores an INTEGER count of 10**-scale units instead,
+    so SQL comparisons and SUM() stay exact too (up to 9.2e18 units: 92 trillion
+    credits at 5 places). Values are rounded to `scale` places, halves away from zero,
+    as PostgreSQL does.
+    """
+
+    impl = Numeric
+    cache_ok = True
+
+    def __init__(self, precision: int, scale: int) -> None:
+        super().__init__(precision=precision, scale=scale, asdecimal=True)
+        self.scale = scale
+        self._quantum = Decimal(1).scaleb(-scale)
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(self.impl_instance)
+
+    def _exact(self, value: Any) -> Decimal:
+        if isinstance(value, float):
+            raise TypeError("binary floats are not stored as exact decimals")
+        return Decimal(value).quantize(self._quantum, rounding=ROUND_HALF_UP)
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        exact = self._exact(value)
+        return int(exact.scaleb(self.scale)) if dialect.name == "sqlite" else exact
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return Decimal(int(value)).scaleb(-self.scale)
+        return self._exact(value)
+
+
+class WideExactNumeric(ExactNumeric):
+    """`ExactNumeric` for values that may not fit 64 bits once scaled (the exact
+    product of credits and a rate, 10 places): kept as canonical decimal text on
+    SQLite. Exact to store and read back; not for arithmetic or ordering in SQL there.
+    """
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(Text())
+        return dialect.type_descriptor(self.impl_instance)
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        exact = self._exact(value)
+        return f"{exact:f}" if dialect.name == "sqlite" else exact
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return self._exact(Decimal(value) if isinstance(value, str) else value)
 
 
 def utcnow() -> datetime:

@@ -15,7 +15,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    Numeric,
     String,
     Text,
     UniqueConstraint,
@@ -23,12 +22,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from gateway.db import Base, UTCDateTime, new_id, utcnow
+from gateway.db import Base, ExactNumeric, UTCDateTime, WideExactNumeric, new_id, utcnow
 
 # Credits and rates: 5 decimal places. Transaction amounts: their exact product.
-Credits = Numeric(30, 5, asdecimal=True)
-Rate = Numeric(30, 5, asdecimal=True)
-ExactAmount = Numeric(40, 10, asdecimal=True)
+# ExactNumeric keeps them exact on SQLite too (see gateway.db).
+Credits = ExactNumeric(30, 5)
+Rate = ExactNumeric(30, 5)
+ExactAmount = WideExactNumeric(40, 10)
 
 
 class SubscriptionStatus(enum.StrEnum):
@@ -267,7 +267,7 @@ class CreditApplication(Base):
     amount_cents: Mapped[int] = mapped_column(BigInteger, default=0)
     subtotal_amount_cents: Mapped[int] = mapped_column(BigInteger)
     subtotal_after_credits_amount_cents: Mapped[int] = mapped_column(BigInteger)
-    tax_rate: Mapped[Decimal | None] = mapped_column(Numeric(9, 5, asdecimal=True))
+    tax_rate: Mapped[Decimal | None] = mapped_column(ExactNumeric(9, 5))
     taxes_amount_cents: Mapped[int] = mapped_column(BigInteger)
     total_amount_cents: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
