@@ -1,0 +1,157 @@
+"""Credit applications racing each other on PostgreSQL, with real threads and commits."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from gateway import ledger
+from gateway.db import get_db
+from gateway.models import CreditApplication, TransactionStatus, Wallet, WalletTransaction
+from tests.helpers import create_wallet, post, subscribed_customer, unique
+
+pytestmark = pytest.mark.postgres
+
+
+def run_together(count: int, work: Callable[[int], Any]) -> list[Any]:
+    """Run `work(i)` on `count` threads released at the same instant; their results."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            results[index] = work(index)
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert not any(thread.is_alive() for thread in threads)
+    return results
+
+
+def application_body(customer: str, invoice: str, subtotal: int) -> dict[str, Any]:
+    return {
+        "credit_application": {
+            "invoice_external_id": invoice,
+            "external_customer_id": customer,
+            "invoice_type": "subscription",
+            "currency": "USD",
+            "subtotal_amount_cents": subtotal,
+        }
+    }
+
+
+def inspect(app: Flask) -> Session:
+    with app.app_context():
+        return get_db().session()
+
+
+def test_concurrent_invoices_never_overdraw_a_small_balance(committed_app: Flask) -> None:
+    setup = committed_app.test_client()
+    customer = subscribed_customer(setup)
+    # 10 credits at 0.333: worth 333 cents. Ten invoices of 90 cents want 900.
+    wallet_id = create_wallet(setup, customer, rate_amount="0.333", granted_credits="10")["wallet"][
+        "id"
+    ]
+
+    def apply(index: int) -> tuple[int, dict[str, Any]]:
+        client = committed_app.test_client()
+        response = post(
+            client, "/credit_applications", application_body(customer, f"race-{index}", 90)
+        )
+        return response.status_code, response.json["credit_application"]  # type: ignore[index]
+
+    results = run_together(10, apply)
+
+    assert {status for status, _ in results} == {201}
+    deducted = sorted((answer["amount_cents"] for _, answer in results), reverse=True)
+    # Three invoices are covered in full, the fourth gets what is left, the rest nothing.
+    assert sum(deducted) <= 333
+    assert deducted[:3] == [90, 90, 90]
+    assert sum(deducted) == 270 + deducted[3]
+    assert deducted[4:] == [0] * 6
+    session = inspect(committed_app)
+    try:
+        wallet = session.get(Wallet, wallet_id)
+        assert wallet is not None
+        assert wallet.credits_balance == 0
+        assert ledger.ledger_balance(session, wallet_id) == wallet.credits_balance
+        assert wallet.consumed_amount_cents == sum(deducted)
+        assert wallet.consumed_credits == Decimal("10")
+    finally:
+        session.close()
+
+
+def test_concurrent_repeats_of_one_invoice_consume_once(committed_app: Flask) -> None:
+    setup = committed_app.test_client()
+    customer = subscribed_customer(setup)
+    wallet_id = create_wallet(setup, customer, granted_credits="10")["wallet"]["id"]
+    invoice = unique("inv")
+
+    def apply(_index: int) -> tuple[int, bytes]:
+        client = committed_app.test_client()
+        response = post(client, "/credit_applications", application_body(customer, invoice, 300))
+        return response.status_code, response.get_data()
+
+    results = run_together(5, apply)
+
+    assert sorted(status for status, _ in results) == [200, 200, 200, 200, 201]
+    assert len({body for _, body in results}) == 1  # every answer is the first one
+    session = inspect(committed_app)
+    try:
+        wallet = session.get(Wallet, wallet_id)
+        assert wallet is not None
+        assert wallet.credits_balance == Decimal("7")
+        assert ledger.ledger_balance(session, wallet_id) == wallet.credits_balance
+        entries = session.execute(
+            select(func.count())
+            .select_from(WalletTransaction)
+            .where(
+                WalletTransaction.wallet_id == wallet_id,
+                WalletTransaction.transaction_status == TransactionStatus.INVOICED,
+            )
+        ).scalar_one()
+        assert entries == 1
+        stored = session.execute(
+            select(func.count())
+            .select_from(CreditApplication)
+            .where(CreditApplication.invoice_external_id == invoice)
+        ).scalar_one()
+        assert stored == 1
+    finally:
+        session.close()
+
+
+def test_concurrent_repeats_of_an_ineligible_invoice_store_one_answer(
+    committed_app: Flask,
+) -> None:
+    # No wallet lock is taken for these: the unique invoice id alone decides.
+    setup = committed_app.test_client()
+    customer = subscribed_customer(setup)
+    invoice = unique("inv")
+
+    def apply(_index: int) -> tuple[int, bytes]:
+        client = committed_app.test_client()
+        body = application_body(customer, invoice, 300)
+        body["credit_application"]["invoice_type"] = "add_on"
+        response = post(client, "/credit_applications", body)
+        return response.status_code, response.get_data()
+
+    results = run_together(5, apply)
+
+    assert sorted(status for status, _ in results) == [200, 200, 200, 200, 201]
+    assert len({body for _, body in results}) == 1
