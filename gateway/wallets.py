@@ -135,11 +135,13 @@ def create_wallet(
     active_id = _active_wallet_id(session, customer)
     if active_id is not None:
         active = ledger.lock_wallet(session, active_id)
-        if not active.is_expired(now):
-            raise _already_exists(customer)
-        # Expired but not swept yet: record its expiry now, then the new wallet may exist.
-        assert active.expiration_at is not None
-        _end_wallet(session, active, active.expiration_at)
+        # Re-read under the lock: the sweep or a DELETE may have ended it meanwhile.
+        if active.status == WalletStatus.ACTIVE:
+            if not active.is_expired(now):
+                raise _already_exists(customer)
+            # Expired but not swept yet: record its expiry now; then a new wallet may exist.
+            assert active.expiration_at is not None
+            _end_wallet(session, active, active.expiration_at)
     wallet = Wallet(
         customer_id=customer.id,
         status=WalletStatus.ACTIVE,

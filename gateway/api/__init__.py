@@ -5,9 +5,11 @@ from __future__ import annotations
 from flask import Blueprint, Flask
 
 from gateway.api.auth import require_api_key
+from gateway.api.fields import refuse_nul_in_url
 
 api_v1 = Blueprint("api_v1", __name__, url_prefix="/api/v1")
 api_v1.before_request(require_api_key)
+api_v1.before_request(refuse_nul_in_url)
 
 
 def register_api(app: Flask) -> None:

@@ -38,6 +38,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "idempotency_key_reused": 422,
     "idempotency_key_in_progress": 409,
     "invoice_already_applied": 422,
+    "not_ready": 503,
     "internal_error": 500,
 }
 
@@ -106,7 +107,11 @@ def register_error_handlers(app: Flask) -> None:
         code = _CODE_BY_HTTP_STATUS.get(status)
         if code is None:
             code = "internal_error" if status >= 500 else "validation_errors"
-        return error_response(code, exc.description or HTTPStatus(status).phrase, status=status)
+        response = error_response(code, exc.description or HTTPStatus(status).phrase, status=status)
+        for name, value in exc.get_headers():  # e.g. Allow on 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

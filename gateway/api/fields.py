@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from flask import request
 from marshmallow import ValidationError, fields
 
 from gateway import money
@@ -90,6 +91,23 @@ def refuse_unstorable_text(payload: Any) -> None:
             node = child if isinstance(child, dict) else {}
         node[path[-1] if path else "_schema"] = [_UNSTORABLE_MESSAGE]
     raise ApiError("validation_errors", "the request contains text that cannot be stored", details)
+
+
+def refuse_nul_in_url() -> None:
+    """`before_request` of the API: a NUL in a path segment or query value is a 422.
+
+    URL decoding already replaces invalid UTF-8, but a `%00` would reach the database,
+    where PostgreSQL refuses it with an error.
+    """
+    details: dict[str, Any] = {}
+    for name, value in (request.view_args or {}).items():
+        if isinstance(value, str) and "\x00" in value:
+            details[name] = ["must not contain NUL characters"]
+    for name, value in request.args.items(multi=True):
+        if "\x00" in value or "\x00" in name:
+            details[name] = ["must not contain NUL characters"]
+    if details:
+        raise ApiError("validation_errors", "the URL contains NUL characters", details)
 
 
 class DecimalString(fields.Field[Decimal]):

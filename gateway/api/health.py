@@ -6,14 +6,19 @@ from flask import Blueprint, Response, current_app
 from sqlalchemy import text
 
 from gateway import metrics
-from gateway.api.framework import Reply, endpoint, json_response
+from gateway.api.errors import error_response
+from gateway.api.framework import OPERATIONS, Operation, Reply, endpoint, json_response
+from gateway.api.schemas import ServiceStatusResponse
 from gateway.db import get_session
 from gateway.migrate import current_revision, head_revision
 
 service = Blueprint("service", __name__)
 
 
-@endpoint(service, "/healthz", "GET", summary="The process is up", authenticated=False)
+@endpoint(
+    service, "/healthz", "GET",
+    summary="The process is up", response=ServiceStatusResponse, authenticated=False,
+)  # fmt: skip
 def healthz() -> Reply:
     return Reply({"status": "ok"})
 
@@ -28,12 +33,16 @@ def readyz() -> Response:
         session.rollback()
     except Exception:
         current_app.logger.warning("readiness check: database unreachable", exc_info=True)
-        return json_response({"status": "unavailable", "database": "unreachable"}, 503)
+        return error_response(
+            "not_ready", "the database is unreachable", {"database": ["unreachable"]}
+        )
     head = head_revision()
     if revision != head:
-        return json_response(
-            {"status": "unavailable", "database": "ok", "schema": revision, "expected": head},
-            503,
+        return error_response(
+            "not_ready",
+            f"the database schema is at {revision or 'no revision'}, the code needs {head}: "
+            "run `gateway db upgrade`",
+            {"schema": [f"at {revision or 'no revision'}, expected {head}"]},
         )
     return json_response({"status": "ok", "database": "ok", "schema": revision}, 200)
 
@@ -42,3 +51,21 @@ def readyz() -> Response:
 def prometheus_metrics() -> Response:
     body, content_type = metrics.render()
     return Response(body, content_type=content_type)
+
+
+# Plain Flask views (not `@endpoint`), described here so the OpenAPI document lists them.
+OPERATIONS.extend(
+    [
+        Operation(
+            rule="/readyz", method="GET", view_name="readyz",
+            summary="Ready: the database answers and its schema is at the code's head",
+            body=None, query=None, response=ServiceStatusResponse, status=200,
+            errors=("not_ready",), authenticated=False,
+        ),
+        Operation(
+            rule="/metrics", method="GET", view_name="prometheus_metrics",
+            summary="Prometheus metrics (text exposition format)",
+            body=None, query=None, response=None, status=200, errors=(), authenticated=False,
+        ),
+    ]
+)  # fmt: skip

@@ -368,3 +368,12 @@ class CreditApplicationSchema(Schema):
 
 class CreditApplicationResponse(Schema):
     credit_application = fields.Nested(CreditApplicationSchema)
+
+
+# --- service endpoints (health) ----------------------------------------------------
+
+
+class ServiceStatusResponse(Schema):
+    status = fields.String(required=True, metadata={"example": "ok"})
+    database = fields.String(metadata={"example": "ok"})
+    schema = fields.String(allow_none=True, metadata={"description": "Alembic revision"})

@@ -18,6 +18,7 @@ from gateway.api.framework import (
     BODY_ERRORS,
     COMMON_ERRORS,
     OPERATIONS,
+    Operation,
     json_response,
 )
 from gateway.api.schemas import ErrorSchema
@@ -108,3 +109,12 @@ def openapi_document() -> dict[str, Any]:
 @api_v1.get("/openapi.json")
 def openapi_json() -> Response:
     return json_response(openapi_document(), 200)
+
+
+OPERATIONS.append(
+    Operation(
+        rule="/api/v1/openapi.json", method="GET", view_name="openapi_json",
+        summary="This OpenAPI 3 document", body=None, query=None, response=None,
+        status=200, errors=(), authenticated=True,
+    )
+)  # fmt: skip
