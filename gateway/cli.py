@@ -89,3 +89,6 @@ def expire_wallets_command(batch_size: int | None) -> None:
 def register_commands(app: Flask) -> None:
     app.cli.add_command(db_group)
     app.cli.add_command(expire_wallets_command)
+    from gateway.webhooks_cli import webhooks_group
+
+    app.cli.add_command(webhooks_group)

@@ -34,6 +34,7 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session, SessionTransaction
 
 from gateway import ledger, metrics
+from gateway.db import utcnow
 from gateway.models import (
     EntryStatus,
     Purchase,
@@ -42,7 +43,12 @@ from gateway.models import (
     WalletStatus,
     WalletTransaction,
 )
-from gateway.providers.base import InvoiceSnapshot, PaymentProvider, ProviderError
+from gateway.providers.base import (
+    InvoiceSnapshot,
+    PaymentProvider,
+    ProviderError,
+    ProviderNotConfigured,
+)
 
 log = logging.getLogger(__name__)
 
@@ -309,9 +315,6 @@ def _apply_open(locked: _Locked, invoice: InvoiceSnapshot, *, linked: bool) -> S
 _VOIDS_KEY = "gateway.purchases_to_void"
 _LISTENING_KEY = "gateway.voids_listening"
 
-# How the after-commit step reaches the provider: returns None when none is configured
-# or outside an application context (the purchases stay flagged for reconciliation).
-ProviderLookup = Callable[[], PaymentProvider | None]
 SessionFactory = Callable[[], Session]
 
 
@@ -366,7 +369,7 @@ def _after_commit(session: Session) -> None:
     purchase_ids: list[str] = session.info.pop(_VOIDS_KEY, None) or []
     if not purchase_ids:
         return
-    provider = AFTER_COMMIT_PROVIDER()
+    provider = _app_provider()
     if provider is None:
         log.warning(
             "no payment provider: invoices of %d purchase(s) left flagged for reconciliation",
@@ -385,11 +388,18 @@ def _after_commit(session: Session) -> None:
         log.exception("voiding invoices of ended wallets failed; left for reconciliation")
 
 
-def _no_provider() -> PaymentProvider | None:
-    return None
+def _app_provider() -> PaymentProvider | None:
+    """The current app's provider; None outside an app or without a configured key."""
+    from flask import has_app_context
 
+    from gateway.providers import get_provider
 
-AFTER_COMMIT_PROVIDER: ProviderLookup = _no_provider
+    if not has_app_context():
+        return None
+    try:
+        return get_provider()
+    except ProviderNotConfigured:
+        return None
 
 
 @dataclass(frozen=True)
@@ -402,12 +412,16 @@ def void_flagged_invoices(
     new_session: SessionFactory,
     provider: PaymentProvider,
     purchase_ids: Iterable[str] | None = None,
+    *,
+    now: datetime | None = None,
 ) -> VoidResult:
     """Void at the provider the invoices of purchases flagged `provider_void_pending`.
 
-    Every purchase flagged (or those of `purchase_ids`): read in a short transaction,
-    the provider called with no transaction open, the flag cleared in another short
-    transaction. A failure leaves the flag for the next run (reconciliation).
+    Every flagged purchase (or those of `purchase_ids`): read in a short transaction,
+    the provider called with no transaction open, then what the provider answered is
+    applied through `apply_invoice` (a payment that beat the void is marked for refund)
+    and the flag cleared, in another short transaction. Failures leave the flag for
+    the next run (reconciliation).
     """
     if purchase_ids is None:
         with new_session() as session:
@@ -433,22 +447,32 @@ def void_flagged_invoices(
                     left.append(purchase_id)  # not created (yet): reconciliation decides
                     continue
                 invoice_id = found.id
-            snapshot = provider.void_invoice(invoice_id)
+            invoice = provider.void_invoice(invoice_id)
         except ProviderError as exc:
-            log.warning("voiding invoice of purchase %s failed: %s", purchase_id, exc)
+            log.warning("voiding the invoice of purchase %s failed: %s", purchase_id, exc)
+            left.append(purchase_id)
+            continue
+        if invoice.status not in ("void", "paid"):
             left.append(purchase_id)
             continue
         with new_session() as session, session.begin():
-            purchase = session.execute(
-                select(Purchase)
-                .where(Purchase.id == purchase_id)
-                .with_for_update()
-                .execution_options(populate_existing=True)
-            ).scalar_one()
-            if purchase.provider_invoice_id is None:
-                purchase.provider_invoice_id = invoice_id
-            if purchase.status == PurchaseStatus.FAILED:
-                purchase.invoice_status = snapshot.status
-            purchase.provider_void_pending = False
-        voided.append(purchase_id)
+            outcome = apply_invoice(
+                session, invoice, now or utcnow(), source=f"void of purchase {purchase_id}"
+            )
+            if outcome.action != SettlementAction.NOT_OURS:
+                session.get_one(Purchase, purchase_id).provider_void_pending = False
+        if outcome.action == SettlementAction.NOT_OURS:
+            left.append(purchase_id)
+        else:
+            voided.append(purchase_id)
     return VoidResult(voided=voided, left_flagged=left)
+
+
+def _register_wallet_hook() -> None:
+    from gateway.wallets import WALLET_ENDED_HOOKS
+
+    if close_purchases_of_ended_wallet not in WALLET_ENDED_HOOKS:
+        WALLET_ENDED_HOOKS.append(close_purchases_of_ended_wallet)
+
+
+_register_wallet_hook()

@@ -20,3 +20,6 @@ def register_api(app: Flask) -> None:
     app.register_blueprint(api_v1)
     app.register_blueprint(health.service)
     app.register_blueprint(spec.docs)
+    from gateway.api.webhooks import stripe_webhooks
+
+    app.register_blueprint(stripe_webhooks)

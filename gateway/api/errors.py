@@ -39,6 +39,11 @@ STATUS_BY_CODE: dict[str, int] = {
     "idempotency_key_in_progress": 409,
     "invoice_already_applied": 422,
     "not_ready": 503,
+    "invalid_signature": 400,
+    "invalid_webhook_payload": 400,
+    "livemode_mismatch": 400,
+    "webhook_not_configured": 503,
+    "webhook_processing_failed": 500,
     "internal_error": 500,
 }
 

@@ -1,0 +1,88 @@
+"""POST /webhooks/stripe: Stripe's deliveries (no API key; the signature is the proof).
+
+Answers: 200 once the event is recorded and processed (or was already); 400 for a
+delivery that is not a genuine event of our mode (nothing is stored); 503 while no
+endpoint secret is configured; 500 when processing failed (recorded; Stripe retries).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from gateway.api.errors import error_response
+from gateway.api.framework import json_response
+from gateway.db import get_db, utcnow
+from gateway.providers.stripe.webhook import (
+    SIGNATURE_HEADER,
+    WebhookNotConfigured,
+    WebhookRejected,
+    verify_event,
+)
+from gateway.settings import current_settings
+from gateway.webhooks import EventProcessingFailed, check_livemode, receive_event
+
+log = logging.getLogger(__name__)
+
+stripe_webhooks = Blueprint("stripe_webhooks", __name__)
+
+
+@stripe_webhooks.post("/webhooks/stripe")
+def receive_stripe_event() -> Response:
+    settings = current_settings()
+    limit = settings.webhook_max_body_bytes
+    # The raw body is what Stripe signed: read it as bytes, never as parsed JSON.
+    request.max_content_length = limit
+    try:
+        payload = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        return _rejected(
+            WebhookRejected("invalid_payload", f"the body is larger than {limit} bytes")
+        )
+    try:
+        event = verify_event(
+            payload,
+            request.headers.get(SIGNATURE_HEADER),
+            settings.stripe_webhook_secrets,
+            tolerance_seconds=settings.webhook_tolerance_seconds,
+        )
+    except WebhookNotConfigured as exc:
+        log.error("a Stripe webhook arrived but no endpoint secret is configured")
+        return error_response(
+            "webhook_not_configured", str(exc), {"setting": "STRIPE_WEBHOOK_SECRETS"}
+        )
+    except WebhookRejected as exc:
+        return _rejected(exc)
+    check_livemode(event, settings.stripe_livemode)
+    try:
+        result = receive_event(get_db(), event, utcnow())
+    except EventProcessingFailed as exc:
+        return error_response(
+            "webhook_processing_failed",
+            "processing the event failed; it is recorded and will be processed again "
+            "when Stripe retries the delivery",
+            {"event_id": exc.event_id},
+        )
+    return json_response(
+        {
+            "received": True,
+            "event": {
+                "id": result.event_id,
+                "type": result.type,
+                "status": result.status.value,
+                "duplicate": result.duplicate,
+            },
+        },
+        200,
+    )
+
+
+def _rejected(exc: WebhookRejected) -> Response:
+    log.warning("refused a Stripe webhook delivery: %s (%s)", exc.reason, exc.message)
+    code = "invalid_signature" if exc.reason in _SIGNATURE_REASONS else "invalid_webhook_payload"
+    return error_response(code, exc.message, {"reason": exc.reason})
+
+
+_SIGNATURE_REASONS = frozenset({"missing_signature", "invalid_signature"})

@@ -1,0 +1,73 @@
+"""`gateway webhooks …`: operate on stored Stripe events."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from flask.cli import with_appcontext
+
+from gateway.db import get_db, utcnow
+from gateway.errors import NotFound
+from gateway.webhooks import (
+    EventProcessingFailed,
+    EventResult,
+    replay_event,
+    replay_unfinished,
+)
+
+
+@click.group("webhooks")
+def webhooks_group() -> None:
+    """Stored Stripe webhook events."""
+
+
+@webhooks_group.command("replay")
+@click.argument("event_id", required=False)
+@click.option(
+    "--failed",
+    "unfinished",
+    is_flag=True,
+    help="Replay every event that failed or never finished, oldest first.",
+)
+@with_appcontext
+def replay_command(event_id: str | None, unfinished: bool) -> None:
+    """Process stored events again: EVENT_ID (whatever its status), or --failed.
+
+    Processing is idempotent, so replaying an event that already took effect changes
+    nothing. Exit status: 0 when every replayed event succeeded, 1 when one failed
+    (its error is recorded on the event), 2 on a usage error or an unknown event.
+    """
+    if (event_id is None) == (not unfinished):
+        raise click.UsageError("give either EVENT_ID or --failed")
+    db, now = get_db(), utcnow()
+    if event_id is not None:
+        try:
+            outcomes: list[EventResult | EventProcessingFailed] = [replay_event(db, event_id, now)]
+        except NotFound as exc:
+            click.echo(exc.message, err=True)
+            sys.exit(2)
+        except EventProcessingFailed as failure:
+            outcomes = [failure]
+    else:
+        outcomes = []
+        for outcome in replay_unfinished(db, now):
+            outcomes.append(outcome)
+            _echo(outcome)
+        failed = sum(isinstance(outcome, EventProcessingFailed) for outcome in outcomes)
+        click.echo(f"replayed {len(outcomes)} event(s), {failed} failed")
+        sys.exit(1 if failed else 0)
+    _echo(outcomes[0])
+    sys.exit(1 if isinstance(outcomes[0], EventProcessingFailed) else 0)
+
+
+def _echo(outcome: EventResult | EventProcessingFailed) -> None:
+    if isinstance(outcome, EventProcessingFailed):
+        click.echo(f"{outcome.event_id}  failed  {outcome.error}")
+        return
+    line = f"{outcome.event_id}  {outcome.type}  {outcome.status.value}"
+    if outcome.duplicate:
+        line += "  (already done)"
+    if outcome.detail:
+        line += f"  {outcome.detail}"
+    click.echo(line)

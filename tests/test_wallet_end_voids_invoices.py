@@ -1,0 +1,210 @@
+"""A wallet that ends takes its unpaid purchases with it, and their invoices at Stripe."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from decimal import Decimal
+import json
+from typing import Any
+
+import pytest
+import responses
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session
+
+from gateway import settlement
+from gateway.db import get_db, utcnow
+from gateway.models import EntryStatus, PurchaseStatus, Wallet, WalletStatus
+from gateway.providers import get_provider
+from tests.conftest import postgres_url
+from tests.helpers import delete
+from tests.webhook_support import (
+    PurchaseRow,
+    invoice_event,
+    invoice_object,
+    make_purchase,
+    post_signed,
+    state_of,
+)
+
+STRIPE = "https://api.stripe.com/v1"
+
+
+@pytest.fixture
+def stripe_http() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
+
+
+def _stripe_invoice(purchase: PurchaseRow, mock: responses.RequestsMock, status: str) -> None:
+    """Stripe's side of one invoice in `status`: reading it, and voiding it if it is open."""
+    mock.get(f"{STRIPE}/invoices/{purchase.invoice_id}", json=invoice_object(purchase, status))
+    void_url = f"{STRIPE}/invoices/{purchase.invoice_id}/void"
+    if status == "open":
+        mock.post(void_url, json=invoice_object(purchase, "void"))
+    else:
+        refusal = {
+            "type": "invalid_request_error",
+            "message": f"You can only void open invoices; this one is {status}.",
+        }
+        mock.post(void_url, status=400, json={"error": refusal})
+
+
+def _void_calls(mock: responses.RequestsMock) -> list[Any]:
+    return [call for call in mock.calls if call.request.url.endswith("/void")]
+
+
+def test_terminating_a_wallet_fails_its_unpaid_purchase_and_voids_the_invoice(
+    client: FlaskClient, db_session: Session, stripe_http: responses.RequestsMock
+) -> None:
+    purchase = make_purchase(db_session, granted=Decimal("2"))
+    _stripe_invoice(purchase, stripe_http, "open")
+
+    response = delete(client, f"/wallets/{purchase.wallet_id}")
+
+    assert response.status_code == 200, response.json
+    [void] = _void_calls(stripe_http)
+    assert void.request.headers["Idempotency-Key"] == f"{purchase.invoice_id}:void"
+    state = state_of(db_session, purchase.id)
+    assert state.purchase_status == PurchaseStatus.FAILED
+    assert state.entry_status == EntryStatus.FAILED
+    assert state.invoice_status == "void"
+    assert not state.void_pending
+    assert state.balance == 0
+
+
+def test_a_failed_void_leaves_the_purchase_flagged_and_a_later_run_finishes_it(
+    app: Flask, client: FlaskClient, db_session: Session, stripe_http: responses.RequestsMock
+) -> None:
+    purchase = make_purchase(db_session)
+    stripe_http.post(
+        f"{STRIPE}/invoices/{purchase.invoice_id}/void",
+        status=500,
+        json={"error": {"type": "api_error", "message": "down"}},
+    )
+
+    response = delete(client, f"/wallets/{purchase.wallet_id}")
+
+    assert response.status_code == 200  # best effort: the termination stands
+    state = state_of(db_session, purchase.id)
+    assert state.purchase_status == PurchaseStatus.FAILED
+    assert state.entry_status == EntryStatus.FAILED
+    assert state.void_pending
+
+    # Stripe is back; the reconciliation run calls the same routine for every flag.
+    stripe_http.reset()
+    _stripe_invoice(purchase, stripe_http, "open")
+    with app.app_context():
+        result = settlement.void_flagged_invoices(get_db().session, get_provider())
+    assert result.voided == [purchase.id]
+    state = state_of(db_session, purchase.id)
+    assert not state.void_pending
+    assert state.invoice_status == "void"
+
+
+def test_a_payment_that_beat_the_void_is_marked_for_refund(
+    client: FlaskClient, db_session: Session, stripe_http: responses.RequestsMock
+) -> None:
+    purchase = make_purchase(db_session)
+    # The customer paid just before the wallet ended: Stripe refuses the void.
+    _stripe_invoice(purchase, stripe_http, "paid")
+
+    assert delete(client, f"/wallets/{purchase.wallet_id}").status_code == 200
+
+    assert [call.response.status_code for call in _void_calls(stripe_http)] == [400]
+    state = state_of(db_session, purchase.id)
+    assert state.purchase_status == PurchaseStatus.REFUND_REQUIRED
+    assert state.entry_status == EntryStatus.FAILED
+    assert not state.void_pending
+    assert state.balance == 0
+    # The paid webhook arriving afterwards changes nothing.
+    assert post_signed(client, invoice_event(purchase, "invoice.paid")).status_code == 200
+    assert state_of(db_session, purchase.id) == state
+
+
+def test_payment_landing_after_termination_adds_no_credits(
+    client: FlaskClient, db_session: Session, stripe_http: responses.RequestsMock
+) -> None:
+    purchase = make_purchase(db_session, granted=Decimal("4"))
+    _stripe_invoice(purchase, stripe_http, "open")
+    assert delete(client, f"/wallets/{purchase.wallet_id}").status_code == 200
+
+    # Stripe's void webhook, then a payment that raced it anyway.
+    assert post_signed(client, invoice_event(purchase, "invoice.voided")).status_code == 200
+    assert post_signed(client, invoice_event(purchase, "invoice.paid")).status_code == 200
+
+    state = state_of(db_session, purchase.id)
+    assert state.purchase_status == PurchaseStatus.REFUND_REQUIRED
+    assert state.attention_reason is not None and "refund" in state.attention_reason
+    assert state.entry_status == EntryStatus.FAILED
+    assert state.balance == 0
+
+
+def test_the_expiry_sweep_voids_the_invoices_of_expired_wallets(
+    runner: FlaskCliRunner, db_session: Session, stripe_http: responses.RequestsMock
+) -> None:
+    purchase = make_purchase(db_session, granted=Decimal("3"))
+    wallet = db_session.get_one(Wallet, purchase.wallet_id)
+    wallet.expiration_at = utcnow() - timedelta(hours=1)
+    db_session.commit()
+    _stripe_invoice(purchase, stripe_http, "open")
+
+    result = runner.invoke(args=["expire-wallets"])
+
+    assert result.exit_code == 0, result.output
+    assert len(_void_calls(stripe_http)) == 1
+    db_session.expire_all()
+    assert db_session.get_one(Wallet, purchase.wallet_id).status == WalletStatus.TERMINATED
+    state = state_of(db_session, purchase.id)
+    assert state.purchase_status == PurchaseStatus.FAILED
+    assert state.invoice_status == "void"
+    assert not state.void_pending
+
+
+@pytest.fixture
+def observer() -> Iterator[Engine]:
+    """A connection pool of its own, to look at what other transactions committed."""
+    engine = create_engine(postgres_url())
+    yield engine
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_the_invoice_is_voided_after_commit_with_no_lock_held(
+    committed_app: Flask, observer: Engine, stripe_http: responses.RequestsMock
+) -> None:
+    with committed_app.app_context():
+        session = get_db().session()
+        purchase = make_purchase(session)
+        session.close()
+    seen: dict[str, Any] = {}
+
+    def void(request: Any) -> tuple[int, dict[str, str], str]:
+        with observer.connect() as conn:
+            # Committed already, and the rows are free: NOWAIT fails if anyone holds them.
+            conn.execute(text("SET lock_timeout = '1ms'"))
+            seen["wallet"] = conn.execute(
+                text("SELECT status FROM wallets WHERE id = :id FOR UPDATE NOWAIT"),
+                {"id": purchase.wallet_id},
+            ).scalar_one()
+            seen["purchase"] = conn.execute(
+                text("SELECT status FROM purchases WHERE id = :id FOR UPDATE NOWAIT"),
+                {"id": purchase.id},
+            ).scalar_one()
+            conn.rollback()
+        return 200, {}, json.dumps(invoice_object(purchase, "void"))
+
+    stripe_http.add_callback("POST", f"{STRIPE}/invoices/{purchase.invoice_id}/void", callback=void)
+
+    response = delete(committed_app.test_client(), f"/wallets/{purchase.wallet_id}")
+
+    assert response.status_code == 200
+    assert seen == {"wallet": "terminated", "purchase": "failed"}
+    with committed_app.app_context():
+        session = get_db().session()
+        state = state_of(session, purchase.id)
+        session.close()
+    assert state.invoice_status == "void" and not state.void_pending
