@@ -9,6 +9,7 @@ from flask import Flask
 from flask.cli import FlaskGroup, with_appcontext
 
 from gateway.db import get_db, utcnow
+from gateway.idempotency_cli import idempotency_group
 from gateway.settings import current_settings
 
 
@@ -89,6 +90,7 @@ def expire_wallets_command(batch_size: int | None) -> None:
 def register_commands(app: Flask) -> None:
     app.cli.add_command(db_group)
     app.cli.add_command(expire_wallets_command)
+    app.cli.add_command(idempotency_group)
     from gateway.webhooks_cli import webhooks_group
 
     app.cli.add_command(webhooks_group)

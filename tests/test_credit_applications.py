@@ -143,9 +143,7 @@ def test_consuming_the_whole_balance_leaves_no_dust(client: FlaskClient) -> None
 def test_zero_decimal_currency(client: FlaskClient) -> None:
     customer, wallet_id = wallet_with(client, "3", rate="100", currency="JPY")
 
-    result = apply(client, customer, 250, currency="JPY", tax_rate="10").json[
-        "credit_application"
-    ]
+    result = apply(client, customer, 250, currency="JPY", tax_rate="10").json["credit_application"]
 
     assert result["amount_cents"] == 250
     assert result["credit_amount"] == "2.50000"
@@ -209,9 +207,9 @@ def test_expired_wallet_is_not_applicable_before_the_sweep(
 ) -> None:
     expires = (utcnow() + timedelta(days=1)).isoformat()
     customer = subscribed_customer(client)
-    wallet_id = create_wallet(
-        client, customer, granted_credits="10", expiration_at=expires
-    )["wallet"]["id"]
+    wallet_id = create_wallet(client, customer, granted_credits="10", expiration_at=expires)[
+        "wallet"
+    ]["id"]
     # Time passes: the expiration is behind us, the sweep has not run.
     db_session.execute(
         update(Wallet)

@@ -3,6 +3,9 @@
 A view is declared with `@endpoint(...)`: its body and query schemas, its response
 schema and status, and the error codes it can answer. The same declaration feeds
 the OpenAPI document (`gateway.api.spec`), so the document cannot drift from the code.
+
+Every authenticated POST honours an `Idempotency-Key` header (`gateway.api.idempotency`):
+the view then runs at most once per key, and `flask.g.idempotency_scope` names the key.
 """
 
 from __future__ import annotations
@@ -10,15 +13,18 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, g, request
 from marshmallow import Schema
 
+from gateway.api import idempotency
 from gateway.api.errors import ApiError
 from gateway.api.fields import json_decimal, json_integer, refuse_unstorable_text
-from gateway.db import get_session, unit_of_work
+from gateway.db import get_session, unit_of_work, utcnow
+from gateway.settings import current_settings
 
 
 @dataclass
@@ -48,6 +54,7 @@ OPERATIONS: list[Operation] = []
 
 COMMON_ERRORS = ("unauthorized", "internal_error")
 BODY_ERRORS = ("validation_errors", "invalid_json", "unsupported_media_type", "payload_too_large")
+IDEMPOTENCY_ERRORS = ("validation_errors", "idempotency_key_reused", "idempotency_key_in_progress")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -127,6 +134,11 @@ def endpoint(
     runs inside one database transaction, committed only if it returns normally.
     """
 
+    # Every authenticated POST accepts an Idempotency-Key (gateway.api.idempotency).
+    keyed = method.upper() == "POST" and authenticated
+    if keyed:
+        errors = (*errors, *IDEMPOTENCY_ERRORS)
+
     def decorate(view: Callable[..., Reply]) -> Callable[..., Response]:
         full_rule = (bp.url_prefix or "") + rule
         OPERATIONS.append(
@@ -146,21 +158,35 @@ def endpoint(
         )
         response_schema = response() if response is not None else None
 
+        def answer(kwargs: dict[str, Any]) -> Response:
+            reply = view(**kwargs)
+            dumped = (
+                response_schema.dump(reply.payload)
+                if response_schema is not None
+                else reply.payload
+            )
+            return json_response(dumped, reply.status)
+
         @wraps(view)
         def wrapper(**path_args: Any) -> Response:
+            g.idempotency_scope = None
+            key = idempotency.requested_key() if keyed else None
             kwargs: dict[str, Any] = dict(path_args)
             if body is not None:
                 kwargs["body"] = load_body(body())
             if query is not None:
                 kwargs["query"] = load_query(query())
-            with unit_of_work(get_session()):
-                reply = view(**kwargs)
-                dumped = (
-                    response_schema.dump(reply.payload)
-                    if response_schema is not None
-                    else reply.payload
+            session = get_session()
+            if key is not None and "api_principal" in g:
+                return idempotency.execute_once(
+                    session,
+                    key,
+                    lambda: answer(kwargs),
+                    now=utcnow(),
+                    ttl=timedelta(hours=current_settings().idempotency_key_ttl_hours),
                 )
-            return json_response(dumped, reply.status)
+            with unit_of_work(session):
+                return answer(kwargs)
 
         bp.add_url_rule(rule, endpoint=view.__name__, view_func=wrapper, methods=[method.upper()])
         return wrapper
