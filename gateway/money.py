@@ -67,7 +67,9 @@ def parse_decimal(value: object) -> Decimal:
     Binary floats, booleans, NaN, infinities and anything but plain ASCII decimal
     notation are refused with a `MoneyError` saying why.
     """
-    if isinstance(value, bool | float):
+    if isinstance(value, bool):
+        raise MoneyError("must be a decimal number, not a boolean")
+    if isinstance(value, float):
         raise MoneyError("must be a decimal string or an integer, not a binary float")
     if isinstance(value, Decimal):
         result = value
