@@ -377,3 +377,22 @@ class ServiceStatusResponse(Schema):
     status = fields.String(required=True, metadata={"example": "ok"})
     database = fields.String(metadata={"example": "ok"})
     schema = fields.String(allow_none=True, metadata={"description": "Alembic revision"})
+
+
+# --- Stripe webhook ----------------------------------------------------------------
+
+
+class WebhookEventReceipt(Schema):
+    id = fields.String(required=True, metadata={"description": "Stripe's event id"})
+    type = fields.String(required=True, metadata={"example": "invoice.paid"})
+    status = fields.String(
+        required=True, metadata={"description": "processed or ignored (event types not used)"}
+    )
+    duplicate = fields.Boolean(
+        required=True, metadata={"description": "already handled by an earlier delivery"}
+    )
+
+
+class WebhookReceivedResponse(Schema):
+    received = fields.Boolean(required=True)
+    event = fields.Nested(WebhookEventReceipt, required=True)

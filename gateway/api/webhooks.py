@@ -13,7 +13,8 @@ from flask import Blueprint, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from gateway.api.errors import error_response
-from gateway.api.framework import json_response
+from gateway.api.framework import OPERATIONS, Operation, json_response
+from gateway.api.schemas import WebhookReceivedResponse
 from gateway.db import get_db, utcnow
 from gateway.providers.stripe.webhook import (
     SIGNATURE_HEADER,
@@ -25,6 +26,8 @@ from gateway.settings import current_settings
 from gateway.webhooks import EventProcessingFailed, check_livemode, receive_event
 
 log = logging.getLogger(__name__)
+
+_RECEIVED = WebhookReceivedResponse()
 
 stripe_webhooks = Blueprint("stripe_webhooks", __name__)
 
@@ -65,18 +68,13 @@ def receive_stripe_event() -> Response:
             "when Stripe retries the delivery",
             {"event_id": exc.event_id},
         )
-    return json_response(
-        {
-            "received": True,
-            "event": {
-                "id": result.event_id,
-                "type": result.type,
-                "status": result.status.value,
-                "duplicate": result.duplicate,
-            },
-        },
-        200,
-    )
+    receipt = {
+        "id": result.event_id,
+        "type": result.type,
+        "status": result.status.value,
+        "duplicate": result.duplicate,
+    }
+    return json_response(_RECEIVED.dump({"received": True, "event": receipt}), 200)
 
 
 def _rejected(exc: WebhookRejected) -> Response:
@@ -86,3 +84,17 @@ def _rejected(exc: WebhookRejected) -> Response:
 
 
 _SIGNATURE_REASONS = frozenset({"missing_signature", "invalid_signature"})
+
+
+# A plain Flask view (the raw body is what is signed), described for the OpenAPI document.
+OPERATIONS.append(
+    Operation(
+        rule="/webhooks/stripe", method="POST", view_name="receive_stripe_event",
+        summary="Stripe event deliveries, verified by their Stripe-Signature header "
+        "(no API key)",
+        body=None, query=None, response=WebhookReceivedResponse, status=200,
+        errors=("invalid_signature", "invalid_webhook_payload", "livemode_mismatch",
+                "webhook_not_configured", "webhook_processing_failed"),
+        authenticated=False,
+    )
+)  # fmt: skip
