@@ -1,10 +1,618 @@
-"""Paid credits: the purchase row first, then the payment provider, then the result."""
+"""Paid credits: the purchase row first, then the payment provider, then the result.
+
+A purchase runs in three phases, so that nothing is lost if the process dies between
+two of them and no database lock is held while the provider is waited on:
+
+1. In the request's transaction (`PurchaseBatch.open`, the wallets module's
+   `PurchaseOpener`): the amount is checked against the provider's limits, then the
+   pending `purchased` ledger entry and the `purchases` row are written and committed
+   together with everything else the request did (a new wallet, granted credits).
+2. With no transaction open: the provider's customer (on a customer's first
+   purchase), the draft invoice, its one line, finalization; each write carries an
+   idempotency key derived from our ids. Ids learnt on the way (the provider customer,
+   the invoice) are stored at once in short transactions of their own, so a retry,
+   the webhook or reconciliation can go on from them.
+3. A short transaction (wallet, then purchase locked) stores the finalized invoice.
+
+If the provider cannot be reached in phase 2 the purchase stays `creating` and the
+caller gets `payment_provider_unavailable`; the same request repeated with the same
+Idempotency-Key (or reconciliation, through `complete_purchase`) takes it up where it
+stopped, and the idempotency keys make sure the provider still ends up with exactly
+one invoice. If the provider refuses, the purchase and its ledger entry fail.
+"""
 
 from __future__ import annotations
 
-from gateway.wallets import PurchaseOpener, paid_credits_unavailable
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from gateway import ledger, money, wallets
+from gateway.db import utcnow
+from gateway.errors import (
+    AmountTooLarge,
+    AmountTooSmall,
+    IdempotencyKeyInProgress,
+    IdempotencyKeyReused,
+    NotFound,
+    PaymentProviderRejected,
+    PaymentProviderUnavailable,
+)
+from gateway.models import (
+    Customer,
+    Purchase,
+    PurchaseStatus,
+    TransactionStatus,
+    Wallet,
+    WalletTransaction,
+)
+from gateway.providers import get_provider
+from gateway.providers.base import (
+    CustomerRequest,
+    InvoiceSnapshot,
+    PaymentProvider,
+    ProviderNotConfigured,
+    ProviderRejected,
+    ProviderUnavailable,
+    PurchaseInvoiceRequest,
+)
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+# Stripe remembers idempotency keys for at least 24 hours. A purchase older than this
+# whose invoice id was never stored is looked up by its metadata before a new invoice
+# is created, since its key may have been forgotten.
+PROVIDER_IDEMPOTENCY_WINDOW = timedelta(hours=23)
+# One request opens at most this many purchases (today: one, `paid_credits`).
+MAX_PURCHASES_PER_REQUEST = 4
+_MESSAGE_LIMIT = 2000
 
 
-def purchase_opener() -> PurchaseOpener:
-    """How this request opens purchases: refused until a payment provider is configured."""
-    return paid_credits_unavailable
+def _shown(cents: int, currency: str) -> str:
+    return f"{money.format_amount(money.from_minor(cents, currency), currency)} {currency}"
+
+
+def check_purchase_amount(
+    provider: PaymentProvider, credits: Decimal, rate: Decimal, currency: str
+) -> int:
+    """What buying `credits` at `rate` bills (minor units), if the provider can charge it."""
+    amount = money.purchase_amount_minor(credits, rate, currency)
+    if amount <= 0:
+        raise AmountTooSmall(
+            f"{money.format_credits(credits)} credits at {rate} {currency} round to "
+            f"{_shown(0, currency)}",
+            details={"paid_credits": [f"bills {_shown(0, currency)} once rounded"]},
+        )
+    minimum = provider.minimum_charge_cents(currency)
+    if amount < minimum:
+        raise AmountTooSmall(
+            f"the paid credits bill {_shown(amount, currency)}, below the smallest charge "
+            f"{provider.name} accepts in {currency} ({_shown(minimum, currency)})",
+            details={"paid_credits": [f"must bill at least {_shown(minimum, currency)}"]},
+        )
+    maximum = provider.maximum_charge_cents(currency)
+    if amount > maximum:
+        raise AmountTooLarge(
+            f"the paid credits bill {_shown(amount, currency)}, above the largest charge "
+            f"{provider.name} accepts in {currency} ({_shown(maximum, currency)})",
+            details={"paid_credits": [f"must bill at most {_shown(maximum, currency)}"]},
+        )
+    return amount
+
+
+def invoice_description(credits: Decimal, rate: Decimal, currency: str) -> str:
+    """The invoice line's text: fixed by the purchase, so a retry sends the same one."""
+    return (
+        f"{money.format_credits(credits).rstrip('0').rstrip('.')} prepaid credits "
+        f"at {money.format_amount(rate, currency)} {currency} each"
+    )
+
+
+@dataclass(frozen=True)
+class _PurchaseWork:
+    """What phases 2 and 3 need, read while the row was at hand (no lazy loads later)."""
+
+    purchase_id: str
+    wallet_id: str
+    transaction_id: str
+    created_at: datetime
+    currency: str
+    amount_cents: int
+    credits: Decimal
+    rate_amount: Decimal
+    customer: CustomerRequest
+    provider_customer_id: str | None
+    invoice_id: str | None
+
+    @classmethod
+    def of(cls, purchase: Purchase, wallet: Wallet, customer: Customer) -> _PurchaseWork:
+        return cls(
+            purchase_id=purchase.id,
+            wallet_id=wallet.id,
+            transaction_id=purchase.transaction_id,
+            created_at=purchase.created_at,
+            currency=purchase.currency,
+            amount_cents=purchase.amount_cents,
+            credits=purchase.credit_amount,
+            rate_amount=wallet.rate_amount,
+            customer=CustomerRequest(
+                customer_id=customer.id,
+                external_id=customer.external_id,
+                name=customer.name,
+                email=customer.email,
+            ),
+            provider_customer_id=customer.provider_customer_id,
+            invoice_id=purchase.provider_invoice_id,
+        )
+
+    def invoice_request(self, provider_customer_id: str) -> PurchaseInvoiceRequest:
+        return PurchaseInvoiceRequest(
+            purchase_id=self.purchase_id,
+            wallet_id=self.wallet_id,
+            transaction_id=self.transaction_id,
+            provider_customer_id=provider_customer_id,
+            currency=self.currency,
+            amount_cents=self.amount_cents,
+            credits=self.credits,
+            rate_amount=self.rate_amount,
+            description=invoice_description(self.credits, self.rate_amount, self.currency),
+        )
+
+    def error_details(self) -> dict[str, Any]:
+        return {
+            "purchase_id": self.purchase_id,
+            "wallet_id": self.wallet_id,
+            "wallet_transaction_id": self.transaction_id,
+        }
+
+
+class PurchaseBatch:
+    """The purchases of one request: opened in its transaction, completed after it.
+
+    `request_scope` identifies the request across retries (`principal:idempotency-key`,
+    or None without an Idempotency-Key); each purchase stores it, with its position, as
+    `request_key`, which is how a retry finds the purchases to resume.
+    """
+
+    def __init__(
+        self,
+        request_scope: str | None = None,
+        *,
+        provider: PaymentProvider | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.request_scope = request_scope
+        self._provider = provider
+        self._clock = clock
+        self._work: list[_PurchaseWork] = []
+
+    @property
+    def provider(self) -> PaymentProvider:
+        """The configured provider; `payment_provider_unavailable` naming the setting if none."""
+        if self._provider is None:
+            try:
+                self._provider = get_provider()
+            except ProviderNotConfigured as exc:
+                raise PaymentProviderUnavailable(
+                    f"paid credits need a payment provider: set {exc.setting}",
+                    details={"setting": exc.setting},
+                ) from exc
+        return self._provider
+
+    def request_key(self, position: int) -> str | None:
+        if self.request_scope is None:
+            return None
+        return f"{self.request_scope}:purchase:{position}"
+
+    def open(
+        self, session: Session, wallet: Wallet, credits: Decimal, now: datetime
+    ) -> WalletTransaction:
+        """Phase 1 for `credits` bought into `wallet` (locked or new): entry and row, flushed."""
+        amount = check_purchase_amount(self.provider, credits, wallet.rate_amount, wallet.currency)
+        entry = ledger.open_purchase_entry(session, wallet, credits, now)
+        request_key = self.request_key(len(self._work))
+        purchase = Purchase(
+            wallet_id=wallet.id,
+            customer_id=wallet.customer_id,
+            transaction_id=entry.id,
+            status=PurchaseStatus.CREATING,
+            currency=wallet.currency,
+            credit_amount=entry.credit_amount,
+            amount_cents=amount,
+            provider=self.provider.name,
+            request_key=request_key,
+            created_at=now,
+            updated_at=now,
+        )
+        if request_key is None:
+            session.add(purchase)
+            session.flush()
+        else:
+            try:
+                with session.begin_nested():
+                    session.add(purchase)
+            except IntegrityError as exc:
+                # Only a concurrent attempt of the same request can hold this key.
+                raise IdempotencyKeyInProgress(
+                    "another request with this Idempotency-Key is making this purchase",
+                    details={"idempotency_key": ["in progress"]},
+                ) from exc
+        set_committed_value(entry, "purchase", purchase)
+        customer = session.get(Customer, wallet.customer_id)
+        assert customer is not None
+        self._work.append(_PurchaseWork.of(purchase, wallet, customer))
+        return entry
+
+    def earlier_purchases(self, session: Session) -> list[Purchase]:
+        """Purchases an earlier attempt of this request committed (same Idempotency-Key)."""
+        if self.request_scope is None:
+            return []
+        keys = [self.request_key(position) for position in range(MAX_PURCHASES_PER_REQUEST)]
+        return list(
+            session.execute(
+                select(Purchase)
+                .where(Purchase.request_key.in_(keys))
+                .order_by(Purchase.request_key)
+            )
+            .scalars()
+            .all()
+        )
+
+    def resume(self, session: Session, purchases: Sequence[Purchase]) -> None:
+        """Take over `purchases` of an earlier attempt; those still `creating` are completed."""
+        for purchase in purchases:
+            if purchase.status == PurchaseStatus.CREATING:
+                customer = session.get(Customer, purchase.customer_id)
+                assert customer is not None
+                self._work.append(_PurchaseWork.of(purchase, purchase.wallet, customer))
+
+    def complete(self, session: Session) -> None:
+        """Commit phase 1, then run phases 2 and 3 for each purchase, in order.
+
+        Raises `PaymentProviderUnavailable` (the purchase stays resumable) or
+        `PaymentProviderRejected` (the purchase has failed) for the first that fails.
+        """
+        if not self._work:
+            return
+        session.commit()
+        for work in self._work:
+            _complete(session, self.provider, work, self._clock)
+
+
+def complete_purchase(
+    session: Session,
+    purchase_id: str,
+    *,
+    provider: PaymentProvider | None = None,
+    clock: Clock = utcnow,
+) -> Purchase:
+    """Take a purchase still `creating` to a finalized invoice (phases 2 and 3).
+
+    For reconciliation and operators: commits the caller's transaction first, holds no
+    lock while the provider is called, and does nothing to a purchase past `creating`.
+    """
+    purchase = session.get(Purchase, purchase_id, populate_existing=True)
+    if purchase is None:
+        raise NotFound(
+            f"purchase {purchase_id} does not exist", details={"purchase": ["not_found"]}
+        )
+    batch = PurchaseBatch(provider=provider, clock=clock)
+    batch.resume(session, [purchase])
+    batch.complete(session)
+    return purchase
+
+
+# --- the use cases the API calls -------------------------------------------------------
+
+
+def create_wallet(
+    session: Session,
+    data: wallets.WalletInput,
+    now: datetime,
+    *,
+    request_scope: str | None = None,
+    clock: Clock = utcnow,
+) -> wallets.WalletResult:
+    """A new wallet with its credits, paid ones invoiced at the provider.
+
+    A retry of a request whose purchase was committed (same Idempotency-Key) answers
+    with that wallet and completes its purchase, instead of `wallet_already_exists`.
+    """
+    batch = PurchaseBatch(request_scope, clock=clock)
+    earlier = batch.earlier_purchases(session)
+    if earlier:
+        result = _replayed_wallet_creation(session, data, earlier)
+        batch.resume(session, earlier)
+    else:
+        result = wallets.create_wallet(session, data, now, open_purchase=batch.open)
+    batch.complete(session)
+    return result
+
+
+def top_up(
+    session: Session,
+    wallet_id: str,
+    *,
+    granted: Decimal | None,
+    paid: Decimal | None,
+    now: datetime,
+    request_scope: str | None = None,
+    clock: Clock = utcnow,
+) -> list[WalletTransaction]:
+    """Granted and/or paid credits for a wallet; paid ones invoiced at the provider."""
+    batch = PurchaseBatch(request_scope, clock=clock)
+    earlier = batch.earlier_purchases(session)
+    if earlier:
+        transactions = _replayed_top_up(session, wallet_id, granted, paid, earlier)
+        batch.resume(session, earlier)
+    else:
+        transactions = wallets.top_up(
+            session, wallet_id, granted=granted, paid=paid, now=now, open_purchase=batch.open
+        )
+    batch.complete(session)
+    return transactions
+
+
+def _granted_with(session: Session, purchase: Purchase) -> list[WalletTransaction]:
+    """The granted entries written by the same request as `purchase` (same instant)."""
+    return list(
+        session.execute(
+            select(WalletTransaction)
+            .where(
+                WalletTransaction.wallet_id == purchase.wallet_id,
+                WalletTransaction.transaction_status == TransactionStatus.GRANTED,
+                WalletTransaction.created_at == purchase.created_at,
+            )
+            .order_by(WalletTransaction.id)
+        )
+        .scalars()
+        .all()
+    )
+
+
+def _same_credits(stored: Sequence[WalletTransaction], asked: Decimal | None) -> bool:
+    return sum((entry.credit_amount for entry in stored), Decimal(0)) == (asked or Decimal(0))
+
+
+def _key_reused() -> IdempotencyKeyReused:
+    return IdempotencyKeyReused(
+        "this Idempotency-Key was used for a different request",
+        details={"idempotency_key": ["already used with another body"]},
+    )
+
+
+def _replayed_wallet_creation(
+    session: Session, data: wallets.WalletInput, earlier: Sequence[Purchase]
+) -> wallets.WalletResult:
+    purchase = earlier[0]
+    wallet = purchase.wallet
+    granted = _granted_with(session, purchase)
+    if (
+        wallet.created_at != purchase.created_at
+        or wallet.customer.external_id != data.external_customer_id
+        or wallet.rate_amount != data.rate_amount
+        or sum((p.credit_amount for p in earlier), Decimal(0)) != (data.paid_credits or 0)
+        or not _same_credits(granted, data.granted_credits)
+    ):
+        raise _key_reused()
+    return wallets.WalletResult(wallet, [*(p.transaction for p in earlier), *granted])
+
+
+def _replayed_top_up(
+    session: Session,
+    wallet_id: str,
+    granted: Decimal | None,
+    paid: Decimal | None,
+    earlier: Sequence[Purchase],
+) -> list[WalletTransaction]:
+    purchase = earlier[0]
+    granted_entries = _granted_with(session, purchase)
+    if (
+        purchase.wallet_id != wallet_id
+        or purchase.wallet.created_at == purchase.created_at
+        or sum((p.credit_amount for p in earlier), Decimal(0)) != (paid or 0)
+        or not _same_credits(granted_entries, granted)
+    ):
+        raise _key_reused()
+    return [*(p.transaction for p in earlier), *granted_entries]
+
+
+# --- phases 2 and 3 --------------------------------------------------------------------
+
+
+def _complete(
+    session: Session, provider: PaymentProvider, work: _PurchaseWork, clock: Clock
+) -> None:
+    try:
+        provider_customer_id = work.provider_customer_id or _ensure_provider_customer(
+            session, provider, work
+        )
+        request = work.invoice_request(provider_customer_id)
+        draft = _draft_invoice(session, provider, work, request, clock)
+        invoice = provider.finish_purchase_invoice(request, draft)
+    except ProviderUnavailable as exc:
+        log.warning("purchase %s left resumable: %s", work.purchase_id, exc)
+        raise PaymentProviderUnavailable(
+            f"{exc}. The purchase is kept: repeat the request with the same "
+            "Idempotency-Key to complete it",
+            details=work.error_details(),
+        ) from exc
+    except ProviderRejected as exc:
+        log.warning("purchase %s rejected by %s: %s", work.purchase_id, provider.name, exc)
+        _fail_purchase(session, work, exc, clock())
+        raise PaymentProviderRejected(
+            str(exc),
+            details={**work.error_details(), "provider_code": exc.code},
+        ) from exc
+    _store_invoice(session, work, invoice, clock())
+
+
+def _ensure_provider_customer(
+    session: Session, provider: PaymentProvider, work: _PurchaseWork
+) -> str:
+    """The provider's customer for ours, created on the first purchase and stored at once."""
+    created = provider.ensure_customer(work.customer)
+    stored = session.execute(
+        update(Customer)
+        .where(Customer.id == work.customer.customer_id, Customer.provider_customer_id.is_(None))
+        .values(provider_customer_id=created)
+    )
+    if stored.rowcount == 0:  # type: ignore[attr-defined]
+        # Another purchase stored one first: the same customer, thanks to the idempotency
+        # key, unless that key had expired; keep the first either way.
+        created = (
+            session.execute(
+                select(Customer.provider_customer_id).where(
+                    Customer.id == work.customer.customer_id
+                )
+            ).scalar_one_or_none()
+            or created
+        )
+    session.commit()
+    customer = session.identity_map.get(session.identity_key(Customer, work.customer.customer_id))
+    if customer is not None:
+        set_committed_value(customer, "provider_customer_id", created)
+    return created
+
+
+def _draft_invoice(
+    session: Session,
+    provider: PaymentProvider,
+    work: _PurchaseWork,
+    request: PurchaseInvoiceRequest,
+    clock: Clock,
+) -> InvoiceSnapshot:
+    """The purchase's invoice as it stands: the stored one, one found, or a new draft."""
+    if work.invoice_id is not None:
+        return provider.retrieve_invoice(work.invoice_id)
+    found = None
+    if clock() - work.created_at > PROVIDER_IDEMPOTENCY_WINDOW:
+        found = provider.find_purchase_invoice(work.purchase_id)
+    draft = found or provider.create_purchase_draft(request)
+    stored = session.execute(
+        update(Purchase)
+        .where(Purchase.id == work.purchase_id, Purchase.provider_invoice_id.is_(None))
+        .values(provider_invoice_id=draft.id, invoice_status=draft.status)
+    )
+    if stored.rowcount == 0:  # type: ignore[attr-defined]
+        # The webhook or reconciliation adopted an invoice first: go on with theirs.
+        adopted = session.execute(
+            select(Purchase.provider_invoice_id).where(Purchase.id == work.purchase_id)
+        ).scalar_one()
+        session.commit()
+        if adopted is not None and adopted != draft.id:
+            log.warning(
+                "purchase %s already has invoice %s; %s stays a draft",
+                work.purchase_id,
+                adopted,
+                draft.id,
+            )
+            return provider.retrieve_invoice(adopted)
+        return draft
+    session.commit()
+    return draft
+
+
+def _lock_purchase(session: Session, purchase_id: str) -> Purchase:
+    return session.execute(
+        select(Purchase)
+        .where(Purchase.id == purchase_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+
+
+def _copy_invoice(purchase: Purchase, invoice: InvoiceSnapshot) -> None:
+    purchase.invoice_status = invoice.status
+    purchase.subtotal_cents = invoice.subtotal_cents
+    purchase.tax_cents = invoice.tax_cents
+    purchase.total_cents = invoice.total_cents
+    purchase.amount_paid_cents = invoice.amount_paid_cents
+    purchase.hosted_invoice_url = invoice.hosted_invoice_url
+
+
+def _store_invoice(
+    session: Session, work: _PurchaseWork, invoice: InvoiceSnapshot, now: datetime
+) -> None:
+    """Phase 3: the finalized invoice onto the purchase (wallet, then purchase locked).
+
+    Only a purchase still `creating` takes the invoice's state: if a webhook already
+    moved it on (paid before we got here), its newer state is kept.
+    """
+    wallet = ledger.lock_wallet(session, work.wallet_id)
+    purchase = _lock_purchase(session, work.purchase_id)
+    if purchase.provider_invoice_id is None:
+        purchase.provider_invoice_id = invoice.id
+    if purchase.provider_invoice_id != invoice.id:
+        log.error(
+            "purchase %s has invoice %s, not %s",
+            work.purchase_id,
+            purchase.provider_invoice_id,
+            invoice.id,
+        )
+    elif purchase.status == PurchaseStatus.CREATING:
+        _copy_invoice(purchase, invoice)
+        if invoice.status in ("void", "uncollectible"):
+            _mark_failed(
+                session,
+                wallet,
+                purchase,
+                code=f"invoice_{invoice.status}",
+                message=f"invoice {invoice.id} is {invoice.status}",
+                now=now,
+            )
+        else:
+            purchase.status = PurchaseStatus.OPEN
+            purchase.updated_at = now
+    elif purchase.subtotal_cents is None:
+        status = purchase.invoice_status
+        _copy_invoice(purchase, invoice)
+        purchase.invoice_status = status or invoice.status
+        purchase.updated_at = now
+    session.commit()
+
+
+def _mark_failed(
+    session: Session,
+    wallet: Wallet,
+    purchase: Purchase,
+    *,
+    code: str,
+    message: str,
+    now: datetime,
+) -> None:
+    entry = session.get(WalletTransaction, purchase.transaction_id, populate_existing=True)
+    assert entry is not None
+    ledger.fail_purchase_entry(wallet, entry, now)
+    purchase.status = PurchaseStatus.FAILED
+    purchase.failure_code = code[:64]
+    purchase.failure_message = message[:_MESSAGE_LIMIT]
+    purchase.updated_at = now
+
+
+def _fail_purchase(
+    session: Session, work: _PurchaseWork, exc: ProviderRejected, now: datetime
+) -> None:
+    """A rejected purchase fails, with its ledger entry; the balance never saw it."""
+    wallet = ledger.lock_wallet(session, work.wallet_id)
+    purchase = _lock_purchase(session, work.purchase_id)
+    if purchase.status == PurchaseStatus.CREATING:
+        _mark_failed(
+            session,
+            wallet,
+            purchase,
+            code=exc.code or "provider_rejected",
+            message=str(exc),
+            now=now,
+        )
+    session.commit()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway import wallets
+from flask import g
+
+from gateway import purchases, wallets
 from gateway.api import api_v1
 from gateway.api.framework import Reply, endpoint
 from gateway.api.schemas import (
@@ -22,7 +24,6 @@ from gateway.api.schemas import (
     pagination_meta,
 )
 from gateway.db import get_session, utcnow
-from gateway.purchases import purchase_opener
 
 WALLET_WRITE_ERRORS = ("not_found", "wallet_is_terminated", "coupons_not_applicable")
 CREDIT_ERRORS = ("amount_too_small", "amount_too_large", "payment_provider_unavailable",
@@ -37,11 +38,11 @@ CREDIT_ERRORS = ("amount_too_small", "amount_too_large", "payment_provider_unava
             "currency_mismatch", "coupons_not_applicable", *CREDIT_ERRORS],
 )  # fmt: skip
 def create_wallet(body: dict[str, Any]) -> Reply:
-    result = wallets.create_wallet(
+    result = purchases.create_wallet(
         get_session(),
         wallets.WalletInput(**body["wallet"]),
         utcnow(),
-        open_purchase=purchase_opener(),
+        request_scope=g.get("idempotency_scope"),
     )
     return Reply({"wallet": result.wallet, "wallet_transactions": result.transactions}, 201)
 
@@ -99,13 +100,13 @@ def terminate_wallet(wallet_id: str) -> Reply:
 )  # fmt: skip
 def top_up(body: dict[str, Any]) -> Reply:
     data = body["wallet_transaction"]
-    transactions = wallets.top_up(
+    transactions = purchases.top_up(
         get_session(),
         data["wallet_id"],
         granted=data.get("granted_credits"),
         paid=data.get("paid_credits"),
         now=utcnow(),
-        open_purchase=purchase_opener(),
+        request_scope=g.get("idempotency_scope"),
     )
     return Reply({"wallet_transactions": transactions}, 201)
 

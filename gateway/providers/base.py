@@ -13,6 +13,8 @@ from typing import Protocol
 META_PURCHASE_ID = "gateway_purchase_id"
 META_WALLET_ID = "gateway_wallet_id"
 META_TRANSACTION_ID = "gateway_transaction_id"
+# Key of our customer id in a provider customer's metadata.
+META_CUSTOMER_ID = "gateway_customer_id"
 
 
 class ProviderError(Exception):
@@ -107,7 +109,21 @@ class PaymentProvider(Protocol):
         ...
 
     def create_purchase_invoice(self, request: PurchaseInvoiceRequest) -> InvoiceSnapshot:
-        """Create, fill (one line, no discounts) and finalize the purchase invoice."""
+        """Create, fill (one line, no discounts) and finalize the purchase invoice.
+
+        The same as `finish_purchase_invoice(request, create_purchase_draft(request))`.
+        """
+        ...
+
+    def create_purchase_draft(self, request: PurchaseInvoiceRequest) -> InvoiceSnapshot:
+        """Step 1: the empty draft invoice, our ids in its metadata (idempotent)."""
+        ...
+
+    def finish_purchase_invoice(
+        self, request: PurchaseInvoiceRequest, invoice: InvoiceSnapshot
+    ) -> InvoiceSnapshot:
+        """Steps 2 and 3, from wherever `invoice` stands: add the line if the draft has
+        none, then finalize. An invoice already finalized is returned as it is."""
         ...
 
     def retrieve_invoice(self, invoice_id: str) -> InvoiceSnapshot: ...

@@ -1,0 +1,350 @@
+"""The Stripe implementation of `PaymentProvider`, on one `stripe.StripeClient`.
+
+Every write carries an idempotency key derived from our own ids, so repeating a call
+after a timeout or a crash returns the object the first call made instead of making
+another. Parameters are built as stripe-python's TypedDicts (`InvoiceCreateParams`…),
+so mypy refuses a misspelled Stripe parameter before Stripe does.
+
+Errors leave this module as the boundary's errors: network failures, timeouts, 5xx,
+409 and 429 are `ProviderUnavailable` (retry later); a refused key (401/403) is too,
+since it is our configuration and not the purchase that is wrong; other 4xx answers
+are `ProviderRejected` (retrying the same request will not help).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import stripe
+from stripe.params import (
+    CustomerCreateParams,
+    InvoiceCreateParams,
+    InvoiceFinalizeInvoiceParams,
+    InvoiceItemCreateParams,
+    InvoiceListParams,
+    InvoiceSearchParams,
+)
+
+from gateway.providers.base import (
+    META_CUSTOMER_ID,
+    META_PURCHASE_ID,
+    META_TRANSACTION_ID,
+    META_WALLET_ID,
+    CustomerRequest,
+    InvoiceSnapshot,
+    ProviderRejected,
+    ProviderUnavailable,
+    PurchaseInvoiceRequest,
+)
+from gateway.providers.stripe import limits
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Our external id in the Stripe customer's metadata, next to our own id.
+META_EXTERNAL_ID = "gateway_external_id"
+# Stripe's page size limit for list and search.
+PAGE_SIZE = 100
+INVOICE_STATUSES = ("draft", "open", "paid", "uncollectible", "void")
+
+
+def build_client(settings: Settings) -> stripe.StripeClient:
+    """The one `StripeClient` of an app: key, API base, retries and timeout from settings.
+
+    `STRIPE_API_BASE` points every base address (api, connect, files, meter events) at
+    one server, e.g. a Stripe-compatible test server on 127.0.0.1.
+    """
+    base = settings.stripe_api_base
+    return stripe.StripeClient(
+        settings.stripe_secret_key,
+        base_addresses=(
+            {"api": base, "connect": base, "files": base, "meter_events": base} if base else None
+        ),
+        max_network_retries=settings.stripe_max_network_retries,
+        http_client=stripe.RequestsClient(timeout=settings.stripe_timeout_seconds),
+    )
+
+
+@contextmanager
+def _boundary(action: str) -> Iterator[None]:
+    """Turn stripe-python's errors into the boundary's, with a message fit for a caller."""
+    try:
+        yield
+    except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
+        raise ProviderUnavailable(
+            f"Stripe could not be reached to {action}: {_describe(exc)}"
+        ) from exc
+    except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+        # Stripe masks the key in its message; we do not repeat the message anyway.
+        log.error("Stripe refused the configured key (%s) to %s", exc.http_status, action)
+        raise ProviderUnavailable(
+            f"Stripe refused the configured key (HTTP {exc.http_status}) to {action}: "
+            "check STRIPE_SECRET_KEY"
+        ) from exc
+    except (stripe.InvalidRequestError, stripe.IdempotencyError, stripe.CardError) as exc:
+        raise ProviderRejected(
+            f"Stripe refused to {action}: {exc.user_message or 'request refused'}",
+            code=exc.code or _error_type(exc),
+            status=exc.http_status,
+        ) from exc
+    except stripe.StripeError as exc:  # 5xx, 409 and unreadable answers
+        raise ProviderUnavailable(f"Stripe failed to {action}: {_describe(exc)}") from exc
+
+
+def _describe(exc: stripe.StripeError) -> str:
+    status = f"HTTP {exc.http_status}" if exc.http_status else "no response"
+    return f"{status} ({type(exc).__name__})"
+
+
+def _error_type(exc: stripe.StripeError) -> str | None:
+    error = exc.error
+    return getattr(error, "type", None) if error is not None else None
+
+
+class StripeProvider:
+    """`PaymentProvider` on Stripe invoices, configured from `Settings`."""
+
+    name = "stripe"
+
+    def __init__(
+        self,
+        client: stripe.StripeClient,
+        *,
+        tax_mode: str,
+        tax_rate_ids: tuple[str, ...] = (),
+        collection_method: str = "charge_automatically",
+        days_until_due: int = 30,
+    ) -> None:
+        self._client = client
+        self._tax_mode = tax_mode
+        self._tax_rate_ids = tax_rate_ids
+        self._collection_method = collection_method
+        self._days_until_due = days_until_due
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StripeProvider:
+        return cls(
+            build_client(settings),
+            tax_mode=settings.stripe_tax_mode,
+            tax_rate_ids=settings.stripe_tax_rate_ids,
+            collection_method=settings.stripe_collection_method,
+            days_until_due=settings.stripe_days_until_due,
+        )
+
+    # --- amounts --------------------------------------------------------------------
+
+    def minimum_charge_cents(self, currency: str) -> int:
+        return limits.minimum_charge_minor(currency)
+
+    def maximum_charge_cents(self, currency: str) -> int:
+        return limits.maximum_charge_minor(currency)
+
+    # --- customers ------------------------------------------------------------------
+
+    def ensure_customer(self, customer: CustomerRequest) -> str:
+        """Create the Stripe customer of `customer`; a repeat returns the same one."""
+        params: CustomerCreateParams = {
+            "metadata": {
+                META_CUSTOMER_ID: customer.customer_id,
+                META_EXTERNAL_ID: customer.external_id,
+            }
+        }
+        if customer.name:
+            params["name"] = customer.name
+        if customer.email:
+            params["email"] = customer.email
+        with _boundary("create the customer"):
+            created = self._client.v1.customers.create(
+                params, {"idempotency_key": f"{customer.customer_id}:customer"}
+            )
+        return created.id
+
+    # --- purchase invoices ----------------------------------------------------------
+
+    def create_purchase_invoice(self, request: PurchaseInvoiceRequest) -> InvoiceSnapshot:
+        return self.finish_purchase_invoice(request, self.create_purchase_draft(request))
+
+    def create_purchase_draft(self, request: PurchaseInvoiceRequest) -> InvoiceSnapshot:
+        """The draft: our currency, our ids, no discounts, no pending items, taxes per config.
+
+        `auto_advance` stays off until we finalize, so a draft abandoned by a crash is
+        never finalized and collected by Stripe on its own.
+        """
+        params: InvoiceCreateParams = {
+            "customer": request.provider_customer_id,
+            "currency": request.currency.lower(),
+            "description": request.description,
+            "metadata": _metadata(request),
+            # An empty string, not an empty list: no customer-level coupon is inherited.
+            "discounts": "",
+            # Only the line we attach below, never the customer's other pending items.
+            "pending_invoice_items_behavior": "exclude",
+            "auto_advance": False,
+            "collection_method": self._collection_method,
+        }
+        if self._collection_method == "send_invoice":
+            params["days_until_due"] = self._days_until_due
+        if self._tax_mode == "automatic":
+            params["automatic_tax"] = {"enabled": True}
+        elif self._tax_mode == "rates":
+            params["default_tax_rates"] = list(self._tax_rate_ids)
+        with _boundary("create the invoice"):
+            invoice = self._client.v1.invoices.create(
+                params, {"idempotency_key": f"{request.purchase_id}:invoice"}
+            )
+        return invoice_snapshot(invoice.to_dict())
+
+    def finish_purchase_invoice(
+        self, request: PurchaseInvoiceRequest, invoice: InvoiceSnapshot
+    ) -> InvoiceSnapshot:
+        if invoice.status != "draft":
+            return invoice
+        if invoice.subtotal_cents == 0:
+            self._add_line(request, invoice.id)
+        elif invoice.subtotal_cents != request.amount_cents:
+            raise ProviderRejected(
+                f"draft invoice {invoice.id} bills {invoice.subtotal_cents} instead of "
+                f"{request.amount_cents}: it was changed outside this service",
+                code="unexpected_invoice_lines",
+            )
+        params: InvoiceFinalizeInvoiceParams = {"auto_advance": True}
+        with _boundary("finalize the invoice"):
+            finalized = self._client.v1.invoices.finalize_invoice(
+                invoice.id, params, {"idempotency_key": f"{request.purchase_id}:finalize"}
+            )
+        return invoice_snapshot(finalized.to_dict())
+
+    def _add_line(self, request: PurchaseInvoiceRequest, invoice_id: str) -> None:
+        """The one line: paid credits x rate, not discountable, attached to this invoice."""
+        params: InvoiceItemCreateParams = {
+            "customer": request.provider_customer_id,
+            "invoice": invoice_id,
+            "currency": request.currency.lower(),
+            "amount": request.amount_cents,
+            "description": request.description,
+            "discountable": False,
+            "discounts": "",
+            "metadata": _metadata(request),
+        }
+        if self._tax_mode == "automatic":
+            # Prices exclude tax: Stripe Tax adds it on top of the credits' price.
+            params["tax_behavior"] = "exclusive"
+        with _boundary("add the invoice line"):
+            self._client.v1.invoice_items.create(
+                params, {"idempotency_key": f"{request.purchase_id}:item"}
+            )
+
+    # --- reading and voiding --------------------------------------------------------
+
+    def retrieve_invoice(self, invoice_id: str) -> InvoiceSnapshot:
+        with _boundary("read the invoice"):
+            invoice = self._client.v1.invoices.retrieve(invoice_id)
+        return invoice_snapshot(invoice.to_dict())
+
+    def void_invoice(self, invoice_id: str) -> InvoiceSnapshot:
+        """Void an open invoice. One already void, paid or otherwise closed is returned as
+        it stands, so a repeat (or a race with the customer paying) is not an error."""
+        try:
+            with _boundary("void the invoice"):
+                voided = self._client.v1.invoices.void_invoice(
+                    invoice_id, options={"idempotency_key": f"{invoice_id}:void"}
+                )
+        except ProviderRejected:
+            current = self.retrieve_invoice(invoice_id)
+            if current.status in ("open", "uncollectible"):
+                raise
+            return current
+        return invoice_snapshot(voided.to_dict())
+
+    def find_purchase_invoice(self, purchase_id: str) -> InvoiceSnapshot | None:
+        """The invoice whose metadata names `purchase_id`, by Stripe search.
+
+        Search lags writes by up to a minute (more during incidents): a miss right after
+        a create call is not proof that no invoice exists.
+        """
+        params: InvoiceSearchParams = {
+            "query": f"metadata['{META_PURCHASE_ID}']:'{_quote(purchase_id)}'",
+            "limit": 10,
+        }
+        with _boundary("search invoices"):
+            found = [
+                invoice_snapshot(invoice.to_dict())
+                for invoice in self._client.v1.invoices.search(params).auto_paging_iter()
+            ]
+        # Only ever one, thanks to idempotency keys; prefer one that got past draft.
+        found.sort(key=lambda snap: (snap.status == "draft", snap.created_at or _EPOCH))
+        return found[0] if found else None
+
+    def iter_purchase_invoices(
+        self, *, created_since: datetime | None = None, status: str | None = None
+    ) -> Iterator[InvoiceSnapshot]:
+        """Our purchase invoices, newest first, read by the list API in pages of 100.
+
+        The list API (unlike search) sees every write at once. Invoices without our
+        purchase metadata (the billing core's own) are skipped.
+        """
+        params: InvoiceListParams = {"limit": PAGE_SIZE}
+        if created_since is not None:
+            params["created"] = {"gte": int(created_since.timestamp())}
+        if status is not None:
+            if status not in INVOICE_STATUSES:
+                raise ValueError(f"status must be one of {', '.join(INVOICE_STATUSES)}")
+            params["status"] = status
+        with _boundary("list invoices"):
+            for invoice in self._client.v1.invoices.list(params).auto_paging_iter():
+                snapshot = invoice_snapshot(invoice.to_dict())
+                if snapshot.purchase_id is not None:
+                    yield snapshot
+
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+def _metadata(request: PurchaseInvoiceRequest) -> dict[str, str]:
+    return {
+        META_PURCHASE_ID: request.purchase_id,
+        META_WALLET_ID: request.wallet_id,
+        META_TRANSACTION_ID: request.transaction_id,
+    }
+
+
+def _quote(value: str) -> str:
+    """A value inside a single-quoted search string (Stripe escapes with a backslash)."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _int(data: Mapping[str, Any], key: str) -> int:
+    value = data.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def invoice_snapshot(invoice: Mapping[str, Any]) -> InvoiceSnapshot:
+    """Our view of a Stripe invoice (its JSON form): amounts in minor units."""
+    taxes = invoice.get("total_taxes") or []
+    tax_cents = sum(_int(tax, "amount") for tax in taxes if isinstance(tax, Mapping))
+    discounted = any(
+        _int(amount, "amount") > 0
+        for amount in invoice.get("total_discount_amounts") or []
+        if isinstance(amount, Mapping)
+    )
+    created = invoice.get("created")
+    metadata = invoice.get("metadata") or {}
+    url = invoice.get("hosted_invoice_url")
+    return InvoiceSnapshot(
+        id=str(invoice["id"]),
+        status=str(invoice.get("status") or ""),
+        currency=str(invoice.get("currency") or "").upper(),
+        subtotal_cents=_int(invoice, "subtotal"),
+        tax_cents=tax_cents,
+        total_cents=_int(invoice, "total"),
+        amount_paid_cents=_int(invoice, "amount_paid"),
+        has_discount=discounted or bool(invoice.get("discounts")),
+        hosted_invoice_url=url if isinstance(url, str) else None,
+        livemode=bool(invoice.get("livemode")),
+        created_at=datetime.fromtimestamp(created, UTC) if isinstance(created, int) else None,
+        metadata={str(key): str(value) for key, value in metadata.items()},
+    )

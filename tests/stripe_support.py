@@ -1,0 +1,95 @@
+"""Helpers for tests that talk to Stripe through `responses` and the stub."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+import responses
+import stripe
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.models import Purchase, WalletTransaction
+from tests.stripe_stub import StripeStub
+
+STRIPE_VERSION: str = stripe.api_version
+SECRET_KEY = "sk_test_gateway"  # tests/conftest.py TEST_SETTINGS
+TAX_RATES = {"txr_vat20": Decimal("20"), "txr_state5": Decimal("5")}
+
+
+@dataclass(frozen=True)
+class SentRequest:
+    """One request the service sent to Stripe, as it went over the wire."""
+
+    method: str
+    path: str
+    form: list[tuple[str, str]]  # body pairs (POST) or query pairs (GET), in order
+    headers: dict[str, str]
+
+    @property
+    def params(self) -> dict[str, str]:
+        params = dict(self.form)
+        assert len(params) == len(self.form), f"a parameter was sent twice: {self.form}"
+        return params
+
+
+def sent(rsps: responses.RequestsMock) -> list[SentRequest]:
+    """Every request made to Stripe so far, oldest first."""
+    result = []
+    for call in rsps.calls:
+        request = call.request
+        split = urlsplit(request.url)
+        body = request.body or ""
+        if isinstance(body, bytes):
+            body = body.decode()
+        raw = body if request.method == "POST" else split.query
+        result.append(
+            SentRequest(
+                method=request.method,
+                path=split.path,
+                form=parse_qsl(raw, keep_blank_values=True),
+                headers=dict(request.headers),
+            )
+        )
+    return result
+
+
+def routes(rsps: responses.RequestsMock) -> list[tuple[str, str]]:
+    return [(request.method, request.path) for request in sent(rsps)]
+
+
+@pytest.fixture
+def stub() -> StripeStub:
+    return StripeStub(tax_rates=TAX_RATES)
+
+
+@pytest.fixture
+def stripe_http(stub: StripeStub) -> Iterator[responses.RequestsMock]:
+    """Stripe's API at https://api.stripe.com, answered by the in-process stub."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        stub.register(rsps)
+        yield rsps
+
+
+def only_purchase(session: Session) -> Purchase:
+    purchase: Purchase = session.execute(
+        select(Purchase).execution_options(populate_existing=True)
+    ).scalar_one()
+    return purchase
+
+
+def entry(session: Session, transaction_id: str) -> WalletTransaction:
+    found = session.get(WalletTransaction, transaction_id, populate_existing=True)
+    assert found is not None
+    return found
+
+
+def invoice_block(transaction: dict[str, Any]) -> dict[str, Any]:
+    block = transaction["invoice"]
+    assert isinstance(block, dict), transaction
+    return block
