@@ -271,12 +271,13 @@ def _apply_payment(locked: _Locked, invoice: InvoiceSnapshot, now: datetime) -> 
 def _apply_failure(locked: _Locked, invoice: InvoiceSnapshot, now: datetime) -> SettlementOutcome:
     wallet, purchase, entry = locked.wallet, locked.purchase, locked.entry
     if purchase.status == PurchaseStatus.FAILED:
-        changed = purchase.invoice_status != invoice.status or (
-            invoice.status == "void" and purchase.provider_void_pending
-        )
-        purchase.invoice_status = invoice.status
-        if invoice.status == "void":
+        changed = False
+        if _is_later(invoice.status, purchase.invoice_status):
+            purchase.invoice_status = invoice.status
+            changed = True
+        if invoice.status == "void" and purchase.provider_void_pending:
             purchase.provider_void_pending = False  # the void we asked for has happened
+            changed = True
         action = SettlementAction.LINKED if changed else SettlementAction.UNCHANGED
         return SettlementOutcome(action, purchase.id, "already failed")
     if purchase.status in _FINAL:
@@ -298,6 +299,15 @@ def _apply_failure(locked: _Locked, invoice: InvoiceSnapshot, now: datetime) -> 
     purchase.updated_at = now
     ledger.fail_purchase_entry(wallet, entry, now)
     return SettlementOutcome(SettlementAction.FAILED, purchase.id, purchase.failure_message)
+
+
+# Where an invoice is in its life: an uncollectible invoice can still be voided or
+# paid, void and paid are final. An older event never moves the recorded status back.
+_INVOICE_STAGE = {"draft": 1, "open": 2, "uncollectible": 3, "void": 4, "paid": 4}
+
+
+def _is_later(status: str, than: str | None) -> bool:
+    return _INVOICE_STAGE.get(status, 0) > _INVOICE_STAGE.get(than or "", 0)
 
 
 def _apply_open(locked: _Locked, invoice: InvoiceSnapshot, *, linked: bool) -> SettlementOutcome:
@@ -376,16 +386,35 @@ def _after_commit(session: Session) -> None:
             len(purchase_ids),
         )
         return
+    try:
+        void_flagged_invoices(sessions_like(session), provider, purchase_ids)
+    except Exception:
+        # Best effort: the commit already happened, the flags stay for reconciliation.
+        log.exception("voiding invoices of ended wallets failed; left for reconciliation")
+
+
+def sessions_like(session: Session) -> SessionFactory:
+    """New sessions on `session`'s engine (or test connection), for short transactions."""
     bind = session.get_bind()
 
     def new_session() -> Session:
         return Session(bind=bind, expire_on_commit=False, join_transaction_mode="create_savepoint")
 
-    try:
-        void_flagged_invoices(new_session, provider, purchase_ids)
-    except Exception:
-        # Best effort: the commit already happened, the flags stay for reconciliation.
-        log.exception("voiding invoices of ended wallets failed; left for reconciliation")
+    return new_session
+
+
+def void_if_flagged(session: Session, provider: PaymentProvider, purchase_id: str) -> None:
+    """For the create call, once it has stored the invoice and committed: if the wallet
+    ended meanwhile, the purchase is flagged and its new invoice is voided now."""
+    flagged = session.execute(
+        select(Purchase.provider_void_pending).where(Purchase.id == purchase_id)
+    ).scalar_one_or_none()
+    session.commit()  # no transaction stays open across the provider call
+    if flagged:
+        try:
+            void_flagged_invoices(sessions_like(session), provider, [purchase_id])
+        except Exception:
+            log.exception("voiding the invoice of purchase %s failed; left flagged", purchase_id)
 
 
 def _app_provider() -> PaymentProvider | None:
