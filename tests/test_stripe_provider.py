@@ -1,0 +1,471 @@
+"""The Stripe provider on its own: client configuration, every method, error mapping.
+
+Stripe is answered by the stub behind `responses` (or over real HTTP where a real
+socket matters, e.g. the timeout); assertions are on what went over the wire.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+import responses
+from flask import Flask
+
+from gateway.providers import build_provider, get_provider
+from gateway.providers.base import (
+    CustomerRequest,
+    ProviderNotConfigured,
+    ProviderRejected,
+    ProviderUnavailable,
+    PurchaseInvoiceRequest,
+)
+from gateway.providers.stripe.client import StripeProvider, build_client
+from gateway.settings import PROJECT_ROOT, Settings, load_config
+from tests.conftest import TEST_SETTINGS
+from tests.stripe_stub import StripeStub
+from tests.stripe_support import SECRET_KEY, STRIPE_VERSION, TAX_RATES, sent
+
+BASE = "https://api.stripe.com"
+
+
+def settings_with(**overrides: Any) -> Settings:
+    return load_config(
+        Flask("provider-test"), {**TEST_SETTINGS, "DATABASE_URL": "sqlite://", **overrides}
+    )
+
+
+def provider_with(**overrides: Any) -> StripeProvider:
+    provider = build_provider(settings_with(**overrides))
+    assert isinstance(provider, StripeProvider)
+    return provider
+
+
+@pytest.fixture
+def stub() -> StripeStub:
+    return StripeStub(tax_rates=TAX_RATES)
+
+
+@pytest.fixture
+def stripe_http(stub: StripeStub) -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        stub.register(rsps)
+        yield rsps
+
+
+@pytest.fixture
+def provider() -> StripeProvider:
+    return provider_with()
+
+
+_serial = iter(range(1, 1_000_000))
+
+
+def purchase_request(
+    provider: StripeProvider, *, amount_cents: int = 1500, currency: str = "USD"
+) -> PurchaseInvoiceRequest:
+    number = next(_serial)
+    customer = provider.ensure_customer(
+        CustomerRequest(f"cus_ours{number}", f"ext-{number}", None, None)
+    )
+    return PurchaseInvoiceRequest(
+        purchase_id=f"pur_{number:06d}",
+        wallet_id=f"wal_{number:06d}",
+        transaction_id=f"wtx_{number:06d}",
+        provider_customer_id=customer,
+        currency=currency,
+        amount_cents=amount_cents,
+        credits=Decimal(amount_cents),
+        rate_amount=Decimal("0.01"),
+        description=f"{amount_cents} prepaid credits at 0.01 {currency} each",
+    )
+
+
+def stub_invoice_without_our_metadata(stub: StripeStub, customer: str) -> str:
+    """An invoice the billing core made on the same account (not a purchase)."""
+    headers = {"Authorization": f"Bearer {SECRET_KEY}"}
+    status, _headers, body = stub.handle(
+        "POST", "/v1/invoices", "", headers, urlencode({"customer": customer}).encode()
+    )
+    assert status == 200
+    return str(json.loads(body)["id"])
+
+
+# --- the client and the factory ---------------------------------------------------------
+
+
+def test_get_provider_needs_a_secret_key() -> None:
+    app = Flask("no-key")
+    load_config(app, {**TEST_SETTINGS, "DATABASE_URL": "sqlite://", "STRIPE_SECRET_KEY": ""})
+
+    with pytest.raises(ProviderNotConfigured) as raised:
+        get_provider(app)
+
+    assert raised.value.setting == "STRIPE_SECRET_KEY"
+    assert "STRIPE_SECRET_KEY" in str(raised.value)
+
+
+def test_get_provider_builds_one_provider_per_app() -> None:
+    first_app, second_app = Flask("one"), Flask("two")
+    for app in (first_app, second_app):
+        load_config(app, {**TEST_SETTINGS, "DATABASE_URL": "sqlite://"})
+
+    assert get_provider(first_app) is get_provider(first_app)
+    assert get_provider(first_app) is not get_provider(second_app)
+    with first_app.app_context():
+        assert get_provider() is get_provider(first_app)
+
+
+def test_the_api_base_points_every_stripe_address_at_the_test_server(stub: StripeStub) -> None:
+    base = "http://stripe.test:12111"
+    client = build_client(settings_with(STRIPE_API_BASE=f"{base}/"))
+    addresses = client._requestor.base_addresses  # what every call is sent to
+    assert addresses == {"api": base, "connect": base, "files": base, "meter_events": base}
+
+    provider = provider_with(STRIPE_API_BASE=base)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        stub.register(rsps, base=base)
+        provider.ensure_customer(CustomerRequest("cus_1", "ext-1", None, None))
+        assert rsps.calls[0].request.url == f"{base}/v1/customers"
+
+
+def test_without_an_api_base_stripe_itself_is_called() -> None:
+    addresses = build_client(settings_with())._requestor.base_addresses
+    assert addresses["api"] == "https://api.stripe.com"
+    assert addresses["files"] == "https://files.stripe.com"
+
+
+def test_network_retries_follow_the_configuration(
+    stripe_http: responses.RequestsMock, stub: StripeStub
+) -> None:
+    provider = provider_with(STRIPE_MAX_NETWORK_RETRIES=2)
+    request = purchase_request(provider)
+    stub.fail_next("POST", "/v1/invoices", status=500)
+
+    draft = provider.create_purchase_draft(request)
+
+    attempts = [r for r in sent(stripe_http) if r.path == "/v1/invoices"]
+    assert len(attempts) == 2  # the library retried, with the same key
+    assert {r.headers["Idempotency-Key"] for r in attempts} == {f"{request.purchase_id}:invoice"}
+    assert draft.status == "draft"
+    assert len(stub.invoices) == 1
+
+
+def test_with_no_retries_one_failure_is_final(
+    stripe_http: responses.RequestsMock, stub: StripeStub, provider: StripeProvider
+) -> None:
+    request = purchase_request(provider)
+    stub.fail_next("POST", "/v1/invoices", status=500)
+
+    with pytest.raises(ProviderUnavailable):
+        provider.create_purchase_draft(request)
+
+    assert len([r for r in sent(stripe_http) if r.path == "/v1/invoices"]) == 1
+
+
+def test_a_stripe_that_does_not_answer_in_time_is_unavailable() -> None:
+    with StripeStub(latency=1.5) as slow:
+        provider = provider_with(STRIPE_API_BASE=slow.url, STRIPE_TIMEOUT_SECONDS=1)
+        with pytest.raises(ProviderUnavailable, match="could not be reached"):
+            provider.retrieve_invoice("in_anything")
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (None, "api_error", ProviderUnavailable),  # connection dropped
+        (500, "api_error", ProviderUnavailable),
+        (502, "api_error", ProviderUnavailable),
+        (503, "api_error", ProviderUnavailable),
+        (409, "invalid_request_error", ProviderUnavailable),  # key in use concurrently
+        (429, "invalid_request_error", ProviderUnavailable),
+        (401, "invalid_request_error", ProviderUnavailable),  # our key: configuration
+        (403, "invalid_request_error", ProviderUnavailable),
+        (400, "invalid_request_error", ProviderRejected),
+        (400, "idempotency_error", ProviderRejected),
+        (402, "card_error", ProviderRejected),
+        (404, "invalid_request_error", ProviderRejected),
+    ],
+)
+def test_stripe_errors_cross_the_boundary_as_unavailable_or_rejected(
+    stripe_http: responses.RequestsMock,
+    stub: StripeStub,
+    provider: StripeProvider,
+    case: tuple[int | None, str, type[Exception]],
+) -> None:
+    status, error_type, expected = case
+    request = purchase_request(provider)
+    stub.fail_next("POST", "/v1/invoices", status=status, type_=error_type, code="some_code")
+
+    with pytest.raises(expected) as raised:
+        provider.create_purchase_draft(request)
+
+    if isinstance(raised.value, ProviderRejected):
+        assert raised.value.status == status
+        # Stripe's code, or the error type when it has none.
+        assert raised.value.code == (
+            "some_code" if error_type != "idempotency_error" else error_type
+        )
+
+
+# --- the purchase invoice, step by step --------------------------------------------------
+
+
+def test_create_purchase_invoice_makes_draft_line_and_finalizes(
+    stripe_http: responses.RequestsMock, stub: StripeStub, provider: StripeProvider
+) -> None:
+    request = purchase_request(provider, amount_cents=1234, currency="EUR")
+    stripe_http.calls.reset()
+
+    invoice = provider.create_purchase_invoice(request)
+
+    assert [(r.method, r.path) for r in sent(stripe_http)] == [
+        ("POST", "/v1/invoices"),
+        ("POST", "/v1/invoiceitems"),
+        ("POST", f"/v1/invoices/{invoice.id}/finalize"),
+    ]
+    for call in sent(stripe_http):
+        assert call.headers["Stripe-Version"] == STRIPE_VERSION
+    assert invoice.status == "open"
+    assert invoice.currency == "EUR"
+    assert (invoice.subtotal_cents, invoice.tax_cents, invoice.total_cents) == (1234, 0, 1234)
+    assert invoice.purchase_id == request.purchase_id
+    assert invoice.metadata == {
+        "gateway_purchase_id": request.purchase_id,
+        "gateway_wallet_id": request.wallet_id,
+        "gateway_transaction_id": request.transaction_id,
+    }
+    assert invoice.has_discount is False
+    assert invoice.livemode is False
+    assert invoice.hosted_invoice_url is not None
+
+
+def test_finishing_an_invoice_that_already_has_its_line_only_finalizes_it(
+    stripe_http: responses.RequestsMock, stub: StripeStub, provider: StripeProvider
+) -> None:
+    request = purchase_request(provider)
+    draft = provider.create_purchase_draft(request)
+    provider.finish_purchase_invoice(request, draft)  # line added, then finalized
+    # Seen again as a draft with its line (as after a crash between the two steps):
+    with_line = provider.retrieve_invoice(draft.id)
+    stripe_http.calls.reset()
+
+    assert provider.finish_purchase_invoice(request, with_line) == with_line  # open: as is
+    assert sent(stripe_http) == []
+
+
+def test_a_draft_billing_something_else_is_not_finalized(
+    stripe_http: responses.RequestsMock, stub: StripeStub, provider: StripeProvider
+) -> None:
+    request = purchase_request(provider, amount_cents=1500)
+    draft = provider.create_purchase_draft(request)
+    tampered = dataclasses.replace(draft, subtotal_cents=999)
+
+    with pytest.raises(ProviderRejected, match="changed outside"):
+        provider.finish_purchase_invoice(request, tampered)
+
+    assert stub.invoices[draft.id]["status"] == "draft"
+
+
+def test_repeating_every_step_makes_no_second_invoice_or_line(
+    stripe_http: responses.RequestsMock, stub: StripeStub, provider: StripeProvider
+) -> None:
+    request = purchase_request(provider)
+    first_draft = provider.create_purchase_draft(request)
+    provider._add_line(request, first_draft.id)
+
+    second_draft = provider.create_purchase_draft(request)
+    provider._add_line(request, second_draft.id)
+    invoice = provider.finish_purchase_invoice(request, provider.retrieve_invoice(first_draft.id))
+
+    assert second_draft.id == first_draft.id
+    assert len(stub.invoices) == 1 and len(stub.items) == 1
+    assert invoice.subtotal_cents == request.amount_cents
+    replays = [c for c in stripe_http.calls if c.response.headers.get("Idempotent-Replayed")]
+    assert len(replays) == 2
+
+
+# --- reading, voiding, finding -----------------------------------------------------------
+
+
+def test_retrieve_invoice_reports_amounts_in_minor_units(
+    stripe_http: responses.RequestsMock, stub: StripeStub
+) -> None:
+    provider = provider_with(STRIPE_TAX_MODE="rates", STRIPE_TAX_RATE_IDS="txr_vat20")
+    invoice = provider.create_purchase_invoice(purchase_request(provider, amount_cents=1000))
+    stripe_http.calls.reset()
+
+    read = provider.retrieve_invoice(invoice.id)
+
+    [request] = sent(stripe_http)
+    assert (request.method, request.path, request.form) == ("GET", f"/v1/invoices/{invoice.id}", [])
+    assert "Idempotency-Key" not in request.headers
+    assert (read.subtotal_cents, read.tax_cents, read.total_cents) == (1000, 200, 1200)
+    assert read.amount_paid_cents == 0
+    assert read.created_at is not None and read.created_at.tzinfo is UTC
+    stub.mark_paid(invoice.id)
+    assert provider.retrieve_invoice(invoice.id).amount_paid_cents == 1200
+
+
+def test_void_invoice_voids_an_open_invoice_once(
+    stripe_http: responses.RequestsMock, stub: StripeStub, provider: StripeProvider
+) -> None:
+    invoice = provider.create_purchase_invoice(purchase_request(provider))
+    stripe_http.calls.reset()
+
+    voided = provider.void_invoice(invoice.id)
+    again = provider.void_invoice(invoice.id)
+
+    assert voided.status == "void" and again.status == "void"
+    void_calls = [r for r in sent(stripe_http) if r.path.endswith("/void")]
+    assert void_calls[0].headers["Idempotency-Key"] == f"{invoice.id}:void"
+    assert void_calls[0].form == []
+
+
+def test_void_invoice_leaves_a_paid_invoice_paid(
+    stripe_http: responses.RequestsMock, stub: StripeStub, provider: StripeProvider
+) -> None:
+    invoice = provider.create_purchase_invoice(purchase_request(provider))
+    stub.mark_paid(invoice.id)
+
+    assert provider.void_invoice(invoice.id).status == "paid"
+    assert stub.invoices[invoice.id]["status"] == "paid"
+
+
+def test_void_of_an_unknown_invoice_is_rejected(
+    stripe_http: responses.RequestsMock, provider: StripeProvider
+) -> None:
+    with pytest.raises(ProviderRejected) as raised:
+        provider.void_invoice("in_missing")
+    assert raised.value.status == 404
+
+
+def test_find_purchase_invoice_searches_our_metadata(
+    stripe_http: responses.RequestsMock, stub: StripeStub, provider: StripeProvider
+) -> None:
+    request = purchase_request(provider)
+    invoice = provider.create_purchase_invoice(request)
+    provider.create_purchase_invoice(purchase_request(provider))  # someone else's
+    stripe_http.calls.reset()
+
+    found = provider.find_purchase_invoice(request.purchase_id)
+
+    [search] = sent(stripe_http)
+    assert (search.method, search.path) == ("GET", "/v1/invoices/search")
+    assert search.params == {
+        "query": f"metadata['gateway_purchase_id']:'{request.purchase_id}'",
+        "limit": "10",
+    }
+    assert found is not None and found.id == invoice.id
+    assert provider.find_purchase_invoice("pur_unknown") is None
+
+
+def test_find_purchase_invoice_quotes_the_id(
+    stripe_http: responses.RequestsMock, provider: StripeProvider
+) -> None:
+    assert provider.find_purchase_invoice("pur_x' OR status:'paid") is None
+    search = sent(stripe_http)[-1]
+    assert search.params["query"] == "metadata['gateway_purchase_id']:'pur_x\\' OR status:\\'paid'"
+
+
+def test_find_purchase_invoice_misses_what_search_has_not_indexed_yet(
+    stripe_http: responses.RequestsMock, stub: StripeStub, provider: StripeProvider
+) -> None:
+    stub.search_delay = 60.0  # Stripe: "searchable in under a minute"
+    request = purchase_request(provider)
+    provider.create_purchase_invoice(request)
+
+    assert provider.find_purchase_invoice(request.purchase_id) is None
+
+
+def test_iter_purchase_invoices_reads_every_page_and_skips_other_invoices(
+    stripe_http: responses.RequestsMock, stub: StripeStub, provider: StripeProvider
+) -> None:
+    request = purchase_request(provider)
+    other = stub_invoice_without_our_metadata(stub, request.provider_customer_id)
+    ours = [provider.create_purchase_draft(request)]
+    for _ in range(204):
+        ours.append(provider.create_purchase_draft(purchase_request(provider)))
+    stripe_http.calls.reset()
+
+    listed = list(provider.iter_purchase_invoices())
+
+    assert [snap.id for snap in listed] == [snap.id for snap in reversed(ours)]  # newest first
+    assert other not in {snap.id for snap in listed}
+    pages = sent(stripe_http)
+    assert [(r.method, r.path) for r in pages] == [("GET", "/v1/invoices")] * 3
+    assert pages[0].params == {"limit": "100"}
+    assert pages[1].params["starting_after"] == listed[99].id
+    assert pages[2].params["starting_after"] == listed[199].id
+
+
+def test_iter_purchase_invoices_filters_by_creation_time_and_status(
+    stripe_http: responses.RequestsMock, stub: StripeStub, provider: StripeProvider
+) -> None:
+    paid = provider.create_purchase_invoice(purchase_request(provider))
+    provider.create_purchase_invoice(purchase_request(provider))  # stays open
+    stub.mark_paid(paid.id)
+    since = datetime.now(UTC) - timedelta(hours=1)
+    stripe_http.calls.reset()
+
+    listed = list(provider.iter_purchase_invoices(created_since=since, status="paid"))
+
+    assert [snap.id for snap in listed] == [paid.id]
+    assert sent(stripe_http)[0].params == {
+        "limit": "100",
+        "created[gte]": str(int(since.timestamp())),
+        "status": "paid",
+    }
+    later = datetime.now(UTC) + timedelta(hours=1)
+    assert list(provider.iter_purchase_invoices(created_since=later)) == []
+    with pytest.raises(ValueError, match="status"):
+        next(provider.iter_purchase_invoices(status="settled"))
+
+
+def test_amount_limits_are_stripes(provider: StripeProvider) -> None:
+    assert provider.minimum_charge_cents("USD") == 50
+    assert provider.minimum_charge_cents("jpy") == 50
+    assert provider.minimum_charge_cents("GBP") == 30
+    assert provider.minimum_charge_cents("HUF") == 17500
+    assert provider.maximum_charge_cents("USD") == 99_999_999
+    assert provider.maximum_charge_cents("IDR") == 999_999_999_999
+
+
+# --- the types ---------------------------------------------------------------------------
+
+
+def test_mypy_refuses_a_misspelled_stripe_parameter(tmp_path: Path) -> None:
+    """The provider builds stripe-python's TypedDicts, so a typo is a type error."""
+    source = (PROJECT_ROOT / "gateway/providers/stripe/client.py").read_text()
+    misspelled = source.replace(
+        '"pending_invoice_items_behavior"', '"pending_invoice_item_behavior"'
+    )
+    assert misspelled != source
+    checked = tmp_path / "client_with_typo.py"
+    checked.write_text(misspelled)
+
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "mypy", "--config-file", "pyproject.toml", str(checked)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert 'Extra key "pending_invoice_item_behavior" for TypedDict "InvoiceCreateParams"' in (
+        result.stdout
+    )
