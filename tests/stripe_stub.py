@@ -122,6 +122,7 @@ class _Fault:
     type_: str
     message: str
     code: str | None
+    retry_after: int | None = None
 
 
 class Gate:
@@ -408,14 +409,26 @@ class StripeStub:
         type_: str = "api_error",
         message: str = "An unknown error occurred",
         code: str | None = None,
+        retry_after: int | None = None,
     ) -> None:
         """The next `times` requests matching fail with `status` (None: dropped).
 
-        The answer is in Stripe's error shape with `type_`, `message` and `code`.
+        The answer is in Stripe's error shape with `type_`, `message` and `code`;
+        `retry_after` adds a Retry-After header (seconds), as on a throttled answer.
         """
         with self._lock:
             self._faults.append(
-                _Fault(method.upper(), path_prefix, status, times, after, type_, message, code)
+                _Fault(
+                    method.upper(),
+                    path_prefix,
+                    status,
+                    times,
+                    after,
+                    type_,
+                    message,
+                    code,
+                    retry_after,
+                )
             )
 
     def hold(self, method: str, path_prefix: str) -> Gate:
@@ -528,6 +541,8 @@ class StripeStub:
         if fault.status >= 500:
             # Stripe says a retry is safe; the client library decides whether to make one.
             headers["Stripe-Should-Retry"] = "true"
+        if fault.retry_after is not None:
+            headers["Retry-After"] = str(fault.retry_after)
         return fault.status, headers, json.dumps(body).encode()
 
     def _answer(

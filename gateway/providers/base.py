@@ -58,6 +58,9 @@ class InvoiceSnapshot:
     livemode: bool
     created_at: datetime | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # Credited back after payment (refund or customer-balance credit notes), minor units.
+    # The invoice stays `paid` at the provider; this is how a refund shows on it.
+    credited_after_payment_cents: int = 0
 
     @property
     def purchase_id(self) -> str | None:

@@ -14,10 +14,12 @@ are `ProviderRejected` (retrying the same request will not help).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import stripe
 from stripe.params import (
@@ -50,6 +52,12 @@ META_EXTERNAL_ID = "gateway_external_id"
 # Stripe's page size limit for list and search.
 PAGE_SIZE = 100
 INVOICE_STATUSES = ("draft", "open", "paid", "uncollectible", "void")
+# Reads answered 429 are tried again this many times, each after Stripe's Retry-After
+# or an exponential backoff with jitter, never waiting more than RATE_LIMIT_MAX_DELAY.
+RATE_LIMIT_RETRIES = 5
+RATE_LIMIT_MAX_DELAY = 30.0
+
+T = TypeVar("T")
 
 
 def build_client(settings: Settings) -> stripe.StripeClient:
@@ -93,6 +101,39 @@ def _boundary(action: str) -> Iterator[None]:
         ) from exc
     except stripe.StripeError as exc:  # 5xx, 409 and unreadable answers
         raise ProviderUnavailable(f"Stripe failed to {action}: {_describe(exc)}") from exc
+
+
+def _rate_limited(call: Callable[[], T]) -> T:
+    """`call()`, tried again with backoff while Stripe answers 429.
+
+    stripe-python's own retries (`max_network_retries`) cover connection errors, 409
+    and 5xx, but not 429 unless Stripe adds `Stripe-Should-Retry: true`, which it
+    does not for rate limits. Only reads go through here: a long reconciliation run
+    pages through many invoices and must not fail on one throttled page.
+    """
+    for attempt in range(RATE_LIMIT_RETRIES):
+        try:
+            return call()
+        except stripe.RateLimitError as exc:
+            delay = _retry_delay(exc, attempt)
+            log.warning("Stripe rate limit (429): trying again in %.2f s", delay)
+            time.sleep(delay)
+    return call()
+
+
+def _retry_delay(exc: stripe.StripeError, attempt: int) -> float:
+    """Seconds to wait: Retry-After if Stripe sent one, else 0.5 s doubling, jittered."""
+    retry_after = next(
+        (value for key, value in (exc.headers or {}).items() if key.lower() == "retry-after"),
+        None,
+    )
+    try:
+        delay = float(retry_after) if retry_after is not None else None
+    except ValueError:
+        delay = None
+    if delay is None:
+        delay = min(0.5 * 2**attempt, 8.0) * random.uniform(0.5, 1.0)
+    return max(0.0, min(delay, RATE_LIMIT_MAX_DELAY))
 
 
 def _describe(exc: stripe.StripeError) -> str:
@@ -271,10 +312,8 @@ class StripeProvider:
             "limit": 10,
         }
         with _boundary("search invoices"):
-            found = [
-                invoice_snapshot(invoice.to_dict())
-                for invoice in self._client.v1.invoices.search(params).auto_paging_iter()
-            ]
+            first = _rate_limited(lambda: self._client.v1.invoices.search(params))
+            found = [invoice_snapshot(invoice.to_dict()) for invoice in first.auto_paging_iter()]
         # Only ever one, thanks to idempotency keys; prefer one that got past draft.
         found.sort(key=lambda snap: (snap.status == "draft", snap.created_at or _EPOCH))
         return found[0] if found else None
@@ -285,7 +324,8 @@ class StripeProvider:
         """Our purchase invoices, newest first, read by the list API in pages of 100.
 
         The list API (unlike search) sees every write at once. Invoices without our
-        purchase metadata (the billing core's own) are skipped.
+        purchase metadata (the billing core's own) are skipped. Pages are requested one
+        by one (`starting_after`), so a throttled page is retried on its own.
         """
         params: InvoiceListParams = {"limit": PAGE_SIZE}
         if created_since is not None:
@@ -294,11 +334,16 @@ class StripeProvider:
             if status not in INVOICE_STATUSES:
                 raise ValueError(f"status must be one of {', '.join(INVOICE_STATUSES)}")
             params["status"] = status
-        with _boundary("list invoices"):
-            for invoice in self._client.v1.invoices.list(params).auto_paging_iter():
+        while True:
+            with _boundary("list invoices"):
+                page = _rate_limited(lambda: self._client.v1.invoices.list(params))
+            for invoice in page.data:
                 snapshot = invoice_snapshot(invoice.to_dict())
                 if snapshot.purchase_id is not None:
                     yield snapshot
+            if not page.has_more or not page.data:
+                return
+            params["starting_after"] = page.data[-1].id
 
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
@@ -347,4 +392,5 @@ def invoice_snapshot(invoice: Mapping[str, Any]) -> InvoiceSnapshot:
         livemode=bool(invoice.get("livemode")),
         created_at=datetime.fromtimestamp(created, UTC) if isinstance(created, int) else None,
         metadata={str(key): str(value) for key, value in metadata.items()},
+        credited_after_payment_cents=_int(invoice, "post_payment_credit_notes_amount"),
     )
