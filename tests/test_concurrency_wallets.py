@@ -1,0 +1,79 @@
+"""Racing wallet creations on PostgreSQL: the partial unique index lets exactly one win."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+
+from gateway.db import get_db
+from gateway.models import Customer, Wallet, WalletTransaction
+from tests.conftest import AUTH
+from tests.helpers import subscribed_customer
+
+THREADS = 8
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {"STRIPE_SECRET_KEY": ""}
+
+
+@pytest.mark.postgres
+def test_concurrent_wallet_creations_for_one_customer(committed_app: Flask) -> None:
+    customer = subscribed_customer(committed_app.test_client())
+    barrier = threading.Barrier(THREADS)
+    answers: list[tuple[int, Any]] = []
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+
+    def create() -> None:
+        client = committed_app.test_client()
+        body = {
+            "wallet": {
+                "external_customer_id": customer,
+                "rate_amount": "1",
+                "granted_credits": "10",
+            }
+        }
+        try:
+            barrier.wait(timeout=10)
+            response = client.post("/api/v1/wallets", json=body, headers=AUTH)
+            with lock:
+                answers.append((response.status_code, response.json))
+        except BaseException as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not failures, failures
+
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [201] + [422] * (THREADS - 1), answers
+    for status, body in answers:
+        if status == 422:
+            assert body["code"] == "wallet_already_exists"
+            assert body["status"] == 422
+    [winner] = [body for status, body in answers if status == 201]
+
+    with committed_app.app_context():
+        session = get_db().session()
+        try:
+            wallets = session.execute(
+                select(Wallet.id, Wallet.status, Wallet.credits_balance)
+                .join(Customer, Customer.id == Wallet.customer_id)
+                .where(Customer.external_id == customer)
+            ).all()
+            assert [(w.id, w.status) for w in wallets] == [(winner["wallet"]["id"], "active")]
+            # The losers' grants were rolled back with them: one entry, ten credits.
+            entries = session.execute(select(func.count()).select_from(WalletTransaction)).scalar()
+            assert entries == 1
+            assert str(wallets[0].credits_balance) == "10.00000"
+        finally:
+            session.close()
