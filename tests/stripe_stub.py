@@ -52,6 +52,7 @@ Controls for tests
     stub.invoices_with(purchase_id=...)     invoices whose metadata matches
     stub.search_delay = 30.0                invoices become searchable only this long
                                             after they change, as at Stripe
+    stub.forget_idempotency_keys()          as Stripe does after 24 hours
     stub.requests                           every request received (RecordedRequest)
 """
 
@@ -437,6 +438,11 @@ class StripeStub:
         with self._lock:
             self._gates.append(gate)
         return gate
+
+    def forget_idempotency_keys(self) -> None:
+        """As Stripe does after 24 hours: a repeated key acts anew."""
+        with self._lock:
+            self._idempotency.clear()
 
     def mark_paid(self, invoice_id: str, amount_paid: int | None = None) -> Json:
         """The customer paid the open invoice (in full unless `amount_paid` says less)."""
