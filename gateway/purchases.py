@@ -35,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from gateway import ledger, money, wallets
+from gateway import ledger, money, settlement, wallets
 from gateway.db import utcnow
 from gateway.errors import (
     AmountTooLarge,
@@ -455,6 +455,8 @@ def _complete(
             details={**work.error_details(), "provider_code": exc.code},
         ) from exc
     _store_invoice(session, work, invoice, clock())
+    # The wallet may have ended while the invoice was being made: then void it now.
+    settlement.void_if_flagged(session, provider, work.purchase_id)
 
 
 def _ensure_provider_customer(
@@ -551,6 +553,8 @@ def _store_invoice(
     """
     wallet = ledger.lock_wallet(session, work.wallet_id)
     purchase = _lock_purchase(session, work.purchase_id)
+    # A webhook may have settled it meanwhile: the answer shows the entry as it is now.
+    session.get(WalletTransaction, purchase.transaction_id, populate_existing=True)
     if purchase.provider_invoice_id is None:
         purchase.provider_invoice_id = invoice.id
     if purchase.provider_invoice_id != invoice.id:

@@ -447,7 +447,8 @@ def void_flagged_invoices(
     """Void at the provider the invoices of purchases flagged `provider_void_pending`.
 
     Every flagged purchase (or those of `purchase_ids`): read in a short transaction,
-    the provider called with no transaction open, then what the provider answered is
+    the provider called with no transaction open (a draft is left alone: the create
+    call still making it voids it after finalizing), then what the provider answered is
     applied through `apply_invoice` (a payment that beat the void is marked for refund)
     and the flag cleared, in another short transaction. Failures leave the flag for
     the next run (reconciliation).
@@ -476,7 +477,14 @@ def void_flagged_invoices(
                     left.append(purchase_id)  # not created (yet): reconciliation decides
                     continue
                 invoice_id = found.id
-            invoice = provider.void_invoice(invoice_id)
+            invoice = provider.retrieve_invoice(invoice_id)
+            if invoice.status == "draft":
+                # Still being made by the create call, which voids it once finalized;
+                # asking now would only get a refusal (cached under the void's key).
+                left.append(purchase_id)
+                continue
+            if invoice.status in ("open", "uncollectible"):
+                invoice = provider.void_invoice(invoice_id)
         except ProviderError as exc:
             log.warning("voiding the invoice of purchase %s failed: %s", purchase_id, exc)
             left.append(purchase_id)
