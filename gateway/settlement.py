@@ -213,9 +213,15 @@ def payment_problem(purchase: Purchase, invoice: InvoiceSnapshot) -> str | None:
     if invoice.has_discount:
         return "the invoice carries a discount; credit purchases never take one"
     expected = purchase.total_cents if purchase.total_cents is not None else purchase.amount_cents
-    if invoice.amount_paid_cents < expected:
+    kept = invoice.amount_paid_cents - invoice.credited_after_payment_cents
+    if kept < expected:
+        credited = (
+            f" ({invoice.credited_after_payment_cents} credited back after payment)"
+            if invoice.credited_after_payment_cents
+            else ""
+        )
         return (
-            f"paid {invoice.amount_paid_cents} in minor units of {purchase.currency}, "
+            f"paid {kept} in minor units of {purchase.currency}{credited}, "
             f"expected at least {expected}"
         )
     return None

@@ -33,7 +33,7 @@ from gateway import metrics, settlement
 from gateway.db import Database, unit_of_work
 from gateway.errors import DomainError, NotFound
 from gateway.models import WebhookEvent, WebhookEventStatus
-from gateway.providers.stripe.webhook import invoice_snapshot
+from gateway.providers.stripe.client import invoice_snapshot
 
 log = logging.getLogger(__name__)
 

@@ -139,8 +139,12 @@ def test_expected_total_is_the_amount_when_the_total_is_not_stored_yet(
         ({"currency": "EUR"}, "paid in EUR, but the purchase is in USD"),
         ({"amount_paid": 5999}, "paid 5999 in minor units of USD, expected at least 6000"),
         ({"discounts": ["di_1"]}, "discount"),
+        (
+            {"credited_after_payment": 2000},
+            "paid 4000 in minor units of USD (2000 credited back after payment)",
+        ),
     ],
-    ids=["other-currency", "underpaid", "discounted"],
+    ids=["other-currency", "underpaid", "discounted", "refunded-by-credit-note"],
 )
 def test_unacceptable_payment_is_flagged_for_review_and_credits_nothing(
     client: FlaskClient, db_session: Session, invoice: dict[str, Any], reason: str

@@ -172,6 +172,7 @@ def invoice_object(
     metadata: dict[str, str] | None = None,
     invoice_id: str | None = None,
     attempt_count: int = 1,
+    credited_after_payment: int = 0,
 ) -> dict[str, Any]:
     """A Stripe invoice object (API version of stripe-python 16) for `purchase`."""
     total = purchase.total_cents
@@ -190,6 +191,7 @@ def invoice_object(
         "amount_due": total,
         "amount_paid": paid,
         "amount_remaining": total - paid,
+        "post_payment_credit_notes_amount": credited_after_payment,
         "attempt_count": attempt_count,
         "discounts": discounts or [],
         "total_discount_amounts": [],

@@ -4,21 +4,18 @@
 against each configured endpoint secret (several during a rotation), with the
 library's tolerance for old timestamps, and refuses timestamps from the future as
 well (the library does not). It returns the event as a plain dict; nothing here
-touches the database. `invoice_snapshot` turns an event's invoice into the
-provider-neutral `InvoiceSnapshot` the settlement code works with.
+touches the database. An event's invoice (`data.object`) has the JSON form of an
+API invoice, so `client.invoice_snapshot` reads it.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from typing import Any
 
 from stripe import SignatureVerificationError, WebhookSignature
-
-from gateway.providers.base import InvoiceSnapshot
 
 SIGNATURE_HEADER = "Stripe-Signature"
 # Column sizes of webhook_events.
@@ -37,10 +34,6 @@ class WebhookRejected(Exception):
 
 class WebhookNotConfigured(Exception):
     """No endpoint secret is configured, so no delivery can be verified."""
-
-
-class MalformedInvoice(ValueError):
-    """A verified event whose invoice lacks a field we rely on."""
 
 
 def verify_event(
@@ -124,78 +117,3 @@ def _parse_event(text: str) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
         raise WebhookRejected("invalid_payload", "the event has no data.object")
     return event
-
-
-def _int(data: Mapping[str, Any], key: str, default: int | None = None) -> int:
-    value = data.get(key, default)
-    if value is None and default is not None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise MalformedInvoice(f"invoice {key} must be an integer, got {value!r}")
-    return value
-
-
-def _has_discount(invoice: Mapping[str, Any]) -> bool:
-    """Any sign of a discount: the legacy `discount`, `discounts`, or discounted amounts."""
-    if invoice.get("discount"):
-        return True
-    if invoice.get("discounts"):
-        return True
-    for amount in invoice.get("total_discount_amounts") or ():
-        if isinstance(amount, Mapping) and amount.get("amount"):
-            return True
-    for credit in invoice.get("total_pretax_credit_amounts") or ():
-        if (
-            isinstance(credit, Mapping)
-            and credit.get("type") == "discount"
-            and credit.get("amount")
-        ):
-            return True
-    return False
-
-
-def _tax(invoice: Mapping[str, Any], total: int) -> int:
-    taxes = invoice.get("total_taxes")
-    if isinstance(taxes, list):
-        return sum(_int(tax, "amount") for tax in taxes if isinstance(tax, Mapping))
-    if invoice.get("tax") is not None:  # API versions before total_taxes
-        return _int(invoice, "tax")
-    if invoice.get("total_excluding_tax") is not None:
-        return total - _int(invoice, "total_excluding_tax")
-    return 0
-
-
-def invoice_snapshot(invoice: Mapping[str, Any]) -> InvoiceSnapshot:
-    """Our view of a Stripe invoice object (an event's `data.object`, or an API result)."""
-    if invoice.get("object") != "invoice":
-        raise MalformedInvoice(f"expected an invoice, got {invoice.get('object')!r}")
-    invoice_id, status, currency = invoice.get("id"), invoice.get("status"), invoice.get("currency")
-    if not isinstance(invoice_id, str) or not invoice_id:
-        raise MalformedInvoice("the invoice has no id")
-    if not isinstance(status, str) or not isinstance(currency, str):
-        raise MalformedInvoice(f"invoice {invoice_id} has no status or currency")
-    raw_metadata = invoice.get("metadata") or {}
-    if not isinstance(raw_metadata, Mapping):
-        raise MalformedInvoice(f"invoice {invoice_id} metadata is not an object")
-    metadata = {str(key): str(value) for key, value in raw_metadata.items()}
-    created = invoice.get("created")
-    total = _int(invoice, "total")
-    url = invoice.get("hosted_invoice_url")
-    return InvoiceSnapshot(
-        id=invoice_id,
-        status=status,
-        currency=currency.upper(),
-        subtotal_cents=_int(invoice, "subtotal"),
-        tax_cents=_tax(invoice, total),
-        total_cents=total,
-        amount_paid_cents=_int(invoice, "amount_paid", 0),
-        has_discount=_has_discount(invoice),
-        hosted_invoice_url=url if isinstance(url, str) else None,
-        livemode=bool(invoice.get("livemode", False)),
-        created_at=(
-            datetime.fromtimestamp(created, UTC)
-            if isinstance(created, int) and not isinstance(created, bool)
-            else None
-        ),
-        metadata=metadata,
-    )
