@@ -7,7 +7,9 @@ library), with Stripe's error shape. It can be used two ways:
 - over real HTTP: `with StripeStub() as stub:` starts a threaded server on
   127.0.0.1:<free port>; point the service at it with `STRIPE_API_BASE=stub.url`;
 - in process, behind `responses`: `stub.register(rsps)` routes every request for
-  https://api.stripe.com to the same handler (then `rsps.calls` holds what was sent).
+  https://api.stripe.com to the same handler (then `rsps.calls` holds what was sent);
+- on its own, for benchmarks or a manual try: `python -m tests.stripe_stub --port
+  12111 [--latency 0.2] [--tax-rate txr_vat=20]`.
 
 Endpoints
     POST /v1/customers                  create (name, email, metadata, ...)
@@ -1058,3 +1060,42 @@ def _handler_for(stub: StripeStub) -> type[BaseHTTPRequestHandler]:
             pass  # quiet: tests read stub.requests instead
 
     return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m tests.stripe_stub --port 12111`: serve until interrupted."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A Stripe-compatible stub on loopback.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=12111)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per answer")
+    parser.add_argument(
+        "--tax-rate",
+        action="append",
+        default=[],
+        metavar="ID=PERCENT",
+        help="a tax rate the stub knows, e.g. txr_vat=20 (repeatable)",
+    )
+    parser.add_argument("--automatic-tax-percent", type=Decimal, default=Decimal("10"))
+    args = parser.parse_args(argv)
+    rates = dict(item.split("=", 1) for item in args.tax_rate)
+    stub = StripeStub(
+        host=args.host,
+        port=args.port,
+        latency=args.latency,
+        tax_rates={rate: Decimal(percent) for rate, percent in rates.items()},
+        automatic_tax_percent=args.automatic_tax_percent,
+    )
+    url = stub.start()
+    print(f"Stripe stub on {url} (STRIPE_API_BASE={url}); Ctrl-C to stop", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stub.stop()
+
+
+if __name__ == "__main__":
+    main()
