@@ -41,24 +41,24 @@ def replay_command(event_id: str | None, unfinished: bool) -> None:
     if (event_id is None) == (not unfinished):
         raise click.UsageError("give either EVENT_ID or --failed")
     db, now = get_db(), utcnow()
+    outcomes: list[EventResult | EventProcessingFailed] = []
     if event_id is not None:
         try:
-            outcomes: list[EventResult | EventProcessingFailed] = [replay_event(db, event_id, now)]
+            outcomes.append(replay_event(db, event_id, now))
         except NotFound as exc:
             click.echo(exc.message, err=True)
             sys.exit(2)
         except EventProcessingFailed as failure:
-            outcomes = [failure]
+            outcomes.append(failure)
+        _echo(outcomes[0])
     else:
-        outcomes = []
         for outcome in replay_unfinished(db, now):
             outcomes.append(outcome)
             _echo(outcome)
-        failed = sum(isinstance(outcome, EventProcessingFailed) for outcome in outcomes)
+    failed = sum(isinstance(outcome, EventProcessingFailed) for outcome in outcomes)
+    if unfinished:
         click.echo(f"replayed {len(outcomes)} event(s), {failed} failed")
-        sys.exit(1 if failed else 0)
-    _echo(outcomes[0])
-    sys.exit(1 if isinstance(outcomes[0], EventProcessingFailed) else 0)
+    sys.exit(1 if failed else 0)
 
 
 def _echo(outcome: EventResult | EventProcessingFailed) -> None:
