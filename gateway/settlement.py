@@ -5,10 +5,12 @@ them: the Stripe webhook and the reconciliation run both hand it an
 `InvoiceSnapshot`, and the invoice's status decides.
 
 - `paid`: the purchase settles (entry pending → settled, balance raised) exactly
-  once, if the payment is acceptable: the purchase's currency, at least the expected
-  total, no discount. Otherwise it needs review (`review_required`); if its wallet
-  has ended (terminated, or expired even before the sweep) it needs a refund
-  (`refund_required`, entry failed). Nothing is credited in either case.
+  once, if its wallet is still usable and the payment is acceptable: the purchase's
+  currency, at least the expected total (the stored invoice total, else the credits'
+  amount) net of anything credited back after payment, no discount. A wallet that
+  has ended (terminated, or expired even before the sweep) makes it `refund_required`
+  (entry failed); an unacceptable payment makes it `review_required` (entry left
+  pending for the person who decides). Nothing is credited in either case.
 - `void` / `uncollectible`: the purchase fails (entry failed), unless it settled or
   was flagged: nothing undoes a settlement.
 - `open` / `draft`: nothing to settle; the invoice id is linked if it was not yet.
