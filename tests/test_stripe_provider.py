@@ -29,7 +29,7 @@ from gateway.providers.base import (
     ProviderUnavailable,
     PurchaseInvoiceRequest,
 )
-from gateway.providers.stripe.client import StripeProvider, build_client
+from gateway.providers.stripe.client import StripeProvider, build_client, invoice_snapshot
 from gateway.settings import PROJECT_ROOT, Settings, load_config
 from tests.conftest import TEST_SETTINGS
 from tests.stripe_stub import StripeStub
@@ -469,3 +469,69 @@ def test_mypy_refuses_a_misspelled_stripe_parameter(tmp_path: Path) -> None:
     assert 'Extra key "pending_invoice_item_behavior" for TypedDict "InvoiceCreateParams"' in (
         result.stdout
     )
+
+
+# --- reading an invoice (API answers and webhook events alike) ---------------------------
+
+INVOICE = {
+    "id": "in_1",
+    "object": "invoice",
+    "status": "paid",
+    "currency": "eur",
+    "subtotal": 1000,
+    "total": 1250,
+    "amount_paid": 1250,
+    "total_taxes": [{"amount": 200}, {"amount": 50}],
+    "discounts": [],
+    "total_discount_amounts": [],
+    "hosted_invoice_url": "https://invoice.stripe.test/i/in_1",
+    "livemode": False,
+    "created": 1_700_000_000,
+    "metadata": {"gateway_purchase_id": "pur_1"},
+}
+
+
+def test_invoice_snapshot_reads_stripes_json() -> None:
+    snap = invoice_snapshot(INVOICE)
+    assert (snap.subtotal_cents, snap.tax_cents, snap.total_cents) == (1000, 250, 1250)
+    assert (snap.currency, snap.status, snap.amount_paid_cents) == ("EUR", "paid", 1250)
+    assert snap.purchase_id == "pur_1"
+    assert snap.created_at == datetime.fromtimestamp(1_700_000_000, UTC)
+    assert snap.has_discount is False
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"discounts": ["di_1"]},
+        {"discount": {"id": "di_1"}},
+        {"total_discount_amounts": [{"amount": 100, "discount": "di_1"}]},
+        {"total_pretax_credit_amounts": [{"amount": 100, "type": "discount"}]},
+    ],
+)
+def test_invoice_snapshot_sees_every_kind_of_discount(change: dict[str, Any]) -> None:
+    assert invoice_snapshot({**INVOICE, **change}).has_discount is True
+
+
+def test_invoice_snapshot_ignores_credit_grants_and_zero_discounts() -> None:
+    snap = invoice_snapshot(
+        {
+            **INVOICE,
+            "total_discount_amounts": [{"amount": 0}],
+            "total_pretax_credit_amounts": [{"amount": 100, "type": "credit_balance_transaction"}],
+        }
+    )
+    assert snap.has_discount is False
+
+
+def test_invoice_snapshot_reads_older_tax_fields() -> None:
+    without = {key: value for key, value in INVOICE.items() if key != "total_taxes"}
+    assert invoice_snapshot({**without, "tax": 80}).tax_cents == 80
+    assert invoice_snapshot({**without, "total_excluding_tax": 1100}).tax_cents == 150
+    assert invoice_snapshot(without).tax_cents == 0
+
+
+def test_invoice_snapshot_needs_an_id() -> None:
+    with pytest.raises(ValueError, match="without an id"):
+        invoice_snapshot({**INVOICE, "id": None})
+    assert invoice_snapshot({**INVOICE, "metadata": None}).metadata == {}

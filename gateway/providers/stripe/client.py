@@ -367,30 +367,62 @@ def _int(data: Mapping[str, Any], key: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def invoice_snapshot(invoice: Mapping[str, Any]) -> InvoiceSnapshot:
-    """Our view of a Stripe invoice (its JSON form): amounts in minor units."""
-    taxes = invoice.get("total_taxes") or []
-    tax_cents = sum(_int(tax, "amount") for tax in taxes if isinstance(tax, Mapping))
-    discounted = any(
-        _int(amount, "amount") > 0
-        for amount in invoice.get("total_discount_amounts") or []
-        if isinstance(amount, Mapping)
+def _amounts(entries: Any) -> list[Mapping[str, Any]]:
+    return [entry for entry in entries or () if isinstance(entry, Mapping)]
+
+
+def _tax_cents(invoice: Mapping[str, Any]) -> int:
+    taxes = invoice.get("total_taxes")
+    if isinstance(taxes, list):
+        return sum(_int(tax, "amount") for tax in _amounts(taxes))
+    if isinstance(invoice.get("tax"), int):  # API versions before `total_taxes`
+        return _int(invoice, "tax")
+    if isinstance(invoice.get("total_excluding_tax"), int):
+        return _int(invoice, "total") - _int(invoice, "total_excluding_tax")
+    return 0
+
+
+def _has_discount(invoice: Mapping[str, Any]) -> bool:
+    """Any sign of a discount: `discounts`, the older `discount`, or discounted amounts."""
+    if invoice.get("discounts") or invoice.get("discount"):
+        return True
+    if any(_int(entry, "amount") > 0 for entry in _amounts(invoice.get("total_discount_amounts"))):
+        return True
+    return any(
+        entry.get("type") == "discount" and _int(entry, "amount") > 0
+        for entry in _amounts(invoice.get("total_pretax_credit_amounts"))
     )
+
+
+def invoice_snapshot(invoice: Mapping[str, Any]) -> InvoiceSnapshot:
+    """Our view of a Stripe invoice in its JSON form (an API answer, or an event's
+    `data.object`): amounts in minor units, currency upper-case."""
+    invoice_id = invoice.get("id")
+    if not isinstance(invoice_id, str) or not invoice_id:
+        raise ValueError("a Stripe invoice without an id")
     created = invoice.get("created")
-    metadata = invoice.get("metadata") or {}
+    metadata = invoice.get("metadata")
     url = invoice.get("hosted_invoice_url")
     return InvoiceSnapshot(
-        id=str(invoice["id"]),
+        id=invoice_id,
         status=str(invoice.get("status") or ""),
         currency=str(invoice.get("currency") or "").upper(),
         subtotal_cents=_int(invoice, "subtotal"),
-        tax_cents=tax_cents,
+        tax_cents=_tax_cents(invoice),
         total_cents=_int(invoice, "total"),
         amount_paid_cents=_int(invoice, "amount_paid"),
-        has_discount=discounted or bool(invoice.get("discounts")),
+        has_discount=_has_discount(invoice),
         hosted_invoice_url=url if isinstance(url, str) else None,
-        livemode=bool(invoice.get("livemode")),
-        created_at=datetime.fromtimestamp(created, UTC) if isinstance(created, int) else None,
-        metadata={str(key): str(value) for key, value in metadata.items()},
+        livemode=invoice.get("livemode") is True,
+        created_at=(
+            datetime.fromtimestamp(created, UTC)
+            if isinstance(created, int) and not isinstance(created, bool)
+            else None
+        ),
+        metadata=(
+            {str(key): str(value) for key, value in metadata.items()}
+            if isinstance(metadata, Mapping)
+            else {}
+        ),
         credited_after_payment_cents=_int(invoice, "post_payment_credit_notes_amount"),
     )
