@@ -344,6 +344,20 @@ def test_void_invoice_leaves_a_paid_invoice_paid(
     assert stub.invoices[invoice.id]["status"] == "paid"
 
 
+def test_a_void_refused_while_the_invoice_was_a_draft_does_not_block_a_later_void(
+    stripe_http: responses.RequestsMock, stub: StripeStub, provider: StripeProvider
+) -> None:
+    request = purchase_request(provider)
+    draft = provider.create_purchase_draft(request)
+    assert provider.void_invoice(draft.id).status == "draft"  # refused: drafts are not voided
+    provider.finish_purchase_invoice(request, draft)
+
+    assert provider.void_invoice(draft.id).status == "void"
+
+    keys = [r.headers["Idempotency-Key"] for r in sent(stripe_http) if r.path.endswith("/void")]
+    assert keys == [f"{draft.id}:void", f"{draft.id}:void", f"{draft.id}:void-open"]
+
+
 def test_void_of_an_unknown_invoice_is_rejected(
     stripe_http: responses.RequestsMock, provider: StripeProvider
 ) -> None:

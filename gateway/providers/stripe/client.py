@@ -290,15 +290,20 @@ class StripeProvider:
         """Void an open invoice. One already void, paid or otherwise closed is returned as
         it stands, so a repeat (or a race with the customer paying) is not an error."""
         try:
-            with _boundary("void the invoice"):
-                voided = self._client.v1.invoices.void_invoice(
-                    invoice_id, options={"idempotency_key": f"{invoice_id}:void"}
-                )
+            return self._void(invoice_id, f"{invoice_id}:void")
         except ProviderRejected:
             current = self.retrieve_invoice(invoice_id)
-            if current.status in ("open", "uncollectible"):
-                raise
-            return current
+            if current.status not in ("open", "uncollectible"):
+                return current
+        # Voidable now, yet refused: Stripe replayed a refusal it kept under our key from
+        # a try while the invoice was still a draft. Seen open, a second key is safe.
+        return self._void(invoice_id, f"{invoice_id}:void-{current.status}")
+
+    def _void(self, invoice_id: str, idempotency_key: str) -> InvoiceSnapshot:
+        with _boundary("void the invoice"):
+            voided = self._client.v1.invoices.void_invoice(
+                invoice_id, options={"idempotency_key": idempotency_key}
+            )
         return invoice_snapshot(voided.to_dict())
 
     def find_purchase_invoice(self, purchase_id: str) -> InvoiceSnapshot | None:
