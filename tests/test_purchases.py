@@ -17,6 +17,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gateway.models import Customer, Purchase, Wallet, WalletTransaction
+from gateway.providers.base import CustomerRequest
+from gateway.providers.stripe.client import customer_idempotency_key
 from tests.helpers import (
     assert_error,
     create_wallet,
@@ -135,7 +137,10 @@ def test_paid_credits_open_a_finalized_stripe_invoice(
         "metadata[gateway_customer_id]": purchase.customer_id,
         "metadata[gateway_external_id]": customer,
     }
-    assert_stripe_headers(create_customer, f"{purchase.customer_id}:customer")
+    assert_stripe_headers(
+        create_customer,
+        customer_idempotency_key(CustomerRequest(purchase.customer_id, customer, None, None)),
+    )
     metadata = {
         "metadata[gateway_purchase_id]": purchase.id,
         "metadata[gateway_wallet_id]": wallet["id"],
@@ -242,6 +247,36 @@ def test_a_customer_name_and_email_reach_stripe(
     create_customer = sent(stripe_http)[0]
     assert create_customer.params["name"] == "Ada Lovelace"
     assert create_customer.params["email"] == "ada@example.com"
+
+
+def test_a_customer_stripe_refused_can_buy_once_its_details_are_corrected(
+    client: FlaskClient, db_session: Session, stripe_http: responses.RequestsMock, stub: StripeStub
+) -> None:
+    external_id = unique("cust")
+    customer_body = {"customer": {"external_id": external_id, "currency": "USD"}}
+    post(client, "/customers", {"customer": {**customer_body["customer"], "email": "a@b.co"}})
+    post(
+        client,
+        "/subscriptions",
+        {
+            "subscription": {
+                "external_id": unique("sub"),
+                "external_customer_id": external_id,
+                "plan_code": "pro",
+            }
+        },
+    )
+    wallet_id = create_wallet(client, external_id)["wallet"]["id"]
+    stub.fail_next("POST", "/v1/customers", status=400, code="email_invalid", after=False)
+    refused = top_up(client, wallet_id, paid_credits="10")
+    assert_error(refused, 422, "payment_provider_rejected")
+
+    post(client, "/customers", {"customer": {**customer_body["customer"], "email": "ok@b.co"}})
+    response = top_up(client, wallet_id, paid_credits="10")
+
+    assert response.status_code == 201, response.json
+    keys = [r.headers["Idempotency-Key"] for r in sent(stripe_http) if r.path == "/v1/customers"]
+    assert len(set(keys)) == 2  # new details, new key: the refusal is not replayed
 
 
 def test_paid_and_granted_credits_in_one_request(

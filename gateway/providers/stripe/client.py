@@ -13,6 +13,7 @@ are `ProviderRejected` (retrying the same request will not help).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -200,7 +201,7 @@ class StripeProvider:
             params["email"] = customer.email
         with _boundary("create the customer"):
             created = self._client.v1.customers.create(
-                params, {"idempotency_key": f"{customer.customer_id}:customer"}
+                params, {"idempotency_key": customer_idempotency_key(customer)}
             )
         return created.id
 
@@ -352,6 +353,17 @@ class StripeProvider:
 
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+def customer_idempotency_key(customer: CustomerRequest) -> str:
+    """`<our customer id>:customer:<digest of name and email>`.
+
+    A repeat with the same details gets the customer the first call made. Details
+    changed since (say, an email Stripe refused, now corrected) make a new key, since
+    Stripe keeps a refusal under its key for a day and refuses other parameters.
+    """
+    details = f"{customer.name or ''}\x1f{customer.email or ''}".encode()
+    return f"{customer.customer_id}:customer:{hashlib.sha256(details).hexdigest()[:16]}"
 
 
 def _metadata(request: PurchaseInvoiceRequest) -> dict[str, str]:
