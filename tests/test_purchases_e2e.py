@@ -209,3 +209,39 @@ def test_no_database_lock_is_held_while_stripe_is_waited_on(
     wallet = client.get(f"/api/v1/wallets/{wallet_id}", headers=AUTH).json
     assert wallet is not None
     assert Decimal(wallet["wallet"]["credits_balance"]) == Decimal("11")
+
+
+@pytest.mark.postgres
+def test_concurrent_first_purchases_share_one_stripe_customer(
+    committed_app: Flask, service_url: str, stripe_server: StripeStub
+) -> None:
+    client = committed_app.test_client()
+    wallet_id = create_wallet(client, subscribed_customer(client))["wallet"]["id"]
+    answers: list[requests.Response] = []
+    lock = threading.Lock()
+
+    def buy(credits: str) -> None:
+        response = _call(
+            f"{service_url}/wallet_transactions",
+            {"wallet_transaction": {"wallet_id": wallet_id, "paid_credits": credits}},
+        )
+        with lock:
+            answers.append(response)
+
+    buyers = [threading.Thread(target=buy, args=(str(10 + n),)) for n in range(5)]
+    for buyer in buyers:
+        buyer.start()
+    for buyer in buyers:
+        buyer.join(timeout=60)
+
+    assert sorted(answer.status_code for answer in answers) == [201] * 5
+    assert len(stripe_server.customers) == 1
+    assert len(stripe_server.invoices) == 5
+    with committed_app.app_context():
+        session = get_db().session()
+        purchases = session.execute(select(Purchase)).scalars().all()
+        assert {purchase.status for purchase in purchases} == {"open"}
+        assert len({purchase.provider_invoice_id for purchase in purchases}) == 5
+        session.close()
+    wallet = client.get(f"/api/v1/wallets/{wallet_id}", headers=AUTH).json
+    assert wallet is not None and wallet["wallet"]["credits_balance"] == "0.00000"
