@@ -94,3 +94,6 @@ def register_commands(app: Flask) -> None:
     from gateway.webhooks_cli import webhooks_group
 
     app.cli.add_command(webhooks_group)
+    from gateway.reconcile_cli import reconcile_command
+
+    app.cli.add_command(reconcile_command)

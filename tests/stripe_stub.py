@@ -50,6 +50,7 @@ Controls for tests
     gate = stub.hold("POST", "/v1/invoices")
                                             matching requests wait until gate.release()
     stub.mark_paid(invoice_id)              the customer paid (also mark_uncollectible)
+    stub.refund(invoice_id)                 a credit note refunds a paid invoice
     stub.event(invoice_id, "invoice.paid")  a Stripe event carrying the invoice
     stub.invoices_with(purchase_id=...)     invoices whose metadata matches
     stub.search_delay = 30.0                invoices become searchable only this long
@@ -467,6 +468,20 @@ class StripeStub:
             invoice = self._invoice(invoice_id)
             invoice["status"] = "uncollectible"
             invoice["status_transitions"]["marked_uncollectible_at"] = int(time.time())
+            self._touched(invoice_id)
+            return _copy(invoice)
+
+    def refund(self, invoice_id: str, amount: int | None = None) -> Json:
+        """A credit note refunding `amount` (default: all) of a paid invoice, as Stripe
+        records it: the invoice stays `paid`, post_payment_credit_notes_amount grows."""
+        with self._lock:
+            invoice = self._invoice(invoice_id)
+            if invoice["status"] != "paid":
+                raise ValueError(f"invoice {invoice_id} is {invoice['status']}, not paid")
+            credited = invoice.get("post_payment_credit_notes_amount", 0)
+            invoice["post_payment_credit_notes_amount"] = credited + (
+                invoice["amount_paid"] if amount is None else amount
+            )
             self._touched(invoice_id)
             return _copy(invoice)
 

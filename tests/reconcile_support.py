@@ -1,0 +1,243 @@
+"""Arranging what reconciliation finds: purchases made through the API against the Stripe
+stub, then left behind the way lost webhooks and crashes leave them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Connection, select, update
+from sqlalchemy.orm import Session
+
+from gateway import ledger
+from gateway.db import get_db, utcnow
+from gateway.models import Customer, Purchase, PurchaseStatus, Wallet, WalletTransaction
+from gateway.providers import get_provider
+from gateway.providers.base import (
+    META_PURCHASE_ID,
+    META_TRANSACTION_ID,
+    META_WALLET_ID,
+    CustomerRequest,
+    InvoiceSnapshot,
+    PurchaseInvoiceRequest,
+)
+from gateway.purchases import invoice_description
+from gateway.reconcile import Finding, FindingAction, FindingKind, ReconcileReport, reconcile
+from tests.helpers import create_wallet, post, subscribed_customer
+from tests.stripe_stub import StripeStub
+from tests.stripe_support import SECRET_KEY
+from tests.webhook_support import make_purchase
+
+
+@dataclass(frozen=True)
+class Bought:
+    purchase_id: str
+    wallet_id: str
+    transaction_id: str
+    invoice_id: str | None
+    credits: Decimal
+
+
+def _purchase_of(session: Session, transaction_id: str) -> Purchase:
+    purchase: Purchase = session.execute(
+        select(Purchase)
+        .where(Purchase.transaction_id == transaction_id)
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+    return purchase
+
+
+def _bought(session: Session, transaction_id: str) -> Bought:
+    purchase = _purchase_of(session, transaction_id)
+    return Bought(
+        purchase.id,
+        purchase.wallet_id,
+        transaction_id,
+        purchase.provider_invoice_id,
+        purchase.credit_amount,
+    )
+
+
+def buy_wallet(client: FlaskClient, session: Session, paid: str = "10", **fields: Any) -> Bought:
+    """A new wallet with paid credits: a purchase `open`, its invoice open at Stripe."""
+    body = create_wallet(client, subscribed_customer(client), paid_credits=paid, **fields)
+    [transaction] = [
+        t for t in body["wallet_transactions"] if t["transaction_status"] == "purchased"
+    ]
+    return _bought(session, transaction["id"])
+
+
+def buy_more(client: FlaskClient, session: Session, wallet_id: str, paid: str = "1") -> Bought:
+    """A paid top-up of an existing wallet (the call that failed, if Stripe did)."""
+    response = post(
+        client,
+        "/wallet_transactions",
+        {"wallet_transaction": {"wallet_id": wallet_id, "paid_credits": paid}},
+    )
+    assert response.status_code in (201, 503), response.json
+    if response.status_code == 503:
+        transaction_id = response.json["error_details"]["wallet_transaction_id"]
+    else:
+        [transaction] = response.json["wallet_transactions"]
+        transaction_id = transaction["id"]
+    return _bought(session, transaction_id)
+
+
+def invoice_at_stripe(app: Flask, session: Session, purchase_id: str) -> InvoiceSnapshot:
+    """Make the purchase's invoice at Stripe (through the provider) without storing its
+    id: what a crash right after the create call leaves behind."""
+    purchase = session.get_one(Purchase, purchase_id)
+    wallet = session.get_one(Wallet, purchase.wallet_id)
+    customer = session.get_one(Customer, purchase.customer_id)
+    with app.app_context():
+        provider = get_provider()
+        provider_customer = provider.ensure_customer(
+            CustomerRequest(customer.id, customer.external_id, customer.name, customer.email)
+        )
+        return provider.create_purchase_invoice(
+            PurchaseInvoiceRequest(
+                purchase_id=purchase.id,
+                wallet_id=wallet.id,
+                transaction_id=purchase.transaction_id,
+                provider_customer_id=provider_customer,
+                currency=purchase.currency,
+                amount_cents=purchase.amount_cents,
+                credits=purchase.credit_amount,
+                rate_amount=wallet.rate_amount,
+                description=invoice_description(
+                    purchase.credit_amount, wallet.rate_amount, purchase.currency
+                ),
+            )
+        )
+
+
+def many_open_purchases(session: Session, stub: StripeStub, count: int) -> list[Bought]:
+    """`count` purchases of 1 credit (1.00 USD) in one wallet, each with its invoice
+    finalized at Stripe and stored, as the API leaves them. Made faster than through
+    the API: rows written directly, invoices made by calling the stub's handler."""
+    seed = make_purchase(session, credits=Decimal("1"), rate=Decimal("1"), invoice_stored=False)
+    wallet = session.get_one(Wallet, seed.wallet_id)
+    now = utcnow()
+    rows = [session.get_one(Purchase, seed.id)]
+    for _ in range(count - 1):
+        entry = ledger.open_purchase_entry(session, wallet, Decimal("1"), now)
+        purchase = Purchase(
+            wallet_id=wallet.id,
+            customer_id=wallet.customer_id,
+            transaction_id=entry.id,
+            status=PurchaseStatus.CREATING,
+            currency="USD",
+            credit_amount=Decimal("1"),
+            amount_cents=100,
+            created_at=now,
+        )
+        session.add(purchase)
+        rows.append(purchase)
+    session.flush()
+    customer = _stub_call(stub, "/v1/customers", [])["id"]
+    made = []
+    for purchase in rows:
+        metadata = [
+            (f"metadata[{META_PURCHASE_ID}]", purchase.id),
+            (f"metadata[{META_WALLET_ID}]", wallet.id),
+            (f"metadata[{META_TRANSACTION_ID}]", purchase.transaction_id),
+        ]
+        invoice_id = _stub_call(
+            stub, "/v1/invoices", [("customer", customer), ("currency", "usd"), *metadata]
+        )["id"]
+        _stub_call(
+            stub,
+            "/v1/invoiceitems",
+            [("customer", customer), ("invoice", invoice_id), ("amount", "100")],
+        )
+        invoice = _stub_call(stub, f"/v1/invoices/{invoice_id}/finalize", [])
+        purchase.provider_invoice_id = invoice_id
+        purchase.invoice_status = invoice["status"]
+        purchase.subtotal_cents = purchase.total_cents = invoice["total"]
+        purchase.tax_cents = 0
+        purchase.status = PurchaseStatus.OPEN
+        made.append(
+            Bought(purchase.id, wallet.id, purchase.transaction_id, invoice_id, Decimal("1"))
+        )
+    session.commit()
+    return made
+
+
+def _stub_call(stub: StripeStub, path: str, form: list[tuple[str, str]]) -> dict[str, Any]:
+    status, _headers, body = stub.handle(
+        "POST", path, "", {"Authorization": f"Bearer {SECRET_KEY}"}, urlencode(form).encode()
+    )
+    assert status == 200, body
+    answer: dict[str, Any] = json.loads(body)
+    return answer
+
+
+def foreign_invoice(app: Flask, purchase_id: str, amount_cents: int) -> InvoiceSnapshot:
+    """An invoice at Stripe carrying our metadata for a purchase this database does not
+    have (another environment on the same account, a restored backup...)."""
+    with app.app_context():
+        provider = get_provider()
+        customer = provider.ensure_customer(
+            CustomerRequest("cus_elsewhere", "elsewhere", None, None)
+        )
+        return provider.create_purchase_invoice(
+            PurchaseInvoiceRequest(
+                purchase_id=purchase_id,
+                wallet_id="wal_elsewhere",
+                transaction_id="wtx_elsewhere",
+                provider_customer_id=customer,
+                currency="USD",
+                amount_cents=amount_cents,
+                credits=Decimal(amount_cents) / 100,
+                rate_amount=Decimal("1"),
+                description="credits bought elsewhere",
+            )
+        )
+
+
+def backdate(session: Session, purchase_id: str, minutes: int) -> None:
+    """The purchase (and its entry) as if made `minutes` ago."""
+    then = utcnow() - timedelta(minutes=minutes)
+    purchase = session.get_one(Purchase, purchase_id)
+    session.execute(update(Purchase).where(Purchase.id == purchase_id).values(created_at=then))
+    session.execute(
+        update(WalletTransaction)
+        .where(WalletTransaction.id == purchase.transaction_id)
+        .values(created_at=then)
+    )
+    session.commit()
+
+
+def run(app: Flask, **options: Any) -> ReconcileReport:
+    with app.app_context():
+        return reconcile(get_db(), get_provider(), **options)
+
+
+def findings(report: ReconcileReport, kind: FindingKind) -> list[Finding]:
+    return [finding for finding in report.findings if finding.kind == kind]
+
+
+def only(report: ReconcileReport, kind: FindingKind) -> Finding:
+    [finding] = findings(report, kind)
+    return finding
+
+
+def actions(report: ReconcileReport) -> set[FindingAction]:
+    return {finding.action for finding in report.findings}
+
+
+def table_rows(connection: Connection) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, in a stable order: the database's whole state."""
+    from gateway.db import Base
+
+    state: dict[str, list[tuple[Any, ...]]] = {}
+    for table in Base.metadata.sorted_tables:
+        rows = connection.execute(select(table)).all()
+        state[table.name] = sorted((tuple(row) for row in rows), key=repr)
+    return state

@@ -1,0 +1,613 @@
+"""Reconciliation repairs what lost webhooks and crashes left behind, and reports the rest.
+
+Stripe is the in-process stub behind `responses` (tests/stripe_stub.py): purchases are
+made through the API, then Stripe's side moves on (paid, voided, refunded) without the
+webhook that would have told us.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Connection, func, select, text
+from sqlalchemy.orm import Session
+
+from gateway.models import EntryStatus, Purchase, PurchaseStatus
+from gateway.providers.base import META_PURCHASE_ID
+from gateway.reconcile import (
+    CLOCK_SLACK,
+    FindingAction,
+    FindingKind,
+    ReconcileAborted,
+)
+from tests.helpers import delete
+from tests.reconcile_support import (
+    actions,
+    backdate,
+    buy_more,
+    buy_wallet,
+    findings,
+    foreign_invoice,
+    invoice_at_stripe,
+    many_open_purchases,
+    only,
+    run,
+    table_rows,
+)
+from tests.stripe_stub import StripeStub
+from tests.stripe_support import stripe_http, stub
+from tests.webhook_support import invoice_event, make_purchase, post_signed, state_of
+
+__all__ = ["stripe_http", "stub"]  # fixtures
+
+pytestmark = pytest.mark.usefixtures("stripe_http")
+
+
+def stripe_writes(stub: StripeStub, since: int = 0) -> list[tuple[str, str]]:
+    return [(r.method, r.path) for r in stub.requests[since:] if r.method == "POST"]
+
+
+# --- a consistent world ----------------------------------------------------------------
+
+
+def test_nothing_to_do_is_consistent_and_exit_0(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = buy_wallet(client, db_session, paid="10", granted_credits="5")
+
+    report = run(app)
+
+    assert report.findings == []
+    assert report.consistent and report.exit_code == 0
+    assert report.invoices_scanned == 1
+    assert report.wallets_checked == 1
+    assert state_of(db_session, bought.purchase_id).purchase_status == PurchaseStatus.OPEN
+
+
+# --- 2. pending purchases whose invoice moved on at Stripe -----------------------------
+
+
+def test_lost_paid_webhook_is_repaired_through_settlement(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = buy_wallet(client, db_session, paid="10", granted_credits="2")
+    stub.mark_paid(bought.invoice_id or "")  # paid; the webhook never arrives
+
+    report = run(app)
+
+    finding = only(report, FindingKind.INVOICE_PAID_NOT_SETTLED)
+    assert finding.action == FindingAction.REPAIRED
+    assert finding.outcome == "settled"
+    assert finding.purchase_id == bought.purchase_id
+    assert finding.invoice_id == bought.invoice_id
+    assert report.exit_code == 1
+    state = state_of(db_session, bought.purchase_id)
+    assert state.purchase_status == PurchaseStatus.SETTLED
+    assert state.entry_status == EntryStatus.SETTLED
+    assert state.invoice_status == "paid"
+    assert state.balance == Decimal("12")  # 2 granted + 10 bought
+
+    again = run(app)  # the repair holds: a second run finds nothing
+
+    assert again.findings == [] and again.exit_code == 0
+    assert state_of(db_session, bought.purchase_id).balance == Decimal("12")
+
+
+def test_a_webhook_that_arrives_after_the_repair_changes_nothing(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = buy_wallet(client, db_session, paid="3")
+    stub.mark_paid(bought.invoice_id or "")
+    run(app)
+
+    late = post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
+
+    assert late.status_code == 200
+    assert state_of(db_session, bought.purchase_id).balance == Decimal("3")
+
+
+@pytest.mark.parametrize("how", ["void", "uncollectible"])
+def test_voided_or_uncollectible_invoice_fails_the_pending_purchase(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub, how: str
+) -> None:
+    bought = buy_wallet(client, db_session, paid="4", granted_credits="1")
+    invoice_id = bought.invoice_id or ""
+    if how == "void":
+        with app.app_context():
+            from gateway.providers import get_provider
+
+            get_provider().void_invoice(invoice_id)  # voided in the dashboard, say
+    else:
+        stub.mark_uncollectible(invoice_id)
+
+    report = run(app)
+
+    finding = only(report, FindingKind.INVOICE_FAILED_STILL_OPEN)
+    assert (finding.action, finding.outcome, finding.invoice_status) == (
+        FindingAction.REPAIRED,
+        "failed",
+        how,
+    )
+    state = state_of(db_session, bought.purchase_id)
+    assert state.purchase_status == PurchaseStatus.FAILED
+    assert state.entry_status == EntryStatus.FAILED
+    assert state.balance == Decimal("1")
+
+
+def test_a_payment_short_of_the_total_goes_to_review_not_to_the_balance(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = buy_wallet(client, db_session, paid="10")
+    invoice = stub.invoices[bought.invoice_id or ""]
+    stub.mark_paid(bought.invoice_id or "")
+    invoice["amount_paid"] = 1  # Stripe says paid; the amount says otherwise
+
+    report = run(app)
+
+    finding = only(report, FindingKind.INVOICE_PAID_NOT_SETTLED)
+    assert finding.outcome == "review_required"
+    assert "expected at least 1000" in finding.detail
+    assert findings(report, FindingKind.REVIEW_REQUIRED) == []  # reported once, not twice
+    state = state_of(db_session, bought.purchase_id)
+    assert state.purchase_status == PurchaseStatus.REVIEW_REQUIRED
+    assert state.balance == 0
+
+
+# --- 1. purchases stuck before their invoice id was stored -----------------------------
+
+
+def test_stuck_purchase_adopts_its_invoice_found_by_metadata_and_settles_it(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    purchase = make_purchase(db_session, invoice_stored=False, rate=Decimal("1"))
+    invoice = invoice_at_stripe(app, db_session, purchase.id)  # crash before storing it
+    stub.mark_paid(invoice.id)
+    backdate(db_session, purchase.id, minutes=600)  # even past the grace period
+
+    report = run(app)
+
+    finding = only(report, FindingKind.STUCK_PURCHASE)
+    assert (finding.action, finding.outcome) == (FindingAction.REPAIRED, "settled")
+    assert finding.invoice_id == invoice.id
+    state = state_of(db_session, purchase.id)
+    assert state.purchase_status == PurchaseStatus.SETTLED
+    assert state.invoice_id == invoice.id
+    assert state.balance == Decimal("10")
+
+
+def test_stuck_purchase_with_an_open_invoice_at_stripe_is_adopted_as_open(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    purchase = make_purchase(db_session, invoice_stored=False, rate=Decimal("1"))
+    invoice = invoice_at_stripe(app, db_session, purchase.id)
+
+    report = run(app)
+
+    finding = only(report, FindingKind.STUCK_PURCHASE)
+    assert (finding.action, finding.outcome) == (FindingAction.REPAIRED, "adopted")
+    state = state_of(db_session, purchase.id)
+    assert (state.purchase_status, state.invoice_id, state.invoice_status) == (
+        PurchaseStatus.OPEN,
+        invoice.id,
+        "open",
+    )
+
+
+def test_stuck_purchase_whose_draft_was_made_is_finished_within_the_grace_period(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    first = buy_wallet(client, db_session, paid="1")
+    stub.fail_next("POST", "/v1/invoices", after=True)  # made at Stripe, answer lost
+    stuck = buy_more(client, db_session, first.wallet_id, paid="2")
+    assert state_of(db_session, stuck.purchase_id).purchase_status == PurchaseStatus.CREATING
+    [draft] = stub.invoices_with(**{META_PURCHASE_ID: stuck.purchase_id})
+    assert draft["status"] == "draft"
+    backdate(db_session, stuck.purchase_id, minutes=20)
+
+    report = run(app)
+
+    finding = only(report, FindingKind.STUCK_PURCHASE)
+    assert (finding.action, finding.outcome) == (FindingAction.REPAIRED, "resumed")
+    assert finding.invoice_id == draft["id"]
+    [invoice] = stub.invoices_with(**{META_PURCHASE_ID: stuck.purchase_id})  # still one
+    assert invoice["status"] == "open"
+    assert invoice["amount_due"] == 200
+    state = state_of(db_session, stuck.purchase_id)
+    assert (state.purchase_status, state.invoice_id) == (PurchaseStatus.OPEN, draft["id"])
+
+
+def test_stuck_purchase_with_no_invoice_at_stripe_is_created_within_the_grace_period(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    first = buy_wallet(client, db_session, paid="1")
+    stub.fail_next("POST", "/v1/invoices", status=500)  # never reached Stripe's books
+    stuck = buy_more(client, db_session, first.wallet_id, paid="2")
+    assert stub.invoices_with(**{META_PURCHASE_ID: stuck.purchase_id}) == []
+    backdate(db_session, stuck.purchase_id, minutes=20)
+
+    report = run(app)
+
+    assert only(report, FindingKind.STUCK_PURCHASE).outcome == "resumed"
+    [invoice] = stub.invoices_with(**{META_PURCHASE_ID: stuck.purchase_id})
+    assert invoice["status"] == "open"
+    assert state_of(db_session, stuck.purchase_id).purchase_status == PurchaseStatus.OPEN
+
+
+def test_a_purchase_being_created_right_now_is_left_to_its_request(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    first = buy_wallet(client, db_session, paid="1")
+    stub.fail_next("POST", "/v1/invoices", status=500)
+    stuck = buy_more(client, db_session, first.wallet_id, paid="2")  # seconds old
+
+    report = run(app)
+
+    assert report.findings == []
+    assert stub.invoices_with(**{META_PURCHASE_ID: stuck.purchase_id}) == []
+    assert state_of(db_session, stuck.purchase_id).purchase_status == PurchaseStatus.CREATING
+
+
+def test_stuck_purchase_is_failed_after_the_grace_period_when_stripe_has_no_invoice(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    first = buy_wallet(client, db_session, paid="1", granted_credits="3")
+    stub.fail_next("POST", "/v1/invoices", status=500)
+    stuck = buy_more(client, db_session, first.wallet_id, paid="2")
+    backdate(db_session, stuck.purchase_id, minutes=61)
+    before = len(stub.requests)
+
+    report = run(app, grace=timedelta(minutes=60))
+
+    finding = only(report, FindingKind.STUCK_PURCHASE)
+    assert (finding.action, finding.outcome) == (FindingAction.REPAIRED, "abandoned")
+    assert "no invoice was made at Stripe" in finding.detail
+    state = state_of(db_session, stuck.purchase_id)
+    assert state.purchase_status == PurchaseStatus.FAILED
+    assert state.entry_status == EntryStatus.FAILED
+    assert state.balance == Decimal("3")
+    failed = db_session.get_one(Purchase, stuck.purchase_id)
+    assert failed.failure_code == "creation_abandoned"
+    # Looked for by metadata once more before giving up; nothing written at Stripe.
+    assert stub.requests_to("GET", "/v1/invoices/search")
+    assert stripe_writes(stub, before) == []
+
+
+def test_a_draft_left_past_the_grace_period_is_abandoned_not_finalized(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    first = buy_wallet(client, db_session, paid="1")
+    stub.fail_next("POST", "/v1/invoices", after=True)
+    stuck = buy_more(client, db_session, first.wallet_id, paid="2")
+    backdate(db_session, stuck.purchase_id, minutes=90)
+    before = len(stub.requests)
+
+    report = run(app, grace=timedelta(minutes=60))
+
+    assert only(report, FindingKind.STUCK_PURCHASE).outcome == "abandoned"
+    [draft] = stub.invoices_with(**{META_PURCHASE_ID: stuck.purchase_id})
+    assert draft["status"] == "draft"  # never finalized, so never charged
+    assert stripe_writes(stub, before) == []
+    assert state_of(db_session, stuck.purchase_id).purchase_status == PurchaseStatus.FAILED
+
+
+# --- 3. reported, not fixed -------------------------------------------------------------
+
+
+def test_paid_invoice_with_our_metadata_that_we_do_not_know_is_reported(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    buy_wallet(client, db_session, paid="5")
+    stranger = foreign_invoice(app, "pur_from_another_database", 500)
+    unpaid = foreign_invoice(app, "pur_also_elsewhere", 700)
+    stub.mark_paid(stranger.id)
+    before = table_rows(db_session.connection())
+
+    report = run(app)
+
+    finding = only(report, FindingKind.UNKNOWN_PAID_INVOICE)  # the paid one only
+    assert finding.action == FindingAction.REPORTED
+    assert finding.invoice_id == stranger.id != unpaid.id
+    assert finding.purchase_id == "pur_from_another_database"
+    assert "5.00 USD" in finding.detail
+    assert report.exit_code == 1
+    assert table_rows(db_session.connection()) == before
+
+
+def test_settled_purchase_whose_invoice_is_no_longer_paid_is_reported(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = buy_wallet(client, db_session, paid="5")
+    stub.mark_paid(bought.invoice_id or "")
+    post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
+    stub.invoices[bought.invoice_id or ""]["status"] = "void"  # reversed at Stripe
+
+    report = run(app)
+
+    finding = only(report, FindingKind.SETTLED_INVOICE_NOT_PAID)
+    assert (finding.action, finding.invoice_status) == (FindingAction.REPORTED, "void")
+    state = state_of(db_session, bought.purchase_id)
+    assert state.purchase_status == PurchaseStatus.SETTLED  # a person decides
+    assert state.balance == Decimal("5")
+
+
+def test_settled_purchase_whose_invoice_was_refunded_is_reported(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = buy_wallet(client, db_session, paid="5")
+    stub.mark_paid(bought.invoice_id or "")
+    post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
+    stub.refund(bought.invoice_id or "", amount=200)
+
+    report = run(app)
+
+    finding = only(report, FindingKind.SETTLED_INVOICE_REFUNDED)
+    assert finding.action == FindingAction.REPORTED
+    assert "2.00 USD" in finding.detail
+    assert state_of(db_session, bought.purchase_id).balance == Decimal("5")
+
+
+def test_payment_on_a_terminated_wallet_is_reported_for_refund(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = buy_wallet(client, db_session, paid="5")
+    stub.mark_paid(bought.invoice_id or "")  # paid just before the wallet is deleted
+    assert delete(client, f"/wallets/{bought.wallet_id}").status_code == 200
+    assert state_of(db_session, bought.purchase_id).purchase_status == (
+        PurchaseStatus.REFUND_REQUIRED
+    )
+
+    report = run(app)
+
+    finding = only(report, FindingKind.REFUND_REQUIRED)
+    assert finding.action == FindingAction.REPORTED
+    assert finding.purchase_id == bought.purchase_id
+    assert "refund" in finding.detail
+    assert state_of(db_session, bought.purchase_id).balance == 0
+
+
+def test_purchase_flagged_for_review_is_reported(
+    app: Flask, client: FlaskClient, db_session: Session
+) -> None:
+    purchase = make_purchase(db_session)
+    post_signed(client, invoice_event(purchase, "invoice.paid", currency="EUR"))
+
+    report = run(app)
+
+    finding = only(report, FindingKind.REVIEW_REQUIRED)
+    assert finding.purchase_id == purchase.id
+    assert "EUR" in finding.detail
+
+
+def test_ledger_mismatch_injected_with_direct_sql_is_reported(
+    app: Flask, client: FlaskClient, db_session: Session, connection: Connection
+) -> None:
+    healthy = make_purchase(db_session, granted=Decimal("3"))
+    broken = make_purchase(db_session, granted=Decimal("7"))
+    connection.execute(
+        text("UPDATE wallets SET credits_balance = credits_balance + 1 WHERE id = :id"),
+        {"id": broken.wallet_id},
+    )
+
+    report = run(app)
+
+    finding = only(report, FindingKind.LEDGER_MISMATCH)
+    assert finding.wallet_id == broken.wallet_id != healthy.wallet_id
+    assert finding.ledger_balance == Decimal("7")
+    assert finding.stored_balance is not None and finding.stored_balance > Decimal("7")
+    assert report.wallets_checked == 2
+    assert report.exit_code == 1
+
+
+def test_a_wallet_with_a_balance_and_no_ledger_entries_is_a_mismatch(
+    app: Flask, client: FlaskClient, db_session: Session, connection: Connection
+) -> None:
+    purchase = make_purchase(db_session)  # only a pending entry: ledger says 0
+    connection.execute(
+        text("UPDATE wallets SET credits_balance = 5 WHERE id = :id"), {"id": purchase.wallet_id}
+    )
+
+    finding = only(run(app), FindingKind.LEDGER_MISMATCH)
+
+    assert finding.ledger_balance == 0
+    assert finding.stored_balance is not None and finding.stored_balance > 0
+
+
+def test_the_ledger_check_is_one_query_whatever_the_number_of_wallets(
+    app: Flask, db_session: Session, connection: Connection
+) -> None:
+    for _ in range(30):
+        make_purchase(db_session, granted=Decimal("1"))
+    statements: list[str] = []
+
+    from sqlalchemy import event
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    event.listen(connection, "before_cursor_execute", count)
+    try:
+        report = run(app)
+    finally:
+        event.remove(connection, "before_cursor_execute", count)
+
+    assert report.wallets_checked == 30
+    ledger_queries = [s for s in statements if "wallet_transactions" in s and "GROUP BY" in s]
+    assert len(ledger_queries) == 1
+
+
+# --- 3b. invoices of ended wallets ------------------------------------------------------
+
+
+def test_invoice_of_an_ended_wallet_left_open_is_voided(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = buy_wallet(client, db_session, paid="5")
+    invoice_id = bought.invoice_id or ""
+    stub.fail_next("POST", f"/v1/invoices/{invoice_id}/void", status=500)
+    assert delete(client, f"/wallets/{bought.wallet_id}").status_code == 200
+    assert state_of(db_session, bought.purchase_id).void_pending
+
+    report = run(app)
+
+    finding = only(report, FindingKind.INVOICE_VOID_PENDING)
+    assert (finding.action, finding.outcome) == (FindingAction.REPAIRED, "voided")
+    assert stub.invoices[invoice_id]["status"] == "void"
+    state = state_of(db_session, bought.purchase_id)
+    assert not state.void_pending
+    assert state.purchase_status == PurchaseStatus.FAILED
+
+
+# --- 4. dry run and window ----------------------------------------------------------------
+
+
+def test_dry_run_changes_nothing_in_the_database_nor_at_stripe(
+    app: Flask,
+    client: FlaskClient,
+    db_session: Session,
+    connection: Connection,
+    stub: StripeStub,
+) -> None:
+    paid = buy_wallet(client, db_session, paid="5")
+    stub.mark_paid(paid.invoice_id or "")
+    voided = buy_wallet(client, db_session, paid="5")
+    stub.mark_uncollectible(voided.invoice_id or "")
+    stub.fail_next("POST", "/v1/invoices", status=500)
+    young = buy_more(client, db_session, paid.wallet_id, paid="1")
+    backdate(db_session, young.purchase_id, minutes=20)
+    stub.fail_next("POST", "/v1/invoices", status=500)
+    old = buy_more(client, db_session, voided.wallet_id, paid="1")
+    backdate(db_session, old.purchase_id, minutes=600)
+    ended = buy_wallet(client, db_session, paid="5")
+    stub.fail_next("POST", f"/v1/invoices/{ended.invoice_id}/void", status=500)
+    delete(client, f"/wallets/{ended.wallet_id}")
+    connection.execute(
+        text("UPDATE wallets SET credits_balance = credits_balance + 1 WHERE id = :id"),
+        {"id": paid.wallet_id},
+    )
+    before = table_rows(connection)
+    stripe_before = len(stub.requests)
+
+    report = run(app, dry_run=True)
+
+    assert table_rows(connection) == before
+    assert stripe_writes(stub, stripe_before) == []
+    assert report.dry_run and report.exit_code == 1
+    assert actions(report) == {FindingAction.WOULD_REPAIR, FindingAction.REPORTED}
+    outcomes = {(f.kind, f.purchase_id): f.outcome for f in report.findings}
+    assert outcomes == {
+        (FindingKind.INVOICE_PAID_NOT_SETTLED, paid.purchase_id): "settle",
+        (FindingKind.INVOICE_FAILED_STILL_OPEN, voided.purchase_id): "fail",
+        (FindingKind.STUCK_PURCHASE, young.purchase_id): "resume",
+        (FindingKind.STUCK_PURCHASE, old.purchase_id): "abandon",
+        (FindingKind.INVOICE_VOID_PENDING, ended.purchase_id): "void",
+        (FindingKind.LEDGER_MISMATCH, None): None,
+    }
+
+    real = run(app)  # and the same world, repaired for real
+
+    assert {(f.kind, f.purchase_id, f.action) for f in real.findings} >= {
+        (FindingKind.INVOICE_PAID_NOT_SETTLED, paid.purchase_id, FindingAction.REPAIRED),
+        (FindingKind.STUCK_PURCHASE, old.purchase_id, FindingAction.REPAIRED),
+    }
+
+
+def test_since_bounds_the_window_at_stripe_and_in_the_database(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = buy_wallet(client, db_session, paid="5")
+    invoice_id = bought.invoice_id or ""
+    stub.mark_paid(invoice_id)
+    stub.invoices[invoice_id]["created"] -= 10 * 86400  # both ten days old
+    backdate(db_session, bought.purchase_id, minutes=10 * 24 * 60)
+    from gateway.db import utcnow
+
+    since = utcnow() - timedelta(days=7)
+
+    bounded = run(app, since=since)
+
+    assert bounded.findings == []
+    [listing] = stub.requests_to("GET", "/v1/invoices")
+    assert int(listing.params["created"]["gte"]) == int((since - CLOCK_SLACK).timestamp())
+    assert state_of(db_session, bought.purchase_id).purchase_status == PurchaseStatus.OPEN
+
+    unbounded = run(app)  # back to the oldest unsettled purchase
+
+    assert only(unbounded, FindingKind.INVOICE_PAID_NOT_SETTLED).outcome == "settled"
+
+
+# --- 5. Stripe is read in pages ----------------------------------------------------------
+
+
+def test_250_pending_purchases_cost_three_list_pages_not_250_retrieves(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = many_open_purchases(db_session, stub, 250)
+    first = bought[0]
+    for purchase in bought[::5]:
+        stub.mark_paid(purchase.invoice_id or "")
+    before = len(stub.requests)
+
+    report = run(app)
+
+    calls = [(r.method, r.path) for r in stub.requests[before:]]
+    assert calls == [("GET", "/v1/invoices")] * 3  # 100 + 100 + 50, and nothing else
+    assert all(r.params["limit"] == "100" for r in stub.requests[before:])
+    assert report.invoices_scanned == 250
+    settled = findings(report, FindingKind.INVOICE_PAID_NOT_SETTLED)
+    assert len(settled) == 50 and {f.outcome for f in settled} == {"settled"}
+    assert state_of(db_session, first.purchase_id).balance == Decimal("50")
+
+
+def test_a_rate_limited_page_is_retried_after_retry_after(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = buy_wallet(client, db_session, paid="5")
+    stub.mark_paid(bought.invoice_id or "")
+    stub.fail_next(
+        "GET", "/v1/invoices", status=429, type_="rate_limit_error", retry_after=0, times=2
+    )
+    before = len(stub.requests)
+
+    report = run(app)
+
+    assert [r.path for r in stub.requests[before:]] == ["/v1/invoices"] * 3
+    assert only(report, FindingKind.INVOICE_PAID_NOT_SETTLED).outcome == "settled"
+
+
+def test_stripe_unreachable_aborts_the_run(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = buy_wallet(client, db_session, paid="5")
+    stub.mark_paid(bought.invoice_id or "")
+    stub.fail_next("GET", "/v1/invoices", status=None, times=10)  # connection dropped
+
+    with pytest.raises(ReconcileAborted) as aborted:
+        run(app)
+
+    report = aborted.value.report
+    assert report.exit_code == 2 and report.status == "error"
+    assert report.error is not None and "could not be reached" in report.error
+    assert state_of(db_session, bought.purchase_id).purchase_status == PurchaseStatus.OPEN
+
+
+def test_purchases_table_is_read_in_batches(
+    app: Flask, db_session: Session, stub: StripeStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway import reconcile as module
+
+    monkeypatch.setattr(module, "DB_BATCH", 7)
+    made = [make_purchase(db_session, invoice_stored=False) for _ in range(16)]
+    for purchase in made:
+        backdate(db_session, purchase.id, minutes=600)
+
+    report = run(app, dry_run=True)
+
+    stuck = findings(report, FindingKind.STUCK_PURCHASE)
+    assert sorted(f.purchase_id or "" for f in stuck) == sorted(p.id for p in made)
+    assert {f.outcome for f in stuck} == {"abandon"}
+    count = db_session.execute(select(func.count()).select_from(Purchase)).scalar_one()
+    assert count == 16
