@@ -18,7 +18,15 @@ from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
 from tests.conftest import AUTH, TEST_SETTINGS
-from tests.helpers import assert_error, create_wallet, get, post, subscribed_customer, unique
+from tests.helpers import (
+    assert_error,
+    create_wallet,
+    delete,
+    get,
+    post,
+    subscribed_customer,
+    unique,
+)
 
 SECRETS = [
     *TEST_SETTINGS["GATEWAY_API_KEYS"].split(","),
@@ -390,18 +398,25 @@ WALLET_FIELDS = [
 ]
 
 
-@pytest.mark.parametrize("value", BAD_WALLET_VALUES, ids=repr)
 @pytest.mark.parametrize("field", WALLET_FIELDS)
-def test_fuzz_wallet_fields_never_5xx(client: FlaskClient, field: str, value: Any) -> None:
+def test_fuzz_wallet_fields_never_5xx(client: FlaskClient, field: str) -> None:
     customer = subscribed_customer(client)
-    body: dict[str, Any] = {"external_customer_id": customer, "rate_amount": "1", field: value}
-    response = client.post(
-        "/api/v1/wallets",
-        data=json.dumps({"wallet": body}),
-        headers={**AUTH, "Content-Type": "application/json"},
-    )
-    if response.status_code != 201:
-        assert_clean_error(response)
+    for value in BAD_WALLET_VALUES:
+        body = {"wallet": {"external_customer_id": customer, "rate_amount": "1", field: value}}
+        response = client.post(
+            "/api/v1/wallets",
+            data=json.dumps(body),
+            headers={**AUTH, "Content-Type": "application/json"},
+        )
+        if response.status_code == 201:
+            # Accepted (a harmless name, say): end it so the next value meets the same checks.
+            assert response.json is not None
+            delete(client, f"/wallets/{response.json['wallet']['id']}")
+            continue
+        try:
+            assert_clean_error(response)
+        except AssertionError as exc:
+            raise AssertionError(f"{field}={value!r}: {exc}") from exc
 
 
 BAD_BODIES: list[tuple[str, str, str]] = [
