@@ -171,23 +171,21 @@ def _show(report: ReconcileReport, output_format: str, stdout: TextIO) -> None:
         if report.error is not None:
             click.echo(f"reconcile stopped: {report.error}", err=True)
         return
-    console = Console(file=stdout, highlight=False)
+    # Off a terminal (cron mail, a log file) rich would assume 80 columns and fold ids.
+    console = Console(file=stdout, highlight=False, width=None if stdout.isatty() else 160)
     title = "Reconciliation" + (" (dry run: nothing was changed)" if report.dry_run else "")
     if report.findings:
-        table = Table(title=title, title_justify="left", show_lines=False, expand=False)
+        table = Table(title=title, title_justify="left")
         table.add_column("kind", no_wrap=True)
         table.add_column("action", no_wrap=True)
-        table.add_column("purchase", overflow="fold")
-        table.add_column("wallet", overflow="fold")
-        table.add_column("invoice", overflow="fold")
+        table.add_column("purchase / wallet / invoice", no_wrap=True)
         table.add_column("detail", overflow="fold", ratio=1)
         for finding in report.findings:
+            ids = [finding.purchase_id, finding.wallet_id, finding.invoice_id]
             table.add_row(
                 finding.kind.value,
                 f"[{_ACTION_STYLE[finding.action]}]{finding.action.value}[/]",
-                finding.purchase_id or "",
-                finding.wallet_id or "",
-                finding.invoice_id or "",
+                "\n".join(value for value in ids if value),
                 finding.detail,
             )
         console.print(table)
