@@ -1,0 +1,170 @@
+"""Reconciliation racing webhooks (and other runs) on PostgreSQL, with real threads:
+whoever applies a paid invoice first, the credits arrive exactly once."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from gateway import ledger
+from gateway.db import get_db
+from gateway.models import EntryStatus, Purchase, PurchaseStatus, Wallet, WalletTransaction
+from gateway.reconcile import FindingKind, ReconcileReport
+from tests.reconcile_support import Bought, buy_more, buy_wallet, run
+from tests.stripe_stub import StripeStub
+from tests.stripe_support import stripe_http, stub
+from tests.webhook_support import encode, sign
+
+__all__ = ["stripe_http", "stub"]  # fixtures
+
+pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("stripe_http")]
+
+WALLETS = 3
+PURCHASES_PER_WALLET = 4
+
+
+@pytest.fixture
+def session(committed_app: Flask) -> Iterator[Session]:
+    with committed_app.app_context():
+        db_session = get_db().session()
+        try:
+            yield db_session
+        finally:
+            db_session.close()
+
+
+def _paid_purchases(app: Flask, session: Session, stub: StripeStub) -> list[Bought]:
+    """Purchases in several wallets, all paid at Stripe; not one webhook delivered yet."""
+    client = app.test_client()
+    bought: list[Bought] = []
+    for _ in range(WALLETS):
+        first = buy_wallet(client, session, paid="2", granted_credits="1")
+        bought.append(first)
+        bought += [
+            buy_more(client, session, first.wallet_id, paid="3")
+            for _ in range(PURCHASES_PER_WALLET - 1)
+        ]
+    for purchase in bought:
+        stub.mark_paid(purchase.invoice_id or "")
+    return bought
+
+
+def _deliver(app: Flask, body: bytes) -> int:
+    response = app.test_client().post(
+        "/webhooks/stripe",
+        data=body,
+        headers={"Stripe-Signature": sign(body)},
+        content_type="application/json",
+    )
+    return response.status_code
+
+
+def _run_in_thread(
+    app: Flask, reports: list[ReconcileReport], errors: list[BaseException]
+) -> threading.Thread:
+    def target() -> None:
+        try:
+            reports.append(run(app))
+        except BaseException as exc:  # surfaced by the test, not lost in the thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread
+
+
+def _assert_credited_once(session: Session, bought: list[Bought]) -> None:
+    session.expire_all()
+    purchases = session.execute(select(Purchase)).scalars().all()
+    assert {p.status for p in purchases} == {PurchaseStatus.SETTLED}
+    entries = session.execute(
+        select(WalletTransaction).where(
+            WalletTransaction.id.in_([purchase.transaction_id for purchase in bought])
+        )
+    ).scalars()
+    assert {entry.status for entry in entries} == {EntryStatus.SETTLED}
+    expected = Decimal(1 + 2 + 3 * (PURCHASES_PER_WALLET - 1))  # granted + first + top-ups
+    for wallet in session.execute(select(Wallet)).scalars():
+        assert wallet.credits_balance == expected, wallet.id
+        assert ledger.ledger_balance(session, wallet.id) == expected
+    settled_entries = session.execute(
+        select(func.count())
+        .select_from(WalletTransaction)
+        .where(WalletTransaction.status == EntryStatus.SETTLED)
+    ).scalar_one()
+    assert settled_entries == len(bought) + WALLETS  # each purchase once, plus the grants
+
+
+def test_lost_webhooks_repaired_while_duplicate_webhooks_race_credit_once(
+    committed_app: Flask, session: Session, stub: StripeStub
+) -> None:
+    bought = _paid_purchases(committed_app, session, stub)
+    gate = stub.hold("GET", "/v1/invoices")
+    reports: list[ReconcileReport] = []
+    errors: list[BaseException] = []
+    reconciler = _run_in_thread(committed_app, reports, errors)
+    assert gate.arrived.wait(10), "reconciliation never reached Stripe"
+
+    # Webhook senders go through the purchases oldest first while reconciliation (which
+    # reads Stripe newest first) settles them: they meet on the same purchases at the
+    # same moment. Each delivery is a new event for the invoice (a duplicate webhook),
+    # and the senders keep going until reconciliation is done.
+    senders = 4
+    start = threading.Barrier(senders + 1)
+    statuses: list[int] = []
+
+    def send() -> None:
+        start.wait()
+        while reconciler.is_alive() or not statuses:
+            for purchase in bought:
+                event_type = "invoice.paid" if len(statuses) % 2 else "invoice.payment_succeeded"
+                event = stub.event(purchase.invoice_id or "", event_type)
+                statuses.append(_deliver(committed_app, encode(event)))
+
+    threads = [threading.Thread(target=send) for _ in range(senders)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    gate.release()  # reconciliation and every sender now run at once
+    for thread in [reconciler, *threads]:
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+
+    assert errors == []
+    assert set(statuses) == {200}
+    [report] = reports
+    assert report.error is None
+    repaired = [f for f in report.findings if f.kind == FindingKind.INVOICE_PAID_NOT_SETTLED]
+    assert {f.outcome for f in repaired} <= {"settled"}
+    _assert_credited_once(session, bought)
+
+
+def test_two_reconciliation_runs_at_once_credit_once(
+    committed_app: Flask, session: Session, stub: StripeStub
+) -> None:
+    bought = _paid_purchases(committed_app, session, stub)
+    gate = stub.hold("GET", "/v1/invoices")
+    reports: list[ReconcileReport] = []
+    errors: list[BaseException] = []
+    runners = [_run_in_thread(committed_app, reports, errors) for _ in range(3)]
+    assert gate.arrived.wait(10)
+    gate.release()
+    for thread in runners:
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+
+    assert errors == []
+    settled = [
+        f.purchase_id
+        for report in reports
+        for f in report.findings
+        if f.kind == FindingKind.INVOICE_PAID_NOT_SETTLED and f.outcome == "settled"
+    ]
+    assert sorted(settled) == sorted(purchase.purchase_id for purchase in bought)  # once each
+    _assert_credited_once(session, bought)
