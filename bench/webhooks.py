@@ -165,6 +165,26 @@ def main() -> None:
                     result["p99_ms"],
                 ]
             )
+    # The least a correct endpoint does (bench/baseline_app.py: verify, insert the id),
+    # under the same gunicorn settings, fed the same kind of deliveries.
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE bench_baseline_events (id text PRIMARY KEY)")
+    with gunicorn("bench.baseline_app:app", env) as url:
+        deliveries = [
+            delivery(paid_event(p, i, f"evt_bench_{uuid.uuid4().hex}")) for p, i in spread
+        ]
+        result = run_load(deliveries, url, mode="closed", concurrency=args.concurrency)
+        rows.append(
+            [
+                "baseline: verify + insert id",
+                result["count"],
+                result["errors"],
+                json.dumps(result["statuses"], sort_keys=True),
+                f"{result['throughput_rps']:.0f}",
+                result["p50_ms"],
+                result["p99_ms"],
+            ]
+        )
     print(
         markdown_table(
             ["scenario", "requests", "errors", "statuses", "req/s", "p50 ms", "p99 ms"], rows

@@ -1,20 +1,16 @@
-"""Stripe events: record each verified event once, then process it exactly once.
+"""Stripe events: record each verified event once, and apply it exactly once.
 
-A delivery (already verified by `gateway.providers.stripe.webhook`) goes through
-three short transactions, so that processing can fail without losing the event:
+A delivery (already verified by `gateway.providers.stripe.webhook`) is handled in
+one transaction: the event row is inserted by its Stripe id unless it exists (the
+primary key settles races between concurrent deliveries), locked, and unless it was
+already processed or ignored the event is applied (`gateway.settlement`) and the
+row marked. An effect and "this event is done" commit together or not at all.
 
-1. record: the event row is inserted by its Stripe id unless it exists (the primary
-   key settles races between concurrent deliveries) and committed;
-2. process: the row is locked, and unless it was already processed or ignored the
-   event is applied (`gateway.settlement`) and the row marked in the same
-   transaction, so an effect and "this event is done" commit together or not at all;
-3. on any error, that transaction is rolled back and the failure (error, attempts)
-   is recorded in a transaction of its own; the caller answers 500 and Stripe
-   delivers the event again later, which processes it again.
-
-The row lock of step 2 serialises concurrent deliveries of one event; a repeat
-after success changes nothing. Operators re-run stored events with
-`gateway webhooks replay`.
+If applying raises, that transaction rolls back and the failure (error, attempts)
+is recorded in a transaction of its own, inserting the row if need be; the caller
+answers 500 and Stripe delivers the event again later, which applies it again.
+The row lock serialises concurrent deliveries of one event; a repeat after success
+changes nothing. Operators re-run stored events with `gateway webhooks replay`.
 """
 
 from __future__ import annotations
@@ -82,9 +78,8 @@ def check_livemode(event: Mapping[str, Any], expected_livemode: bool) -> None:
 
 
 def receive_event(db: Database, event: Mapping[str, Any], now: datetime) -> EventResult:
-    """Record a verified event once and process it unless that already happened."""
-    _record(db, event, now)
-    return _process(db, str(event["id"]), now, force=False)
+    """Record a verified event once and apply it unless that already happened."""
+    return _process(db, str(event["id"]), now, force=False, event=event)
 
 
 def replay_event(db: Database, event_id: str, now: datetime) -> EventResult:
@@ -116,36 +111,44 @@ def replay_unfinished(db: Database, now: datetime) -> Iterator[EventResult | Eve
             yield failure
 
 
-def _record(db: Database, event: Mapping[str, Any], now: datetime) -> None:
+def _insert_if_absent(
+    session: Session, event: Mapping[str, Any], now: datetime, status: WebhookEventStatus
+) -> None:
+    if session.get(WebhookEvent, event["id"]) is not None:
+        return
+    try:
+        # A concurrent delivery inserting the same id makes this wait for its outcome:
+        # committed, the insert fails here and the row is read as that delivery left it.
+        with session.begin_nested():
+            session.add(
+                WebhookEvent(
+                    id=event["id"],
+                    provider="stripe",
+                    type=event["type"],
+                    livemode=event["livemode"],
+                    status=status,
+                    payload=dict(event),
+                    attempts=0,
+                    received_at=now,
+                )
+            )
+    except IntegrityError:
+        log.info("event %s was recorded by a concurrent delivery", event["id"])
+
+
+def _process(
+    db: Database,
+    event_id: str,
+    now: datetime,
+    *,
+    force: bool,
+    event: Mapping[str, Any] | None = None,
+) -> EventResult:
     session = db.session()
     try:
         with unit_of_work(session):
-            if session.get(WebhookEvent, event["id"]) is not None:
-                return
-            try:
-                with session.begin_nested():
-                    session.add(
-                        WebhookEvent(
-                            id=event["id"],
-                            provider="stripe",
-                            type=event["type"],
-                            livemode=event["livemode"],
-                            status=WebhookEventStatus.RECEIVED,
-                            payload=dict(event),
-                            attempts=0,
-                            received_at=now,
-                        )
-                    )
-            except IntegrityError:
-                log.info("event %s was recorded by a concurrent delivery", event["id"])
-    finally:
-        session.close()
-
-
-def _process(db: Database, event_id: str, now: datetime, *, force: bool) -> EventResult:
-    session = db.session()
-    try:
-        with unit_of_work(session):
+            if event is not None:
+                _insert_if_absent(session, event, now, WebhookEventStatus.RECEIVED)
             row = _lock_event(session, event_id)
             if row is None:
                 raise NotFound(
@@ -172,7 +175,7 @@ def _process(db: Database, event_id: str, now: datetime, *, force: bool) -> Even
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]
         log.exception("processing webhook event %s failed", event_id)
-        _record_failure(db, event_id, error, now)
+        _record_failure(db, event_id, error, now, event)
         raise EventProcessingFailed(event_id, error) from exc
     finally:
         session.close()
@@ -189,10 +192,18 @@ def _lock_event(session: Session, event_id: str) -> WebhookEvent | None:
     ).scalar_one_or_none()
 
 
-def _record_failure(db: Database, event_id: str, error: str, now: datetime) -> None:
+def _record_failure(
+    db: Database,
+    event_id: str,
+    error: str,
+    now: datetime,
+    event: Mapping[str, Any] | None,
+) -> None:
     session = db.session()
     try:
         with unit_of_work(session):
+            if event is not None:  # its insert was rolled back with the rest
+                _insert_if_absent(session, event, now, WebhookEventStatus.FAILED)
             row = _lock_event(session, event_id)
             if row is None:
                 return
