@@ -8,11 +8,10 @@ two of them and no database lock is held while the provider is waited on:
    pending `purchased` ledger entry and the `purchases` row are written and committed
    together with everything else the request did (a new wallet, granted credits).
 2. With no transaction open: the provider's customer (on a customer's first
-   purchase), the draft invoice, its one line, finalization; each write carries an
-   idempotency key derived from our ids. Ids learnt on the way (the provider customer,
-   the invoice) are stored at once in short transactions of their own, so a retry,
-   the webhook or reconciliation can go on from them.
+   purchase; its id stored at once in a short transaction), the draft invoice, its
+   one line, finalization; each write carries an idempotency key derived from our ids.
 3. A short transaction (wallet, then purchase locked) stores the finalized invoice.
+   Until then the webhook finds the purchase by the ids in the invoice's metadata.
 
 If the provider cannot be reached in phase 2 the purchase stays `creating` and the
 caller gets `payment_provider_unavailable`; the same request repeated with the same
@@ -23,6 +22,7 @@ one invoice. If the provider refuses, the purchase and its ledger entry fail.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -133,6 +133,7 @@ class _PurchaseWork:
     customer: CustomerRequest
     provider_customer_id: str | None
     invoice_id: str | None
+    resumed: bool = False  # an earlier attempt may have called the provider already
 
     @classmethod
     def of(cls, purchase: Purchase, wallet: Wallet, customer: Customer) -> _PurchaseWork:
@@ -274,7 +275,8 @@ class PurchaseBatch:
             if purchase.status == PurchaseStatus.CREATING:
                 customer = session.get(Customer, purchase.customer_id)
                 assert customer is not None
-                self._work.append(_PurchaseWork.of(purchase, purchase.wallet, customer))
+                work = _PurchaseWork.of(purchase, purchase.wallet, customer)
+                self._work.append(dataclasses.replace(work, resumed=True))
 
     def complete(self, session: Session) -> None:
         """Commit phase 1, then run phases 2 and 3 for each purchase, in order.
@@ -438,8 +440,7 @@ def _complete(
             session, provider, work
         )
         request = work.invoice_request(provider_customer_id)
-        draft = _draft_invoice(session, provider, work, request, clock)
-        invoice = provider.finish_purchase_invoice(request, draft)
+        invoice = _finished_invoice(provider, work, request, clock)
     except ProviderUnavailable as exc:
         log.warning("purchase %s left resumable: %s", work.purchase_id, exc)
         raise PaymentProviderUnavailable(
@@ -457,6 +458,32 @@ def _complete(
     _store_invoice(session, work, invoice, clock())
     # The wallet may have ended while the invoice was being made: then void it now.
     settlement.void_if_flagged(session, provider, work.purchase_id)
+
+
+def _finished_invoice(
+    provider: PaymentProvider,
+    work: _PurchaseWork,
+    request: PurchaseInvoiceRequest,
+    clock: Clock,
+) -> InvoiceSnapshot:
+    """The purchase's invoice, finalized: made now, or taken up where it stopped.
+
+    The invoice id is not stored until phase 3 (one commit fewer per purchase): a retry
+    repeats the calls with the same idempotency keys and Stripe answers them as it did
+    the first time; past Stripe's memory of the keys the invoice is found by metadata.
+    """
+    if work.invoice_id is not None:  # stored by the webhook or reconciliation
+        return provider.finish_purchase_invoice(request, provider.retrieve_invoice(work.invoice_id))
+    found = None
+    if clock() - work.created_at > PROVIDER_IDEMPOTENCY_WINDOW:
+        found = provider.find_purchase_invoice(work.purchase_id)
+    invoice = provider.finish_purchase_invoice(
+        request, found or provider.create_purchase_draft(request)
+    )
+    if work.resumed and found is None:
+        # Replayed answers show the invoice as it was then: read it as it is now.
+        invoice = provider.retrieve_invoice(invoice.id)
+    return invoice
 
 
 def _ensure_provider_customer(
@@ -485,44 +512,6 @@ def _ensure_provider_customer(
     if customer is not None:
         set_committed_value(customer, "provider_customer_id", created)
     return created
-
-
-def _draft_invoice(
-    session: Session,
-    provider: PaymentProvider,
-    work: _PurchaseWork,
-    request: PurchaseInvoiceRequest,
-    clock: Clock,
-) -> InvoiceSnapshot:
-    """The purchase's invoice as it stands: the stored one, one found, or a new draft."""
-    if work.invoice_id is not None:
-        return provider.retrieve_invoice(work.invoice_id)
-    found = None
-    if clock() - work.created_at > PROVIDER_IDEMPOTENCY_WINDOW:
-        found = provider.find_purchase_invoice(work.purchase_id)
-    draft = found or provider.create_purchase_draft(request)
-    stored = session.execute(
-        update(Purchase)
-        .where(Purchase.id == work.purchase_id, Purchase.provider_invoice_id.is_(None))
-        .values(provider_invoice_id=draft.id, invoice_status=draft.status)
-    )
-    if stored.rowcount == 0:  # type: ignore[attr-defined]
-        # The webhook or reconciliation adopted an invoice first: go on with theirs.
-        adopted = session.execute(
-            select(Purchase.provider_invoice_id).where(Purchase.id == work.purchase_id)
-        ).scalar_one()
-        session.commit()
-        if adopted is not None and adopted != draft.id:
-            log.warning(
-                "purchase %s already has invoice %s; %s stays a draft",
-                work.purchase_id,
-                adopted,
-                draft.id,
-            )
-            return provider.retrieve_invoice(adopted)
-        return draft
-    session.commit()
-    return draft
 
 
 def _lock_purchase(session: Session, purchase_id: str) -> Purchase:

@@ -100,8 +100,9 @@ def test_an_invoice_voided_before_the_purchase_resumed_fails_it(
     # Finalized at Stripe, answer lost; then voided there (say, from the Dashboard).
     interrupted_purchase(client, stub, "/v1/invoices/in_", after=True)
     purchase = only_purchase(db_session)
-    assert purchase.provider_invoice_id is not None
-    stub.invoices[purchase.provider_invoice_id]["status"] = "void"
+    [invoice] = stub.invoices_with(gateway_purchase_id=purchase.id)
+    assert invoice["status"] == "open"
+    stub.invoices[invoice["id"]]["status"] = "void"
 
     with app.app_context():
         complete_purchase(get_session(), purchase.id)

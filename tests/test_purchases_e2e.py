@@ -123,12 +123,19 @@ def test_an_outage_over_http_is_completed_by_the_retry(
     [invoice] = stripe_server.invoices_with(gateway_purchase_id=purchase_id)
     assert len(invoice["lines"]["data"]) == 1
     assert len(stripe_server.items) == 1
-    # The retry read the stored invoice, saw its line, and only finalized it.
-    retry_calls = [(r.method, r.path) for r in stripe_server.requests][-2:]
-    assert retry_calls == [
-        ("GET", f"/v1/invoices/{invoice['id']}"),
+    # The retry repeated the calls under the same keys: Stripe answered them as the
+    # first time (no second invoice or line), then the invoice was read as it is now.
+    retry = stripe_server.requests[-4:]
+    assert [(r.method, r.path) for r in retry] == [
+        ("POST", "/v1/invoices"),
+        ("POST", "/v1/invoiceitems"),
         ("POST", f"/v1/invoices/{invoice['id']}/finalize"),
+        ("GET", f"/v1/invoices/{invoice['id']}"),
     ]
+    first_keys = {
+        r.headers["idempotency-key"] for r in stripe_server.requests[:-4] if r.method == "POST"
+    }
+    assert {r.headers["idempotency-key"] for r in retry[:2]} <= first_keys
 
 
 # --- the service itself over HTTP, on PostgreSQL with real commits ----------------------
