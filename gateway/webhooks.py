@@ -22,11 +22,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from gateway import metrics, settlement
-from gateway.db import Database, unit_of_work
+from gateway.db import Database, is_sqlite, unit_of_work
 from gateway.errors import DomainError, NotFound
 from gateway.models import WebhookEvent, WebhookEventStatus
 from gateway.providers.stripe.client import invoice_snapshot
@@ -114,26 +115,26 @@ def replay_unfinished(db: Database, now: datetime) -> Iterator[EventResult | Eve
 def _insert_if_absent(
     session: Session, event: Mapping[str, Any], now: datetime, status: WebhookEventStatus
 ) -> None:
-    if session.get(WebhookEvent, event["id"]) is not None:
-        return
-    try:
-        # A concurrent delivery inserting the same id makes this wait for its outcome:
-        # committed, the insert fails here and the row is read as that delivery left it.
-        with session.begin_nested():
-            session.add(
-                WebhookEvent(
-                    id=event["id"],
-                    provider="stripe",
-                    type=event["type"],
-                    livemode=event["livemode"],
-                    status=status,
-                    payload=dict(event),
-                    attempts=0,
-                    received_at=now,
-                )
-            )
-    except IntegrityError:
-        log.info("event %s was recorded by a concurrent delivery", event["id"])
+    """INSERT … ON CONFLICT DO NOTHING (PostgreSQL and SQLite alike): one statement.
+
+    A concurrent delivery inserting the same id makes it wait for that delivery's
+    outcome; committed, nothing is inserted and the row is read as it was left.
+    """
+    dialect_insert = sqlite_insert if is_sqlite(session) else postgresql_insert
+    session.execute(
+        dialect_insert(WebhookEvent)
+        .values(
+            id=event["id"],
+            provider="stripe",
+            type=event["type"],
+            livemode=event["livemode"],
+            status=status,
+            payload=dict(event),
+            attempts=0,
+            received_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=[WebhookEvent.id])
+    )
 
 
 def _process(
