@@ -88,14 +88,12 @@ def replay_event(db: Database, event_id: str, now: datetime) -> EventResult:
     return _process(db, event_id, now, force=True)
 
 
-def unfinished_event_ids(db: Database, *, limit: int | None = None) -> list[str]:
-    """Events that failed, or were recorded but never finished, oldest first."""
+def failed_event_ids(db: Database, *, limit: int | None = None) -> list[str]:
+    """Events whose last processing failed, oldest first."""
     with db.session() as session:
         query = (
             select(WebhookEvent.id)
-            .where(
-                WebhookEvent.status.in_([WebhookEventStatus.FAILED, WebhookEventStatus.RECEIVED])
-            )
+            .where(WebhookEvent.status == WebhookEventStatus.FAILED)
             .order_by(WebhookEvent.received_at, WebhookEvent.id)
         )
         if limit is not None:
@@ -103,9 +101,9 @@ def unfinished_event_ids(db: Database, *, limit: int | None = None) -> list[str]
         return list(session.execute(query).scalars())
 
 
-def replay_unfinished(db: Database, now: datetime) -> Iterator[EventResult | EventProcessingFailed]:
-    """Replay every failed or unfinished event; yields each result or failure in turn."""
-    for event_id in unfinished_event_ids(db):
+def replay_failed(db: Database, now: datetime) -> Iterator[EventResult | EventProcessingFailed]:
+    """Replay every failed event; yields each result or failure in turn."""
+    for event_id in failed_event_ids(db):
         try:
             yield _process(db, event_id, now, force=False)
         except EventProcessingFailed as failure:

@@ -13,7 +13,7 @@ from gateway.webhooks import (
     EventProcessingFailed,
     EventResult,
     replay_event,
-    replay_unfinished,
+    replay_failed,
 )
 
 
@@ -26,19 +26,18 @@ def webhooks_group() -> None:
 @click.argument("event_id", required=False)
 @click.option(
     "--failed",
-    "unfinished",
     is_flag=True,
-    help="Replay every event that failed or never finished, oldest first.",
+    help="Replay every event whose processing failed, oldest first.",
 )
 @with_appcontext
-def replay_command(event_id: str | None, unfinished: bool) -> None:
+def replay_command(event_id: str | None, failed: bool) -> None:
     """Process stored events again: EVENT_ID (whatever its status), or --failed.
 
     Processing is idempotent, so replaying an event that already took effect changes
     nothing. Exit status: 0 when every replayed event succeeded, 1 when one failed
     (its error is recorded on the event), 2 on a usage error or an unknown event.
     """
-    if (event_id is None) == (not unfinished):
+    if (event_id is None) == (not failed):
         raise click.UsageError("give either EVENT_ID or --failed")
     db, now = get_db(), utcnow()
     outcomes: list[EventResult | EventProcessingFailed] = []
@@ -52,13 +51,13 @@ def replay_command(event_id: str | None, unfinished: bool) -> None:
             outcomes.append(failure)
         _echo(outcomes[0])
     else:
-        for outcome in replay_unfinished(db, now):
+        for outcome in replay_failed(db, now):
             outcomes.append(outcome)
             _echo(outcome)
-    failed = sum(isinstance(outcome, EventProcessingFailed) for outcome in outcomes)
-    if unfinished:
-        click.echo(f"replayed {len(outcomes)} event(s), {failed} failed")
-    sys.exit(1 if failed else 0)
+    still_failing = sum(isinstance(outcome, EventProcessingFailed) for outcome in outcomes)
+    if failed:
+        click.echo(f"replayed {len(outcomes)} event(s), {still_failing} failed")
+    sys.exit(1 if still_failing else 0)
 
 
 def _echo(outcome: EventResult | EventProcessingFailed) -> None:
