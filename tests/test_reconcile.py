@@ -237,6 +237,31 @@ def test_stuck_purchase_with_no_invoice_at_stripe_is_created_within_the_grace_pe
     assert state_of(db_session, stuck.purchase_id).purchase_status == PurchaseStatus.OPEN
 
 
+def test_stuck_purchase_whose_finalize_answer_was_lost_adopts_the_open_invoice(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    first = buy_wallet(client, db_session, paid="1")
+    stub.fail_next("POST", "/v1/invoices/", after=True)  # finalized at Stripe, answer lost
+    stuck = buy_more(client, db_session, first.wallet_id, paid="2")
+    state = state_of(db_session, stuck.purchase_id)
+    assert (state.purchase_status, state.invoice_id) == (PurchaseStatus.CREATING, None)
+    [invoice] = stub.invoices_with(**{META_PURCHASE_ID: stuck.purchase_id})
+    assert invoice["status"] == "open"
+    before = len(stub.requests)
+
+    report = run(app)  # even seconds later: adopting is always safe
+
+    finding = only(report, FindingKind.STUCK_PURCHASE)
+    assert (finding.outcome, finding.invoice_id) == ("adopted", invoice["id"])
+    assert stripe_writes(stub, before) == []
+    after = state_of(db_session, stuck.purchase_id)
+    assert (after.purchase_status, after.invoice_id, after.invoice_status) == (
+        PurchaseStatus.OPEN,
+        invoice["id"],
+        "open",
+    )
+
+
 def test_a_purchase_being_created_right_now_is_left_to_its_request(
     app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
@@ -576,6 +601,22 @@ def test_a_rate_limited_page_is_retried_after_retry_after(
 
     assert [r.path for r in stub.requests[before:]] == ["/v1/invoices"] * 3
     assert only(report, FindingKind.INVOICE_PAID_NOT_SETTLED).outcome == "settled"
+
+
+def test_rate_limit_retries_are_bounded(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    buy_wallet(client, db_session, paid="5")
+    stub.fail_next(
+        "GET", "/v1/invoices", status=429, type_="rate_limit_error", retry_after=0, times=50
+    )
+    before = len(stub.requests)
+
+    with pytest.raises(ReconcileAborted) as aborted:
+        run(app)
+
+    assert len(stub.requests[before:]) == 6  # the first try and 5 retries, then it stops
+    assert "HTTP 429" in (aborted.value.report.error or "")
 
 
 def test_stripe_unreachable_aborts_the_run(
