@@ -74,6 +74,8 @@ CLOCK_SLACK = timedelta(hours=1)
 IN_FLIGHT = timedelta(minutes=5)
 # Purchases per database batch (read in short transactions, then handled).
 DB_BATCH = 500
+# Listed invoices matched with the database together: one query each (a Stripe page).
+MATCH_BATCH = 100
 
 _UNSETTLED = (PurchaseStatus.CREATING, PurchaseStatus.OPEN)
 _FAILED_INVOICE = frozenset({"void", "uncollectible"})
@@ -384,7 +386,7 @@ class _Run:
         page: list[InvoiceSnapshot] = []
         for invoice in listed:
             page.append(invoice)
-            if len(page) == 100:
+            if len(page) == MATCH_BATCH:
                 self._match_page(page)
                 page = []
         if page:
