@@ -141,9 +141,12 @@ def fail_purchase_entry(wallet: Wallet, entry: WalletTransaction, now: datetime)
 
 
 def void_remaining_credits(
-    session: Session, wallet: Wallet, now: datetime
+    session: Session, wallet: Wallet, now: datetime, *, flush: bool = True
 ) -> WalletTransaction | None:
-    """Expiry or termination: a settled outbound `voided` entry takes the balance to 0."""
+    """Expiry or termination: a settled outbound `voided` entry takes the balance to 0.
+
+    `flush=False` leaves the INSERT to the caller's next flush (a sweep ending many
+    wallets flushes once, so their entries go out as one multi-row INSERT)."""
     if wallet.credits_balance <= 0:
         return None
     entry = _entry(
@@ -156,7 +159,8 @@ def void_remaining_credits(
     )
     wallet.credits_balance = Decimal("0")
     session.add(entry)
-    session.flush()
+    if flush:
+        session.flush()
     return entry
 
 

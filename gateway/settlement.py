@@ -21,14 +21,14 @@ also makes the end state independent of the order events are delivered in.
 
 Locks: wallet, then purchase (the ledger's order). Use cases only flush; callers
 commit. The provider is never called while a lock is held: invoices of ended
-wallets are voided after the ending transaction commits (`close_purchases_of_ended_wallet`).
+wallets are voided after the ending transaction commits (`close_purchases_of_ended_wallets`).
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -336,20 +336,22 @@ _LISTENING_KEY = "gateway.voids_listening"
 SessionFactory = Callable[[], Session]
 
 
-def close_purchases_of_ended_wallet(session: Session, wallet: Wallet) -> None:
-    """`WALLET_ENDED_HOOKS`: the wallet's unpaid purchases fail with it.
+def close_purchases_of_ended_wallets(session: Session, wallets: Sequence[Wallet]) -> None:
+    """`WALLET_ENDED_HOOKS`: the unpaid purchases of the (locked) wallets fail with them.
 
     Their entries fail in the ending transaction (a terminated wallet keeps no pending
     credits) and each purchase is flagged `provider_void_pending`; once that transaction
     commits, their invoices are voided at the provider, best effort. A payment that
-    still lands later finds the wallet ended and is marked for refund.
+    still lands later finds the wallet ended and is marked for refund. One query for
+    all the wallets, so the expiry sweep pays it once per batch.
     """
-    at = wallet.terminated_at
-    assert at is not None, "hooks run once the wallet is terminated"
+    ended = {wallet.id: wallet for wallet in wallets}
+    if not ended:
+        return
     purchases = (
         session.execute(
             select(Purchase)
-            .where(Purchase.wallet_id == wallet.id, Purchase.status.in_(list(_UNPAID)))
+            .where(Purchase.wallet_id.in_(list(ended)), Purchase.status.in_(list(_UNPAID)))
             .order_by(Purchase.id)
             .with_for_update()
             .execution_options(populate_existing=True)
@@ -357,7 +359,12 @@ def close_purchases_of_ended_wallet(session: Session, wallet: Wallet) -> None:
         .scalars()
         .all()
     )
+    if not purchases:
+        return
     for purchase in purchases:
+        wallet = ended[purchase.wallet_id]
+        at = wallet.terminated_at
+        assert at is not None, "hooks run once the wallet is terminated"
         entry = session.get_one(WalletTransaction, purchase.transaction_id)
         ledger.fail_purchase_entry(wallet, entry, at)
         purchase.status = PurchaseStatus.FAILED
@@ -366,8 +373,7 @@ def close_purchases_of_ended_wallet(session: Session, wallet: Wallet) -> None:
         purchase.provider_void_pending = True
         purchase.updated_at = at
     session.flush()
-    if purchases:
-        _void_after_commit(session, [purchase.id for purchase in purchases])
+    _void_after_commit(session, [purchase.id for purchase in purchases])
 
 
 def _void_after_commit(session: Session, purchase_ids: list[str]) -> None:
@@ -516,8 +522,8 @@ def void_flagged_invoices(
 def _register_wallet_hook() -> None:
     from gateway.wallets import WALLET_ENDED_HOOKS
 
-    if close_purchases_of_ended_wallet not in WALLET_ENDED_HOOKS:
-        WALLET_ENDED_HOOKS.append(close_purchases_of_ended_wallet)
+    if close_purchases_of_ended_wallets not in WALLET_ENDED_HOOKS:
+        WALLET_ENDED_HOOKS.append(close_purchases_of_ended_wallets)
 
 
 _register_wallet_hook()

@@ -6,7 +6,7 @@ CLI once per batch) and only flush; balances move only through `gateway.ledger`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -226,18 +226,31 @@ def terminate_wallet(session: Session, wallet_id: str, now: datetime) -> Wallet:
 
 
 def _end_wallet(session: Session, wallet: Wallet, at: datetime) -> None:
-    ledger.void_remaining_credits(session, wallet, at)
-    wallet.status = WalletStatus.TERMINATED
-    wallet.terminated_at = at
-    wallet.updated_at = at
+    _end_wallets(session, [(wallet, at)])
+
+
+def _end_wallets(session: Session, ending: Sequence[tuple[Wallet, datetime]]) -> None:
+    """End each (locked) wallet at its time: remaining credits voided, terminated.
+
+    One flush for all of them (their voided entries go out as one multi-row INSERT),
+    then each hook once for all of them: a sweep pays a few statements per batch
+    instead of a few per wallet.
+    """
+    for wallet, at in ending:
+        ledger.void_remaining_credits(session, wallet, at, flush=False)
+        wallet.status = WalletStatus.TERMINATED
+        wallet.terminated_at = at
+        wallet.updated_at = at
     session.flush()
+    ended = [wallet for wallet, _ in ending]
     for hook in WALLET_ENDED_HOOKS:
-        hook(session, wallet)
+        hook(session, ended)
 
 
-# Called in the transaction that ends a wallet (the purchases module registers one to
-# void the wallet's open invoices at the provider once the transaction has committed).
-WALLET_ENDED_HOOKS: list[Callable[[Session, Wallet], None]] = []
+# Called in the transaction that ends wallets, with the wallets it ended (the
+# settlement module registers one that fails their unpaid purchases and voids the
+# invoices at the provider once the transaction has committed).
+WALLET_ENDED_HOOKS: list[Callable[[Session, Sequence[Wallet]], None]] = []
 
 
 def expire_due_wallets(session: Session, now: datetime, batch_size: int) -> list[str]:
@@ -261,9 +274,12 @@ def expire_due_wallets(session: Session, now: datetime, batch_size: int) -> list
         .scalars()
         .all()
     )
+    ending = []
     for wallet in wallets:
         assert wallet.expiration_at is not None
-        _end_wallet(session, wallet, wallet.expiration_at)
+        ending.append((wallet, wallet.expiration_at))
+    if ending:
+        _end_wallets(session, ending)
     return [wallet.id for wallet in wallets]
 
 
