@@ -455,9 +455,9 @@ def _complete(
             str(exc),
             details={**work.error_details(), "provider_code": exc.code},
         ) from exc
-    _store_invoice(session, work, invoice, clock())
-    # The wallet may have ended while the invoice was being made: then void it now.
-    settlement.void_if_flagged(session, provider, work.purchase_id)
+    if _store_invoice(session, work, invoice, clock()):
+        # The wallet ended while the invoice was being made: void it now.
+        settlement.void_if_flagged(session, provider, work.purchase_id)
 
 
 def _finished_invoice(
@@ -534,16 +534,21 @@ def _copy_invoice(purchase: Purchase, invoice: InvoiceSnapshot) -> None:
 
 def _store_invoice(
     session: Session, work: _PurchaseWork, invoice: InvoiceSnapshot, now: datetime
-) -> None:
+) -> bool:
     """Phase 3: the finalized invoice onto the purchase (wallet, then purchase locked).
 
     Only a purchase still `creating` takes the invoice's state: if a webhook already
-    moved it on (paid before we got here), its newer state is kept.
+    moved it on (paid before we got here), its newer state is kept. Returns whether the
+    purchase is flagged for voiding (its wallet ended meanwhile), read under the locks:
+    a wallet ending after this commit flags and voids the invoice itself.
     """
     wallet = ledger.lock_wallet(session, work.wallet_id)
     purchase = _lock_purchase(session, work.purchase_id)
-    # A webhook may have settled it meanwhile: the answer shows the entry as it is now.
-    session.get(WalletTransaction, purchase.transaction_id, populate_existing=True)
+    # A webhook may have settled it meanwhile: the answer shows the entry as it is now,
+    # with the wallet and purchase read here (no lazy load once this has committed).
+    entry = session.get_one(WalletTransaction, purchase.transaction_id, populate_existing=True)
+    set_committed_value(entry, "wallet", wallet)
+    set_committed_value(entry, "purchase", purchase)
     if purchase.provider_invoice_id is None:
         purchase.provider_invoice_id = invoice.id
     if purchase.provider_invoice_id != invoice.id:
@@ -572,7 +577,9 @@ def _store_invoice(
         _copy_invoice(purchase, invoice)
         purchase.invoice_status = status or invoice.status
         purchase.updated_at = now
+    flagged = purchase.provider_void_pending
     session.commit()
+    return flagged
 
 
 def _mark_failed(
