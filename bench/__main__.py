@@ -7,6 +7,7 @@ in bench/RESULTS.md (bench/results.json holds the raw numbers).
     python -m bench expire                # 4. gateway expire-wallets at 10k and 100k
     python -m bench reconcile             # 4. gateway reconcile at 1k and 10k
     python -m bench all                   # everything, about 10-15 minutes on 2 cores
+    python -m bench report                # rewrite RESULTS.md from results.json
 
 PostgreSQL: GATEWAY_BENCH_DATABASE_URL (default
 postgresql+psycopg://postgres@127.0.0.1:5432/gateway_bench), dropped and recreated by
@@ -81,7 +82,7 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    main.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    main.add_argument("scenario", choices=[*SCENARIOS, "all", "report"])
     main.add_argument(
         "--workers", type=int, default=4, help="gunicorn sync workers (service and baseline)"
     )
@@ -107,6 +108,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.scenario == "report":
+        report.RESULTS_MD.write_text(report.render(report.load()))
+        print(f"rewrote {report.RESULTS_MD.relative_to(report.ROOT)}")
+        return 0
     names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     load = os.getloadavg()[0]
     if load > (os.cpu_count() or 1):

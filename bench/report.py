@@ -18,6 +18,8 @@ from bench.common import ROOT
 
 RESULTS_JSON = ROOT / "bench" / "results.json"
 RESULTS_MD = ROOT / "bench" / "RESULTS.md"
+# Written by hand: what profiling found where a target was missed, what was changed.
+PROFILES_MD = ROOT / "bench" / "PROFILES.md"
 
 # The order scenarios appear in RESULTS.md.
 ORDER = ("webhooks", "purchases", "credit-applications", "expire", "reconcile")
@@ -125,6 +127,8 @@ def render(data: dict[str, Any]) -> str:
         parts.append(f"## {scenario['title']}\n")
         parts.append(f"_{where}._\n")
         parts.append(scenario["markdown"].rstrip() + "\n")
+    if PROFILES_MD.exists():
+        parts.append(PROFILES_MD.read_text().rstrip() + "\n")
     return "\n".join(parts)
 
 
