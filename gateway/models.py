@@ -140,9 +140,12 @@ class Wallet(Base):
             postgresql_where=text("status = 'active'"),
             sqlite_where=text("status = 'active'"),
         ),
+        # The expiry sweep's order (expiration_at, id): a batch reads its rows off the
+        # index instead of sorting every due wallet (many share one expiration time).
         Index(
             "ix_wallets_active_expiration",
             "expiration_at",
+            "id",
             postgresql_where=text("status = 'active' AND expiration_at IS NOT NULL"),
             sqlite_where=text("status = 'active' AND expiration_at IS NOT NULL"),
         ),

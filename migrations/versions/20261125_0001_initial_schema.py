@@ -102,7 +102,7 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], name=op.f('fk_wallets_customer_id_customers')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_wallets'))
     )
-    op.create_index('ix_wallets_active_expiration', 'wallets', ['expiration_at'], unique=False, postgresql_where=sa.text("status = 'active' AND expiration_at IS NOT NULL"), sqlite_where=sa.text("status = 'active' AND expiration_at IS NOT NULL"))
+    op.create_index('ix_wallets_active_expiration', 'wallets', ['expiration_at', 'id'], unique=False, postgresql_where=sa.text("status = 'active' AND expiration_at IS NOT NULL"), sqlite_where=sa.text("status = 'active' AND expiration_at IS NOT NULL"))
     op.create_index('ix_wallets_customer_created', 'wallets', ['customer_id', 'created_at'], unique=False)
     op.create_index('uq_wallets_one_active_per_customer', 'wallets', ['customer_id'], unique=True, postgresql_where=sa.text("status = 'active'"), sqlite_where=sa.text("status = 'active'"))
     op.create_table('wallet_transactions',
