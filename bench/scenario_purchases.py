@@ -225,11 +225,11 @@ def run(*, purchases: int, applications: int, workers: int) -> ScenarioResult:
                 return [application(customer, f"{tag}-{n}", None) for n in range(count)]
 
             run_load(applications_batch("warm", 50), url, mode="closed", concurrency=4)
-            alone = run_load(
+            alone_before = run_load(
                 applications_batch("alone", applications), url, mode="closed", concurrency=4
             )
             # Enough purchases (4 at a time, >= 0.6 s each) to outlast the applications.
-            expected = alone["elapsed_s"] * 1.5 + 3
+            expected = alone_before["elapsed_s"] * 1.5 + 3
             count = 4 * int(expected / LOCK_HOLD_S + 1)
             with TransactionAgeSampler(database_url, PURCHASE_APP_NAME) as sampler:
                 thread, slow = load_in_background(
@@ -244,6 +244,16 @@ def run(*, purchases: int, applications: int, workers: int) -> ScenarioResult:
                 thread.join()
             assert slow.result is not None
             overlap = slow.started < apps_started and slow.finished > apps_finished
+            # Alone again: the reference is the mean of before and after, so a drift in
+            # the machine's load during the three runs does not pass for an effect.
+            alone_after = run_load(
+                applications_batch("again", applications), url, mode="closed", concurrency=4
+            )
+            alone = {
+                "throughput_rps": (alone_before["throughput_rps"] + alone_after["throughput_rps"])
+                / 2,
+                "p50_ms": (alone_before["p50_ms"] + alone_after["p50_ms"]) / 2,
+            }
             control_count = min(applications, 150)
             with LockHolder(database_url, hot.wallet_id, LOCK_HOLD_S, 0.2) as holder:
                 time.sleep(0.1)
@@ -284,7 +294,10 @@ def run(*, purchases: int, applications: int, workers: int) -> ScenarioResult:
         and one_invoice_each
         and set(report.purchases_by_status) == {"open"}
     )
-    unchanged = ratio_throughput >= 0.8 and p50_added < SLOW_STUB_S * 1000 / 2
+    # Purchases into the wallet lock it briefly too (phases 1 and 3) and share the 2
+    # cores, so "unchanged" allows 25 %; a lock held across the Stripe calls costs the
+    # applications 70-80 % (the control), and shows as an idle transaction >= 200 ms.
+    unchanged = ratio_throughput >= 0.75 and p50_added < 50
     overhead_table = markdown_table(
         ["run (one at a time)", "count", "statuses", "per s", "p50 ms", "p99 ms", "note"],
         [
@@ -297,13 +310,14 @@ def run(*, purchases: int, applications: int, workers: int) -> ScenarioResult:
         ["credit applications on one wallet", "count", "statuses", "per s", "p50 ms", "p99 ms",
          "note"],
         [
-            _latency_row("alone", alone),
+            _latency_row("alone, before", alone_before),
             _latency_row("while purchases into it wait on Stripe", during,
                          f"purchase server: longest idle transaction "
                          f"{sampler.max_idle_s * 1000:.0f} ms, oldest "
                          f"{sampler.max_age_s * 1000:.0f} ms ({sampler.samples} samples)"),
             _latency_row("purchases meanwhile (200 ms stub)", slow.result,
                          "covered the whole run" if overlap else "did NOT cover the whole run"),
+            _latency_row("alone, after", alone_after),
             _latency_row(f"control: lock held {LOCK_HOLD_S:.1f} s at a time", control,
                          f"{holder.holds} holds"),
         ],
@@ -326,7 +340,10 @@ purchases 4 at a time on a second server):
 {lock_table}
 
 - Applications on the wallet while purchases into it wait on Stripe:
-  **{ratio_throughput:.2f}x** the throughput alone, p50 {p50_added:+.1f} ms. With the
+  **{ratio_throughput:.2f}x** the throughput alone (mean of before and after), p50
+  {p50_added:+.1f} ms. What the purchases still cost them is their own short holds of
+  the wallet's lock (phase 1 writes the entry, phase 3 stores the invoice: a few ms
+  each, no Stripe call inside) and their CPU on the shared cores. With the
   wallet's lock held as a purchase would hold it across its Stripe calls (control):
   {control_ratio:.2f}x, p50 {control["p50_ms"]:.0f} ms, p99 {control["p99_ms"]:.0f} ms.
   Sampled every 10 ms, no transaction of the purchase server sat idle (its locks held
@@ -348,7 +365,7 @@ purchases 4 at a time on a second server):
         ),
         Target(
             "credit applications on the wallet during slow purchases",
-            "unchanged (>= 0.8x, p50 + < 100 ms)",
+            "unchanged (>= 0.75x, p50 + < 50 ms)",
             f"{ratio_throughput:.2f}x, p50 {p50_added:+.1f} ms (control with a held lock: "
             f"{control_ratio:.2f}x); longest idle purchase transaction "
             f"{sampler.max_idle_s * 1000:.0f} ms",
@@ -370,7 +387,7 @@ purchases 4 at a time on a second server):
             "baseline": baseline,
             "baseline_again": baseline_again,
             "purchases": measured,
-            "applications_alone": alone,
+            "applications_alone": [alone_before, alone_after],
             "applications_during": during,
             "slow_purchases": slow.result,
             "control": control,
