@@ -360,6 +360,31 @@ class _Run:
                 finding.detail,
             )
 
+    def _would_repair(
+        self,
+        kind: FindingKind,
+        detail: str,
+        outcome: str,
+        *,
+        purchase_id: str | None,
+        wallet_id: str | None,
+        invoice_id: str | None,
+        invoice_status: str | None = None,
+    ) -> None:
+        """What a dry run reports in place of a repair it does not make."""
+        self._add(
+            Finding(
+                kind,
+                FindingAction.WOULD_REPAIR,
+                detail,
+                outcome=outcome,
+                purchase_id=purchase_id,
+                wallet_id=wallet_id,
+                invoice_id=invoice_id,
+                invoice_status=invoice_status,
+            )
+        )
+
     def _session(self) -> Session:
         return self.db.session()
 
@@ -518,17 +543,14 @@ class _Run:
             predicted = {"paid": "settle", "void": "fail", "uncollectible": "fail"}
             verb = predicted.get(invoice.status, "adopt the invoice")
             caveat = " (or flag it for review or refund)" if verb == "settle" else ""
-            self._add(
-                Finding(
-                    kind,
-                    FindingAction.WOULD_REPAIR,
-                    f"invoice is {invoice.status} at Stripe: would {verb}{caveat}",
-                    outcome=verb,
-                    purchase_id=purchase.id,
-                    wallet_id=purchase.wallet_id,
-                    invoice_id=invoice.id,
-                    invoice_status=invoice.status,
-                )
+            self._would_repair(
+                kind,
+                f"invoice is {invoice.status} at Stripe: would {verb}{caveat}",
+                verb,
+                purchase_id=purchase.id,
+                wallet_id=purchase.wallet_id,
+                invoice_id=invoice.id,
+                invoice_status=invoice.status,
             )
             return None
         session = self._session()
@@ -598,16 +620,13 @@ class _Run:
     def _resume(self, purchase: _PurchaseRow, invoice_id: str | None) -> None:
         """Finish the creation where it stopped (`purchases.complete_purchase`)."""
         if self.dry_run:
-            self._add(
-                Finding(
-                    FindingKind.STUCK_PURCHASE,
-                    FindingAction.WOULD_REPAIR,
-                    "creation stopped before the invoice was finalized: would resume it",
-                    outcome="resume",
-                    purchase_id=purchase.id,
-                    wallet_id=purchase.wallet_id,
-                    invoice_id=invoice_id,
-                )
+            self._would_repair(
+                FindingKind.STUCK_PURCHASE,
+                "creation stopped before the invoice was finalized: would resume it",
+                "resume",
+                purchase_id=purchase.id,
+                wallet_id=purchase.wallet_id,
+                invoice_id=invoice_id,
             )
             return
         session = self._session()
@@ -654,16 +673,13 @@ class _Run:
         """Give up on a purchase stuck past the grace period: it fails with its entry."""
         detail = f"stuck in creation past the grace period ({_minutes(self.grace)}): {why}"
         if self.dry_run:
-            self._add(
-                Finding(
-                    FindingKind.STUCK_PURCHASE,
-                    FindingAction.WOULD_REPAIR,
-                    f"{detail}; would fail it",
-                    outcome="abandon",
-                    purchase_id=purchase.id,
-                    wallet_id=purchase.wallet_id,
-                    invoice_id=invoice_id,
-                )
+            self._would_repair(
+                FindingKind.STUCK_PURCHASE,
+                f"{detail}; would fail it",
+                "abandon",
+                purchase_id=purchase.id,
+                wallet_id=purchase.wallet_id,
+                invoice_id=invoice_id,
             )
             return
         session = self._session()
@@ -798,16 +814,13 @@ class _Run:
         invoices = {purchase_id: invoice_id for purchase_id, _, invoice_id in flagged}
         if self.dry_run:
             for purchase_id, wallet_id, invoice_id in flagged:
-                self._add(
-                    Finding(
-                        FindingKind.INVOICE_VOID_PENDING,
-                        FindingAction.WOULD_REPAIR,
-                        "the wallet ended; its invoice is still to void at Stripe: would void it",
-                        outcome="void",
-                        purchase_id=purchase_id,
-                        wallet_id=wallet_id,
-                        invoice_id=invoice_id,
-                    )
+                self._would_repair(
+                    FindingKind.INVOICE_VOID_PENDING,
+                    "the wallet ended; its invoice is still to void at Stripe: would void it",
+                    "void",
+                    purchase_id=purchase_id,
+                    wallet_id=wallet_id,
+                    invoice_id=invoice_id,
                 )
             return
         result = settlement.void_flagged_invoices(
