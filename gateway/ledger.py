@@ -8,25 +8,54 @@ of the wallet's settled entries (inbound minus outbound) and is never negative.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import (
+    ColumnElement,
+    DateTime,
+    Numeric,
+    String,
+    Table,
+    bindparam,
+    case,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy import column as sql_column
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.selectable import TableValuedAlias
+from sqlalchemy.types import TypeEngine
 
 from gateway import money
+from gateway.db import new_id
 from gateway.errors import NotFound
 from gateway.models import (
     EntryStatus,
     TransactionStatus,
     TransactionType,
     Wallet,
+    WalletStatus,
     WalletTransaction,
 )
+
+_WALLETS: Table = Wallet.__table__  # type: ignore[assignment]
+_ENTRIES: Table = WalletTransaction.__table__  # type: ignore[assignment]
 
 
 class LedgerError(RuntimeError):
     """A movement that would break the ledger's invariants: a bug, never user input."""
+
+
+_ZERO = money.quantize_credits(Decimal("0"))
 
 
 def lock_wallet(session: Session, wallet_id: str) -> Wallet:
@@ -42,6 +71,32 @@ def lock_wallet(session: Session, wallet_id: str) -> Wallet:
     return wallet
 
 
+def _entry_values(
+    wallet: Wallet,
+    *,
+    direction: TransactionType,
+    kind: TransactionStatus,
+    status: EntryStatus,
+    credits: Decimal,
+    now: datetime,
+) -> dict[str, Any]:
+    """The columns of one entry, all but its id."""
+    credits = money.quantize_credits(credits)
+    if credits <= 0:
+        raise LedgerError(f"a ledger entry moves a positive number of credits, not {credits}")
+    return {
+        "wallet_id": wallet.id,
+        "transaction_type": direction,
+        "transaction_status": kind,
+        "status": status,
+        "credit_amount": credits,
+        "amount": money.credits_value(credits, wallet.rate_amount),
+        "settled_at": now if status == EntryStatus.SETTLED else None,
+        "failed_at": None,
+        "created_at": now,
+    }
+
+
 def _entry(
     wallet: Wallet,
     *,
@@ -51,18 +106,10 @@ def _entry(
     credits: Decimal,
     now: datetime,
 ) -> WalletTransaction:
-    credits = money.quantize_credits(credits)
-    if credits <= 0:
-        raise LedgerError(f"a ledger entry moves a positive number of credits, not {credits}")
     return WalletTransaction(
-        wallet_id=wallet.id,
-        transaction_type=direction,
-        transaction_status=kind,
-        status=status,
-        credit_amount=credits,
-        amount=money.credits_value(credits, wallet.rate_amount),
-        settled_at=now if status == EntryStatus.SETTLED else None,
-        created_at=now,
+        **_entry_values(
+            wallet, direction=direction, kind=kind, status=status, credits=credits, now=now
+        )
     )
 
 
@@ -140,28 +187,164 @@ def fail_purchase_entry(wallet: Wallet, entry: WalletTransaction, now: datetime)
     return True
 
 
-def void_remaining_credits(
-    session: Session, wallet: Wallet, now: datetime, *, flush: bool = True
-) -> WalletTransaction | None:
-    """Expiry or termination: a settled outbound `voided` entry takes the balance to 0.
+def terminate_and_void(session: Session, ending: Sequence[tuple[Wallet, datetime]]) -> int:
+    """Wallets end: each (locked, active) wallet is terminated at its time and what it
+    held is voided. Returns the number of `voided` entries written.
 
-    `flush=False` leaves the INSERT to the caller's next flush (a sweep ending many
-    wallets flushes once, so their entries go out as one multi-row INSERT)."""
-    if wallet.credits_balance <= 0:
-        return None
-    entry = _entry(
-        wallet,
-        direction=TransactionType.OUTBOUND,
-        kind=TransactionStatus.VOIDED,
-        status=EntryStatus.SETTLED,
-        credits=wallet.credits_balance,
-        now=now,
+    For each `(wallet, at)`: a positive balance becomes a settled outbound `voided`
+    entry of exactly that balance (valued at the wallet's rate), created and settled at
+    `at`; the row gets balance 0, status terminated, `terminated_at` and `updated_at`
+    `at`. The entry lowers the settled sum by the balance the row loses, so the
+    invariant holds for each wallet, and a terminated wallet holds nothing.
+
+    Set-based, whatever the number of wallets: one INSERT of all the entries and one
+    UPDATE of all the rows, as Core statements (no unit of work to flush, which was
+    most of an expiry batch's time). On PostgreSQL each is a single statement over
+    arrays of the rows' values; elsewhere each is executed once for all the rows'
+    parameters. The UPDATE only matches a row that is still active with the balance
+    just voided: if any does not (the caller held no lock, or its object was stale),
+    this raises `LedgerError` and the caller's transaction must be rolled back. The
+    wallet objects get their new state as committed values: nothing is left to flush.
+    """
+    if not ending:
+        return 0
+    if len({wallet.id for wallet, _ in ending}) != len(ending):
+        raise LedgerError("a wallet ends once: the same wallet was given twice")
+    session.flush()  # the statements below bypass the unit of work: pending changes first
+    entries: list[dict[str, Any]] = []
+    for wallet, at in ending:
+        if wallet.status != WalletStatus.ACTIVE:
+            raise LedgerError(f"wallet {wallet.id} is not active: it cannot end again")
+        if at.tzinfo is None:
+            raise LedgerError("a wallet ends at a UTC-aware time, not a naive one")
+        if wallet.credits_balance < 0:
+            raise LedgerError(f"wallet {wallet.id} has a negative balance")
+        if wallet.credits_balance > 0:
+            entry = _entry_values(
+                wallet,
+                direction=TransactionType.OUTBOUND,
+                kind=TransactionStatus.VOIDED,
+                status=EntryStatus.SETTLED,
+                credits=wallet.credits_balance,
+                now=at,
+            )
+            entries.append({"id": new_id("wtx"), **entry})  # the column default, per row
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        if entries:
+            conn.execute(
+                _INSERT_VOIDED_PG,
+                {
+                    "v_ids": [entry["id"] for entry in entries],
+                    "v_wallet_ids": [entry["wallet_id"] for entry in entries],
+                    "v_credits": [entry["credit_amount"] for entry in entries],
+                    "v_amounts": [entry["amount"] for entry in entries],
+                    "v_ats": [entry["created_at"] for entry in entries],
+                },
+            )
+        matched = conn.execute(
+            _TERMINATE_PG,
+            {
+                "t_ids": [wallet.id for wallet, _ in ending],
+                "t_helds": [wallet.credits_balance for wallet, _ in ending],
+                "t_ats": [at for _, at in ending],
+            },
+        ).rowcount
+    else:
+        if entries:
+            conn.execute(insert(_ENTRIES), entries)
+        matched = conn.execute(
+            _TERMINATE_ONE,
+            [
+                {"t_id": wallet.id, "t_held": wallet.credits_balance, "t_at": at}
+                for wallet, at in ending
+            ],
+        ).rowcount
+    if matched != len(ending):
+        raise LedgerError(
+            f"{len(ending) - matched} of {len(ending)} wallet(s) changed under the caller: "
+            "lock them and read them under the lock before ending them"
+        )
+    for wallet, at in ending:
+        set_committed_value(wallet, "status", WalletStatus.TERMINATED)
+        set_committed_value(wallet, "credits_balance", _ZERO)
+        set_committed_value(wallet, "terminated_at", at)
+        set_committed_value(wallet, "updated_at", at)
+    return len(entries)
+
+
+def _unnest(name: str, *columns: tuple[str, TypeEngine[Any]]) -> TableValuedAlias:
+    """PostgreSQL: rows from parallel arrays, one bound parameter per column."""
+    return (
+        func.unnest(
+            *(cast(bindparam(f"{name}_{column}s"), ARRAY(type_)) for column, type_ in columns)
+        )
+        .table_valued(*(sql_column(column, type_) for column, type_ in columns))
+        .render_derived(name=name)
     )
-    wallet.credits_balance = Decimal("0")
-    session.add(entry)
-    if flush:
-        session.flush()
-    return entry
+
+
+_voided = _unnest(
+    "v",
+    ("id", String()),
+    ("wallet_id", String()),
+    ("credit", Numeric()),
+    ("amount", Numeric()),
+    ("at", DateTime(timezone=True)),
+)
+_INSERT_VOIDED_PG = insert(_ENTRIES).from_select(
+    [
+        "id",
+        "wallet_id",
+        "transaction_type",
+        "transaction_status",
+        "status",
+        "credit_amount",
+        "amount",
+        "settled_at",
+        "created_at",
+    ],
+    select(
+        _voided.c.id,
+        _voided.c.wallet_id,
+        literal(TransactionType.OUTBOUND.value),
+        literal(TransactionStatus.VOIDED.value),
+        literal(EntryStatus.SETTLED.value),
+        _voided.c.credit,
+        _voided.c.amount,
+        _voided.c.at,
+        _voided.c.at,
+    ),
+)
+_ended = _unnest("t", ("id", String()), ("held", Numeric()), ("at", DateTime(timezone=True)))
+_TERMINATE_PG = (
+    update(_WALLETS)
+    .where(
+        _WALLETS.c.id == _ended.c.id,
+        _WALLETS.c.status == WalletStatus.ACTIVE.value,
+        _WALLETS.c.credits_balance == _ended.c.held,
+    )
+    .values(
+        status=WalletStatus.TERMINATED.value,
+        credits_balance=_ZERO,
+        terminated_at=_ended.c.at,
+        updated_at=_ended.c.at,
+    )
+)
+_TERMINATE_ONE = (
+    update(_WALLETS)
+    .where(
+        _WALLETS.c.id == bindparam("t_id"),
+        _WALLETS.c.status == WalletStatus.ACTIVE.value,
+        _WALLETS.c.credits_balance == bindparam("t_held"),
+    )
+    .values(
+        status=WalletStatus.TERMINATED.value,
+        credits_balance=_ZERO,
+        terminated_at=bindparam("t_at"),
+        updated_at=bindparam("t_at"),
+    )
+)
 
 
 def consume_credits(

@@ -232,16 +232,11 @@ def _end_wallet(session: Session, wallet: Wallet, at: datetime) -> None:
 def _end_wallets(session: Session, ending: Sequence[tuple[Wallet, datetime]]) -> None:
     """End each (locked) wallet at its time: remaining credits voided, terminated.
 
-    One flush for all of them (their voided entries go out as one multi-row INSERT),
-    then each hook once for all of them: a sweep pays a few statements per batch
-    instead of a few per wallet.
+    The ledger does it set-based (one INSERT of the voided entries, one UPDATE of the
+    rows, whatever their number), then each hook runs once for all of them: a sweep
+    pays a few statements per batch instead of a few per wallet.
     """
-    for wallet, at in ending:
-        ledger.void_remaining_credits(session, wallet, at, flush=False)
-        wallet.status = WalletStatus.TERMINATED
-        wallet.terminated_at = at
-        wallet.updated_at = at
-    session.flush()
+    ledger.terminate_and_void(session, ending)
     ended = [wallet for wallet, _ in ending]
     for hook in WALLET_ENDED_HOOKS:
         hook(session, ended)
@@ -270,6 +265,7 @@ def expire_due_wallets(session: Session, now: datetime, batch_size: int) -> list
             .order_by(Wallet.expiration_at, Wallet.id)
             .limit(batch_size)
             .with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True)  # what the lock protects, not a stale copy
         )
         .scalars()
         .all()

@@ -1,0 +1,133 @@
+"""`ledger.terminate_and_void`: many wallets end in a few statements, each exactly."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import Table, event, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from gateway import ledger, money
+from gateway.db import utcnow
+from gateway.models import Customer, Wallet, WalletStatus, WalletTransaction
+
+_ids = itertools.count()
+WALLETS: Table = Wallet.__table__  # type: ignore[assignment]
+
+
+def _wallet(session: Session, balance: Decimal, rate: Decimal) -> Wallet:
+    n = next(_ids)
+    customer = Customer(external_id=f"end-customer-{n}", currency="USD")
+    session.add(customer)
+    session.flush()
+    wallet = Wallet(customer_id=customer.id, status=WalletStatus.ACTIVE, currency="USD",
+                    rate_amount=rate, credits_balance=Decimal(0), consumed_credits=Decimal(0),
+                    consumed_amount_cents=0)  # fmt: skip
+    session.add(wallet)
+    session.flush()
+    if balance:
+        ledger.grant_credits(session, wallet, balance, utcnow() - timedelta(days=10))
+    return ledger.lock_wallet(session, wallet.id)
+
+
+def _voided(session: Session, wallet_id: str) -> list[WalletTransaction]:
+    return list(
+        session.execute(
+            select(WalletTransaction).where(
+                WalletTransaction.wallet_id == wallet_id,
+                WalletTransaction.transaction_status == "voided",
+            )
+        ).scalars()
+    )
+
+
+def test_each_wallet_ends_at_its_own_time_with_its_exact_balance_voided(
+    db_session: Session,
+) -> None:
+    base = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    cases = [  # balance, rate
+        (Decimal("10"), Decimal("2.5")),
+        (Decimal("0.00001"), Decimal("0.00001")),  # worth 1e-10: the amount keeps it
+        (Decimal("0"), Decimal("1")),  # nothing to void: no entry
+        (Decimal("123456789.12345"), Decimal("999999.99999")),
+    ]
+    ending = [
+        (_wallet(db_session, balance, rate), base + timedelta(hours=n))
+        for n, (balance, rate) in enumerate(cases)
+    ]
+    statements: list[str] = []
+
+    @event.listens_for(db_session.connection(), "before_cursor_execute")
+    def _count(_conn: Connection, _cursor: Any, statement: str, *_rest: Any) -> None:
+        statements.append(statement)
+
+    assert ledger.terminate_and_void(db_session, ending) == 3
+
+    assert len(statements) == 2  # one INSERT and one UPDATE, whatever the number of wallets
+    assert not db_session.dirty  # the objects hold the new state as committed values
+    for wallet, at in ending:
+        assert wallet.status == WalletStatus.TERMINATED
+        assert wallet.credits_balance == 0
+        assert wallet.terminated_at == wallet.updated_at == at
+    db_session.expire_all()
+    for (wallet, at), (balance, rate) in zip(ending, cases, strict=True):
+        stored = db_session.get_one(Wallet, wallet.id)
+        assert stored.status == WalletStatus.TERMINATED
+        assert stored.credits_balance == 0
+        assert stored.terminated_at == stored.updated_at == at
+        assert ledger.ledger_balance(db_session, wallet.id) == 0
+        entries = _voided(db_session, wallet.id)
+        if not balance:
+            assert entries == []
+            continue
+        [entry] = entries
+        assert (entry.transaction_type, entry.status) == ("outbound", "settled")
+        assert entry.credit_amount == balance
+        assert entry.amount == money.credits_value(balance, rate)
+        assert entry.created_at == entry.settled_at == at
+        assert entry.failed_at is None
+
+
+def test_a_wallet_changed_under_the_caller_stops_them_all(db_session: Session) -> None:
+    """The UPDATE matches only rows still holding what was voided: a stale object (here,
+    a balance changed behind the session's back) raises, and rolling back keeps all."""
+    fresh = _wallet(db_session, Decimal("3"), Decimal("1"))
+    stale = _wallet(db_session, Decimal("5"), Decimal("1"))
+    db_session.connection().execute(
+        update(WALLETS).where(WALLETS.c.id == stale.id).values(credits_balance=Decimal("7"))
+    )
+    at = utcnow()
+
+    with pytest.raises(ledger.LedgerError, match="1 of 2 wallet"), db_session.begin_nested():
+        ledger.terminate_and_void(db_session, [(fresh, at), (stale, at)])
+
+    db_session.expire_all()
+    for wallet_id, balance in ((fresh.id, Decimal("3")), (stale.id, Decimal("7"))):
+        stored = db_session.get_one(Wallet, wallet_id)
+        assert (stored.status, stored.credits_balance) == (WalletStatus.ACTIVE, balance)
+        assert _voided(db_session, wallet_id) == []
+
+
+def test_a_wallet_ends_once(db_session: Session) -> None:
+    wallet = _wallet(db_session, Decimal("2"), Decimal("1"))
+    at = utcnow()
+    with pytest.raises(ledger.LedgerError, match="given twice"):
+        ledger.terminate_and_void(db_session, [(wallet, at), (wallet, at)])
+
+    ledger.terminate_and_void(db_session, [(wallet, at)])
+    with pytest.raises(ledger.LedgerError, match="cannot end again"):
+        ledger.terminate_and_void(db_session, [(wallet, at)])
+    assert len(_voided(db_session, wallet.id)) == 1
+
+
+def test_a_naive_end_time_is_refused(db_session: Session) -> None:
+    wallet = _wallet(db_session, Decimal("2"), Decimal("1"))
+    naive = datetime(2030, 1, 1)
+    with pytest.raises(ledger.LedgerError, match="UTC-aware"):
+        ledger.terminate_and_void(db_session, [(wallet, naive)])
+    assert wallet.status == WalletStatus.ACTIVE
