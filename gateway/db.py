@@ -20,7 +20,9 @@ from flask import Flask, current_app, g
 from sqlalchemy import BigInteger, DateTime, Engine, MetaData, Numeric, Text, create_engine, event
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.interfaces import Dialect
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 NAMING_CONVENTION = {
@@ -161,10 +163,37 @@ def build_engine(url: str, **kwargs: Any) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", int(os.environ.get("GATEWAY_DB_POOL_SIZE", "10")))
     kwargs.setdefault("max_overflow", 10)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    _ping_connections_after_idle(engine)
+    return engine
+
+
+# A pooled connection unused for this long is pinged before it is handed out (the
+# server may have restarted or a proxy dropped it meanwhile); one in steady use is
+# not, which spares every request a round trip. A connection that breaks in use is
+# invalidated by SQLAlchemy and that request's transaction fails as a whole.
+PING_AFTER_IDLE_SECONDS = 5.0
+
+
+def _ping_connections_after_idle(engine: Engine) -> None:
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(
+        dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+    ) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            # The pool discards this connection and checks out (or opens) another.
+            raise DisconnectionError(f"a pooled connection failed its ping: {exc}") from exc
 
 
 class Database:
