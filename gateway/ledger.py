@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import column as sql_column
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.selectable import TableValuedAlias
@@ -146,35 +147,6 @@ def open_purchase_entry(
     session.add(entry)
     session.flush()
     return entry
-
-
-def settle_purchase_entry(wallet: Wallet, entry: WalletTransaction, now: datetime) -> bool:
-    """Pending purchase → settled, balance raised. False if it was not pending (no-op)."""
-    _check_belongs(wallet, entry)
-    if entry.status != EntryStatus.PENDING:
-        return False
-    entry.status = EntryStatus.SETTLED
-    entry.settled_at = now
-    wallet.credits_balance += entry.credit_amount
-    return True
-
-
-def settle_failed_purchase_entry(wallet: Wallet, entry: WalletTransaction, now: datetime) -> bool:
-    """A failed purchase whose invoice was paid after all → settled, balance raised.
-
-    Stripe lets an uncollectible invoice be paid later; the money arrived, so the
-    credits do too. False if the entry was not failed (no-op).
-    """
-    _check_belongs(wallet, entry)
-    if entry.status != EntryStatus.FAILED:
-        return False
-    if entry.transaction_status != TransactionStatus.PURCHASED:
-        raise LedgerError("only a purchase entry can settle after failing")
-    entry.status = EntryStatus.SETTLED
-    entry.settled_at = now
-    entry.failed_at = None
-    wallet.credits_balance += entry.credit_amount
-    return True
 
 
 def fail_purchase_entry(wallet: Wallet, entry: WalletTransaction, now: datetime) -> bool:
@@ -399,3 +371,80 @@ def ledger_balance(session: Session, wallet_id: str) -> Decimal:
 def _check_belongs(wallet: Wallet, entry: WalletTransaction) -> None:
     if entry.wallet_id != wallet.id:
         raise LedgerError("entry belongs to another wallet")
+
+
+# --- purchase entries by id, on a connection (the settlement path) -------------------
+# Settlement reads the rows it needs under their locks and moves the entry with these
+# statements, built once: no ORM objects on the path every webhook delivery takes.
+
+_purchase_entry = (
+    (_ENTRIES.c.id == bindparam("b_entry_id"))
+    & (_ENTRIES.c.wallet_id == bindparam("b_wallet_id"))
+    & (_ENTRIES.c.transaction_status == TransactionStatus.PURCHASED)
+)
+_SETTLE_PURCHASE_ENTRY = (
+    update(_ENTRIES)
+    .where(_purchase_entry, _ENTRIES.c.status == bindparam("b_from_status"))
+    .values(status=EntryStatus.SETTLED, settled_at=bindparam("b_now"), failed_at=None)
+    .returning(_ENTRIES.c.credit_amount, _ENTRIES.c.wallet_id)
+)
+_RAISE_BALANCE = (
+    update(_WALLETS)
+    .where(_WALLETS.c.id == bindparam("b_wallet_id"))
+    .values(
+        credits_balance=_WALLETS.c.credits_balance
+        + bindparam("b_credits", type_=_WALLETS.c.credits_balance.type),
+        updated_at=bindparam("b_now"),
+    )
+)
+# PostgreSQL does both in one statement: the entry's UPDATE as a data-modifying CTE
+# whose RETURNING feeds the balance's UPDATE (no row settled, no balance raised).
+_settled_entry = _SETTLE_PURCHASE_ENTRY.cte("settled_entry")
+_SETTLE_AND_RAISE_BALANCE = (
+    update(_WALLETS)
+    .where(_WALLETS.c.id == _settled_entry.c.wallet_id)
+    .values(
+        credits_balance=_WALLETS.c.credits_balance + _settled_entry.c.credit_amount,
+        updated_at=bindparam("b_now"),
+    )
+    .returning(_settled_entry.c.credit_amount)
+)
+_FAIL_PURCHASE_ENTRY = (
+    update(_ENTRIES)
+    .where(_purchase_entry, _ENTRIES.c.status == EntryStatus.PENDING)
+    .values(status=EntryStatus.FAILED, failed_at=bindparam("b_now"))
+)
+
+
+def settle_purchase(
+    conn: Connection, wallet_id: str, entry_id: str, from_status: EntryStatus, now: datetime
+) -> Decimal | None:
+    """Purchase entry `entry_id` of (locked) `wallet_id` → settled, balance raised by it.
+
+    `from_status` is the status the caller read under the lock: `pending`, or `failed`
+    for an invoice paid after all (Stripe lets an uncollectible invoice be paid later:
+    the money arrived, so the credits do too). Returns the credits added, or None if
+    the entry was not a purchase of that wallet in that status (nothing changed).
+    """
+    if from_status not in (EntryStatus.PENDING, EntryStatus.FAILED):
+        return None
+    entry = {"b_entry_id": entry_id, "b_wallet_id": wallet_id, "b_from_status": from_status,
+             "b_now": now}  # fmt: skip
+    if conn.dialect.name == "postgresql":
+        credited = conn.execute(_SETTLE_AND_RAISE_BALANCE, entry).scalar_one_or_none()
+    else:
+        credited = conn.execute(_SETTLE_PURCHASE_ENTRY, entry).scalar()
+        if credited is not None:
+            conn.execute(
+                _RAISE_BALANCE, {"b_wallet_id": wallet_id, "b_credits": credited, "b_now": now}
+            )
+    return None if credited is None else Decimal(credited)
+
+
+def fail_pending_purchase(conn: Connection, wallet_id: str, entry_id: str, now: datetime) -> bool:
+    """Pending purchase entry `entry_id` of (locked) `wallet_id` → failed; the balance
+    never saw it. False if it was not pending (nothing changed)."""
+    result = conn.execute(
+        _FAIL_PURCHASE_ENTRY, {"b_entry_id": entry_id, "b_wallet_id": wallet_id, "b_now": now}
+    )
+    return bool(result.rowcount == 1)

@@ -173,7 +173,13 @@ class Wallet(Base):
 
     def is_usable(self, now: datetime) -> bool:
         """Active and not past its expiration, whether or not the sweep has run."""
-        return self.status == WalletStatus.ACTIVE and not self.is_expired(now)
+        return wallet_usable(self.status, self.expiration_at, now)
+
+
+def wallet_usable(status: str, expiration_at: datetime | None, now: datetime) -> bool:
+    """A wallet takes credits only while active and not past its expiration, whether
+    or not the expiry sweep has reached it (for rows read without the ORM too)."""
+    return status == WalletStatus.ACTIVE and (expiration_at is None or expiration_at > now)
 
 
 class WalletTransaction(Base):

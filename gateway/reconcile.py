@@ -556,7 +556,9 @@ class _Run:
         session = self._session()
         try:
             with unit_of_work(session):
-                outcome = settlement.apply_invoice(session, invoice, self.clock(), SOURCE)
+                outcome = settlement.apply_invoice(
+                    session.connection(), invoice, self.clock(), SOURCE
+                )
         except (settlement.SettlementError, ledger.LedgerError) as exc:
             self._add(
                 Finding(

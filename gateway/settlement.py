@@ -19,9 +19,13 @@ A paid invoice wins over an earlier void or uncollectible one (Stripe lets an
 uncollectible invoice be paid later: the money arrived, the credits follow), which
 also makes the end state independent of the order events are delivered in.
 
-Locks: wallet, then purchase (the ledger's order). Use cases only flush; callers
-commit. The provider is never called while a lock is held: invoices of ended
-wallets are voided after the ending transaction commits (`close_purchases_of_ended_wallets`).
+Locks: wallet, then purchase (the ledger's order). Every webhook delivery runs this
+path, so it is written as a few SQL statements on the caller's connection (no ORM
+objects): one that locks and reads the purchase with its wallet and entry, the
+ledger's move, and one UPDATE of the purchase. Callers own
+the transaction. The provider is never called while a lock is held: invoices of
+ended wallets are voided after the ending transaction commits
+(`close_purchases_of_ended_wallets`).
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import event, select
+from sqlalchemy import ColumnElement, Select, Table, bindparam, event, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction
 
 from gateway import ledger, metrics
@@ -44,6 +50,7 @@ from gateway.models import (
     Wallet,
     WalletStatus,
     WalletTransaction,
+    wallet_usable,
 )
 from gateway.providers.base import (
     InvoiceSnapshot,
@@ -84,49 +91,154 @@ class SettlementOutcome:
     reason: str | None = None
 
 
-@dataclass
+# --- the locked rows ---------------------------------------------------------------
+
+_wallets = cast(Table, Wallet.__table__)
+_purchases = cast(Table, Purchase.__table__)
+_entries = cast(Table, WalletTransaction.__table__)
+
+
+def _lock_purchase_where(condition: ColumnElement[bool]) -> Select[Any]:
+    """The purchase matching `condition` with its wallet and ledger entry, all three
+    locked in one statement.
+
+    PostgreSQL takes the row locks in the order of the `FOR UPDATE OF` list, the
+    ledger's order (wallet, then purchase), and after waiting for a lock it reads the
+    rows as the holder committed them (tests/test_settlement_locks.py holds it to
+    both). SQLite has no row locks: its writers are serialised by BEGIN IMMEDIATE.
+    """
+    return (
+        select(
+            _wallets.c.id.label("wallet_id"),
+            _wallets.c.status.label("wallet_status"),
+            _wallets.c.expiration_at.label("wallet_expiration_at"),
+            _purchases.c.id,
+            _purchases.c.status,
+            _purchases.c.currency,
+            _purchases.c.amount_cents,
+            _purchases.c.total_cents,
+            _purchases.c.provider_invoice_id,
+            _purchases.c.invoice_status,
+            _purchases.c.provider_void_pending,
+            _purchases.c.transaction_id,
+            _entries.c.status.label("entry_status"),
+        )
+        .join_from(_wallets, _purchases, _purchases.c.wallet_id == _wallets.c.id)
+        .join(_entries, _entries.c.id == _purchases.c.transaction_id)
+        .where(condition)
+        .with_for_update(of=[_wallets, _purchases, _entries])
+    )
+
+
+# Built once: a statement object is reused, only its parameters change per delivery.
+_LOCK_PURCHASE_BY_INVOICE = _lock_purchase_where(
+    _purchases.c.provider_invoice_id == bindparam("invoice_id")
+)
+_LOCK_PURCHASE_BY_ID = _lock_purchase_where(_purchases.c.id == bindparam("purchase_id"))
+# SET columns come from each execution's parameters (`_update_purchase`).
+_UPDATE_PURCHASE = update(_purchases).where(_purchases.c.id == bindparam("b_purchase_id"))
+
+
+@dataclass(frozen=True)
+class _LockedWallet:
+    id: str
+    status: str
+    expiration_at: datetime | None
+
+
+@dataclass(frozen=True)
+class LockedPurchase:
+    """A purchase as read under its lock, with the status of its ledger entry."""
+
+    id: str
+    status: str
+    currency: str
+    amount_cents: int
+    total_cents: int | None
+    provider_invoice_id: str | None
+    invoice_status: str | None
+    provider_void_pending: bool
+    transaction_id: str
+    entry_status: str
+
+
+@dataclass(frozen=True)
 class _Locked:
-    wallet: Wallet
-    purchase: Purchase
-    entry: WalletTransaction
+    wallet: _LockedWallet
+    purchase: LockedPurchase
+    # Columns of the purchase to write once the invoice is applied (one UPDATE).
+    changes: dict[str, Any]
 
 
-def find_purchase(session: Session, invoice: InvoiceSnapshot) -> tuple[Purchase | None, str]:
-    """The purchase `invoice` pays, by stored invoice id or by the purchase id in its
-    metadata (an event can arrive before the create call stored the invoice id)."""
-    purchase = session.execute(
-        select(Purchase).where(Purchase.provider_invoice_id == invoice.id)
-    ).scalar_one_or_none()
-    if purchase is not None:
-        return purchase, "invoice id"
-    purchase_id = invoice.purchase_id
-    if not purchase_id:
-        return None, f"invoice {invoice.id} carries no purchase id and is not one of ours"
-    purchase = session.get(Purchase, purchase_id)
-    if purchase is None:
-        return None, f"invoice {invoice.id} names purchase {purchase_id}, which does not exist here"
-    return purchase, "metadata"
+def _lock_purchase_of(conn: Connection, invoice: InvoiceSnapshot) -> _Locked | SettlementOutcome:
+    """Locks the purchase of `invoice` (wallet, purchase and entry, in one statement):
+    found by its stored invoice id, or by the purchase id in the invoice's metadata (an
+    event can arrive before the create call stored the invoice id, which is then linked).
+
+    A `SettlementOutcome` (NOT_OURS) when no purchase of ours goes with the invoice.
+    """
+    row = conn.execute(_LOCK_PURCHASE_BY_INVOICE, {"invoice_id": invoice.id}).first()
+    if row is None:
+        purchase_id = invoice.purchase_id
+        if not purchase_id:
+            return SettlementOutcome(
+                SettlementAction.NOT_OURS,
+                reason=f"invoice {invoice.id} carries no purchase id and is not one of ours",
+            )
+        row = conn.execute(_LOCK_PURCHASE_BY_ID, {"purchase_id": purchase_id}).first()
+        if row is None:
+            return SettlementOutcome(
+                SettlementAction.NOT_OURS,
+                reason=f"invoice {invoice.id} names purchase {purchase_id}, "
+                "which does not exist here",
+            )
+    values = row._asdict()
+    wallet = _LockedWallet(
+        values.pop("wallet_id"), values.pop("wallet_status"), values.pop("wallet_expiration_at")
+    )
+    purchase = LockedPurchase(**values)
+    changes: dict[str, Any] = {}
+    if purchase.provider_invoice_id is None:
+        # The event beat the create call: store the id now; the create call finds it set.
+        changes["provider_invoice_id"] = invoice.id
+    elif purchase.provider_invoice_id != invoice.id:
+        reason = (
+            f"invoice {invoice.id} names purchase {purchase.id}, "
+            f"whose invoice is {purchase.provider_invoice_id}"
+        )
+        log.warning("%s; left for reconciliation", reason)
+        return SettlementOutcome(SettlementAction.NOT_OURS, purchase.id, reason)
+    return _Locked(wallet, purchase, changes)
+
+
+def _update_purchase(conn: Connection, purchase_id: str, changes: dict[str, Any]) -> None:
+    if changes:
+        conn.execute(_UPDATE_PURCHASE, {"b_purchase_id": purchase_id, **changes})
+
+
+# --- applying an invoice -----------------------------------------------------------
 
 
 def apply_invoice(
-    session: Session, invoice: InvoiceSnapshot, now: datetime, source: str
+    conn: Connection, invoice: InvoiceSnapshot, now: datetime, source: str
 ) -> SettlementOutcome:
     """Bring the purchase of `invoice` in line with the invoice's status (see module doc).
 
-    Idempotent: applying the same invoice again changes nothing. `source` names the
-    caller in logs ("webhook evt_…", "reconcile").
+    Runs in the caller's transaction on `conn`. Idempotent: applying the same invoice
+    again changes nothing. `source` names the caller in logs ("webhook evt_…",
+    "reconcile").
     """
-    locked, outcome = _lock_purchase_of(session, invoice)
-    if locked is None:
-        assert outcome is not None
-        return outcome
+    locked = _lock_purchase_of(conn, invoice)
+    if isinstance(locked, SettlementOutcome):
+        return locked
+    linked = bool(locked.changes)
     if invoice.status == "paid":
-        result = _apply_payment(locked, invoice, now)
+        result = _apply_payment(conn, locked, invoice, now)
     elif invoice.status in _FAILED_INVOICE_STATUSES:
-        result = _apply_failure(locked, invoice, now)
+        result = _apply_failure(conn, locked, invoice, now)
     else:
-        result = _apply_open(locked, invoice, linked=outcome is not None)
-    session.flush()
+        result = _apply_open(locked, invoice, linked=linked)
+    _update_purchase(conn, locked.purchase.id, locked.changes)
     if result.action not in (SettlementAction.UNCHANGED, SettlementAction.LINKED):
         log.info(
             "%s: purchase %s %s (invoice %s)%s",
@@ -140,75 +252,37 @@ def apply_invoice(
 
 
 def record_payment_failure(
-    session: Session, invoice: InvoiceSnapshot, message: str, now: datetime, source: str
+    conn: Connection, invoice: InvoiceSnapshot, message: str, now: datetime, source: str
 ) -> SettlementOutcome:
     """A failed charge attempt: remembered on the purchase; the entry stays pending,
     since the provider retries the charge (or the customer pays another way)."""
-    locked, outcome = _lock_purchase_of(session, invoice)
-    if locked is None:
-        assert outcome is not None
-        return outcome
+    locked = _lock_purchase_of(conn, invoice)
+    if isinstance(locked, SettlementOutcome):
+        return locked
     purchase = locked.purchase
-    purchase.last_payment_error = message
+    locked.changes.update(last_payment_error=message, updated_at=now)
     if purchase.status == PurchaseStatus.CREATING and invoice.status == "open":
-        _store_invoice(purchase, invoice)
-        purchase.status = PurchaseStatus.OPEN
-    purchase.updated_at = now
-    session.flush()
+        locked.changes.update(_invoice_columns(invoice), status=PurchaseStatus.OPEN)
+    _update_purchase(conn, purchase.id, locked.changes)
     log.info("%s: purchase %s payment failed: %s", source, purchase.id, message)
     return SettlementOutcome(SettlementAction.PAYMENT_FAILURE_RECORDED, purchase.id, message)
 
 
-def _lock_purchase_of(
-    session: Session, invoice: InvoiceSnapshot
-) -> tuple[_Locked | None, SettlementOutcome | None]:
-    """Locks (wallet, then purchase) the purchase of `invoice` and links the invoice id.
-
-    Returns (None, NOT_OURS outcome) when no purchase goes with the invoice, and
-    (locked, LINKED outcome) when the invoice id was stored just now.
-    """
-    found, how = find_purchase(session, invoice)
-    if found is None:
-        return None, SettlementOutcome(SettlementAction.NOT_OURS, reason=how)
-    purchase_id, wallet_id = found.id, found.wallet_id
-    wallet = ledger.lock_wallet(session, wallet_id)
-    purchase = session.execute(
-        select(Purchase)
-        .where(Purchase.id == purchase_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one()
-    entry = session.execute(
-        select(WalletTransaction)
-        .where(WalletTransaction.id == purchase.transaction_id)
-        .execution_options(populate_existing=True)
-    ).scalar_one()
-    linked: SettlementOutcome | None = None
-    if purchase.provider_invoice_id is None:
-        # The event beat the create call: store the id now; the create call finds it set.
-        purchase.provider_invoice_id = invoice.id
-        linked = SettlementOutcome(SettlementAction.LINKED, purchase.id)
-    elif purchase.provider_invoice_id != invoice.id:
-        reason = (
-            f"invoice {invoice.id} names purchase {purchase.id}, "
-            f"whose invoice is {purchase.provider_invoice_id}"
-        )
-        log.warning("%s; left for reconciliation", reason)
-        return None, SettlementOutcome(SettlementAction.NOT_OURS, purchase.id, reason)
-    return _Locked(wallet, purchase, entry), linked
-
-
-def _store_invoice(purchase: Purchase, invoice: InvoiceSnapshot) -> None:
-    purchase.invoice_status = invoice.status
-    purchase.subtotal_cents = invoice.subtotal_cents
-    purchase.tax_cents = invoice.tax_cents
-    purchase.total_cents = invoice.total_cents
-    purchase.amount_paid_cents = invoice.amount_paid_cents
+def _invoice_columns(invoice: InvoiceSnapshot) -> dict[str, Any]:
+    """The purchase's copy of the invoice's status and amounts."""
+    columns: dict[str, Any] = {
+        "invoice_status": invoice.status,
+        "subtotal_cents": invoice.subtotal_cents,
+        "tax_cents": invoice.tax_cents,
+        "total_cents": invoice.total_cents,
+        "amount_paid_cents": invoice.amount_paid_cents,
+    }
     if invoice.hosted_invoice_url:
-        purchase.hosted_invoice_url = invoice.hosted_invoice_url
+        columns["hosted_invoice_url"] = invoice.hosted_invoice_url
+    return columns
 
 
-def payment_problem(purchase: Purchase, invoice: InvoiceSnapshot) -> str | None:
+def payment_problem(purchase: LockedPurchase, invoice: InvoiceSnapshot) -> str | None:
     """Why a paid invoice cannot be accepted for `purchase`, or None if it can."""
     if invoice.currency.upper() != purchase.currency.upper():
         return f"paid in {invoice.currency.upper()}, but the purchase is in {purchase.currency}"
@@ -229,62 +303,59 @@ def payment_problem(purchase: Purchase, invoice: InvoiceSnapshot) -> str | None:
     return None
 
 
-def _unchanged(purchase: Purchase) -> SettlementOutcome:
-    return SettlementOutcome(SettlementAction.UNCHANGED, purchase.id, f"already {purchase.status}")
-
-
-def _apply_payment(locked: _Locked, invoice: InvoiceSnapshot, now: datetime) -> SettlementOutcome:
-    wallet, purchase, entry = locked.wallet, locked.purchase, locked.entry
+def _apply_payment(
+    conn: Connection, locked: _Locked, invoice: InvoiceSnapshot, now: datetime
+) -> SettlementOutcome:
+    wallet, purchase, changes = locked.wallet, locked.purchase, locked.changes
     if purchase.status in _FINAL:
         return SettlementOutcome(
             SettlementAction.UNCHANGED, purchase.id, f"already {purchase.status}"
         )
     # CREATING, OPEN, or FAILED (voided or uncollectible here, then paid at the provider).
     problem = payment_problem(purchase, invoice)
-    _store_invoice(purchase, invoice)
-    purchase.updated_at = now
-    if not wallet.is_usable(now):
+    changes.update(_invoice_columns(invoice), updated_at=now)
+    if not wallet_usable(wallet.status, wallet.expiration_at, now):
         ended = "terminated" if wallet.status == WalletStatus.TERMINATED else "expired"
-        purchase.status = PurchaseStatus.REFUND_REQUIRED
-        purchase.attention_reason = (
+        reason = (
             f"invoice {invoice.id} was paid but wallet {wallet.id} is {ended}: "
             "no credits were added; refund the payment"
         )
-        ledger.fail_purchase_entry(wallet, entry, now)
-        return SettlementOutcome(
-            SettlementAction.REFUND_REQUIRED, purchase.id, purchase.attention_reason
-        )
+        changes.update(status=PurchaseStatus.REFUND_REQUIRED, attention_reason=reason)
+        ledger.fail_pending_purchase(conn, wallet.id, purchase.transaction_id, now)
+        return SettlementOutcome(SettlementAction.REFUND_REQUIRED, purchase.id, reason)
     if problem is not None:
-        purchase.status = PurchaseStatus.REVIEW_REQUIRED
-        purchase.attention_reason = f"invoice {invoice.id}: {problem}; no credits were added"
-        return SettlementOutcome(
-            SettlementAction.REVIEW_REQUIRED, purchase.id, purchase.attention_reason
-        )
-    if entry.status == EntryStatus.PENDING:
-        moved = ledger.settle_purchase_entry(wallet, entry, now)
-    else:
-        moved = ledger.settle_failed_purchase_entry(wallet, entry, now)
-    if not moved:
+        reason = f"invoice {invoice.id}: {problem}; no credits were added"
+        changes.update(status=PurchaseStatus.REVIEW_REQUIRED, attention_reason=reason)
+        return SettlementOutcome(SettlementAction.REVIEW_REQUIRED, purchase.id, reason)
+    credited = ledger.settle_purchase(
+        conn, wallet.id, purchase.transaction_id, EntryStatus(purchase.entry_status), now
+    )
+    if credited is None:
         raise SettlementError(
-            f"purchase {purchase.id} is {purchase.status}, its entry {entry.id} {entry.status}"
+            f"purchase {purchase.id} is {purchase.status}, "
+            f"its entry {purchase.transaction_id} {purchase.entry_status}"
         )
-    purchase.status = PurchaseStatus.SETTLED
-    purchase.failure_code = None
-    purchase.failure_message = None
-    purchase.provider_void_pending = False
-    metrics.CREDITS_MOVED.labels("purchased").inc(float(entry.credit_amount))
+    changes.update(
+        status=PurchaseStatus.SETTLED,
+        failure_code=None,
+        failure_message=None,
+        provider_void_pending=False,
+    )
+    metrics.CREDITS_MOVED.labels("purchased").inc(float(credited))
     return SettlementOutcome(SettlementAction.SETTLED, purchase.id)
 
 
-def _apply_failure(locked: _Locked, invoice: InvoiceSnapshot, now: datetime) -> SettlementOutcome:
-    wallet, purchase, entry = locked.wallet, locked.purchase, locked.entry
+def _apply_failure(
+    conn: Connection, locked: _Locked, invoice: InvoiceSnapshot, now: datetime
+) -> SettlementOutcome:
+    wallet, purchase, changes = locked.wallet, locked.purchase, locked.changes
     if purchase.status == PurchaseStatus.FAILED:
         changed = False
         if _is_later(invoice.status, purchase.invoice_status):
-            purchase.invoice_status = invoice.status
+            changes["invoice_status"] = invoice.status
             changed = True
         if invoice.status == "void" and purchase.provider_void_pending:
-            purchase.provider_void_pending = False  # the void we asked for has happened
+            changes["provider_void_pending"] = False  # the void we asked for has happened
             changed = True
         action = SettlementAction.LINKED if changed else SettlementAction.UNCHANGED
         return SettlementOutcome(action, purchase.id, "already failed")
@@ -299,14 +370,17 @@ def _apply_failure(locked: _Locked, invoice: InvoiceSnapshot, now: datetime) -> 
         return SettlementOutcome(
             SettlementAction.UNCHANGED, purchase.id, f"already {purchase.status}"
         )
-    purchase.status = PurchaseStatus.FAILED
-    purchase.invoice_status = invoice.status
-    purchase.failure_code = f"invoice_{invoice.status}"
-    purchase.failure_message = f"the invoice was marked {invoice.status} at the provider"
-    purchase.provider_void_pending = False
-    purchase.updated_at = now
-    ledger.fail_purchase_entry(wallet, entry, now)
-    return SettlementOutcome(SettlementAction.FAILED, purchase.id, purchase.failure_message)
+    message = f"the invoice was marked {invoice.status} at the provider"
+    changes.update(
+        status=PurchaseStatus.FAILED,
+        invoice_status=invoice.status,
+        failure_code=f"invoice_{invoice.status}",
+        failure_message=message,
+        provider_void_pending=False,
+        updated_at=now,
+    )
+    ledger.fail_pending_purchase(conn, wallet.id, purchase.transaction_id, now)
+    return SettlementOutcome(SettlementAction.FAILED, purchase.id, message)
 
 
 # Where an invoice is in its life: an uncollectible invoice can still be voided or
@@ -321,8 +395,7 @@ def _is_later(status: str, than: str | None) -> bool:
 def _apply_open(locked: _Locked, invoice: InvoiceSnapshot, *, linked: bool) -> SettlementOutcome:
     purchase = locked.purchase
     if purchase.status == PurchaseStatus.CREATING and invoice.status == "open":
-        _store_invoice(purchase, invoice)
-        purchase.status = PurchaseStatus.OPEN
+        locked.changes.update(_invoice_columns(invoice), status=PurchaseStatus.OPEN)
         return SettlementOutcome(SettlementAction.LINKED, purchase.id)
     action = SettlementAction.LINKED if linked else SettlementAction.UNCHANGED
     return SettlementOutcome(action, purchase.id)
@@ -508,7 +581,10 @@ def void_flagged_invoices(
             continue
         with new_session() as session, session.begin():
             outcome = apply_invoice(
-                session, invoice, now or utcnow(), source=f"void of purchase {purchase_id}"
+                session.connection(),
+                invoice,
+                now or utcnow(),
+                source=f"void of purchase {purchase_id}",
             )
             if outcome.action != SettlementAction.NOT_OURS:
                 session.get_one(Purchase, purchase_id).provider_void_pending = False

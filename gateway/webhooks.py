@@ -1,16 +1,21 @@
 """Stripe events: record each verified event once, and apply it exactly once.
 
 A delivery (already verified by `gateway.providers.stripe.webhook`) is handled in
-one transaction: the event row is inserted by its Stripe id unless it exists (the
-primary key settles races between concurrent deliveries), locked, and unless it was
-already processed or ignored the event is applied (`gateway.settlement`) and the
-row marked. An effect and "this event is done" commit together or not at all.
+one transaction: the event is applied (`gateway.settlement`) and its row, keyed by
+the Stripe event id, written with the outcome in one upsert that refuses to touch
+an event already processed or ignored. When it refuses, the delivery is a repeat
+and its transaction is rolled back, so a repeat changes nothing, and the answer
+is the stored outcome. An effect and "this event is done" commit together or not
+at all.
+
+Concurrent deliveries of one event are serialised by settlement's row locks (wallet,
+then purchase) and by the primary key: the second waits for the first to commit,
+then its upsert finds the event done, and it is rolled back like any repeat.
 
 If applying raises, that transaction rolls back and the failure (error, attempts)
 is recorded in a transaction of its own, inserting the row if need be; the caller
 answers 500 and Stripe delivers the event again later, which applies it again.
-The row lock serialises concurrent deliveries of one event; a repeat after success
-changes nothing. Operators re-run stored events with `gateway webhooks replay`.
+Operators re-run stored events with `gateway webhooks replay`.
 """
 
 from __future__ import annotations
@@ -19,15 +24,15 @@ import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Connection
 
 from gateway import metrics, settlement
-from gateway.db import Database, is_sqlite, unit_of_work
+from gateway.db import Database
 from gateway.errors import DomainError, NotFound
 from gateway.models import WebhookEvent, WebhookEventStatus
 from gateway.providers.stripe.client import invoice_snapshot
@@ -110,29 +115,95 @@ def replay_failed(db: Database, now: datetime) -> Iterator[EventResult | EventPr
             yield failure
 
 
-def _insert_if_absent(
-    session: Session, event: Mapping[str, Any], now: datetime, status: WebhookEventStatus
-) -> None:
-    """INSERT … ON CONFLICT DO NOTHING (PostgreSQL and SQLite alike): one statement.
+_events = cast(Table, WebhookEvent.__table__)
+_READ_EVENT = select(
+    _events.c.id,
+    _events.c.type,
+    _events.c.status,
+    _events.c.error,
+    _events.c.purchase_id,
+    _events.c.payload,
+).where(_events.c.id == bindparam("event_id"))
 
-    A concurrent delivery inserting the same id makes it wait for that delivery's
-    outcome; committed, nothing is inserted and the row is read as it was left.
+
+def _outcome_upsert(dialect_insert: Any, *, guarded: bool) -> Any:
+    """INSERT the event with its outcome, or (its id stored) UPDATE the row to it.
+
+    Guarded, an event already processed or ignored is left as it is and no row comes
+    back: a concurrent delivery of the same event got there first (what this one
+    applied changed nothing, settlement being idempotent). Unguarded: a replay.
     """
-    dialect_insert = sqlite_insert if is_sqlite(session) else postgresql_insert
-    session.execute(
-        dialect_insert(WebhookEvent)
-        .values(
-            id=event["id"],
-            provider="stripe",
-            type=event["type"],
-            livemode=event["livemode"],
-            status=status,
-            payload=dict(event),
-            attempts=0,
-            received_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=[WebhookEvent.id])
-    )
+    statement = dialect_insert(_events)
+    done = [status.value for status in _DONE]
+    return statement.on_conflict_do_update(
+        index_elements=[_events.c.id],
+        set_={
+            "status": statement.excluded.status,
+            "error": statement.excluded.error,
+            "purchase_id": func.coalesce(statement.excluded.purchase_id, _events.c.purchase_id),
+            "attempts": _events.c.attempts + 1,
+            "processed_at": statement.excluded.processed_at,
+        },
+        where=_events.c.status.not_in(done) if guarded else None,
+    ).returning(_events.c.id)
+
+
+# Built once per dialect and guard: only the parameters change per delivery.
+_WRITE_OUTCOME = {
+    (name, guarded): _outcome_upsert(dialect_insert, guarded=guarded)
+    for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
+    for guarded in (True, False)
+}
+
+
+@dataclass(frozen=True)
+class _EventRow:
+    id: str
+    type: str
+    status: str
+    error: str | None
+    purchase_id: str | None
+    payload: Mapping[str, Any]
+
+
+def _read_event(conn: Connection, event_id: str) -> _EventRow | None:
+    row = conn.execute(_READ_EVENT, {"event_id": event_id}).first()
+    return None if row is None else _EventRow(**row._asdict())
+
+
+def _write_outcome(
+    conn: Connection,
+    event: Mapping[str, Any],
+    *,
+    status: WebhookEventStatus,
+    error: str | None,
+    purchase_id: str | None,
+    now: datetime,
+    guarded: bool = True,
+) -> bool:
+    """Record what processing `event` did (see `_outcome_upsert`); False if a guarded
+    write found the event already done."""
+    written = conn.execute(
+        _WRITE_OUTCOME[conn.dialect.name, guarded],
+        {
+            "id": event["id"],
+            "provider": "stripe",
+            "type": event["type"],
+            "livemode": event["livemode"],
+            "status": status,
+            "error": error,
+            "payload": event,
+            "purchase_id": purchase_id,
+            "attempts": 1,
+            "received_at": now,
+            "processed_at": now,
+        },
+    ).first()
+    return written is not None
+
+
+class _Repeat(Exception):
+    """The event is already processed or ignored: this delivery's work is rolled back."""
 
 
 def _process(
@@ -143,52 +214,56 @@ def _process(
     force: bool,
     event: Mapping[str, Any] | None = None,
 ) -> EventResult:
-    session = db.session()
     try:
-        with unit_of_work(session):
-            if event is not None:
-                _insert_if_absent(session, event, now, WebhookEventStatus.RECEIVED)
-            row = _lock_event(session, event_id)
-            if row is None:
-                raise NotFound(
-                    f"webhook event {event_id} is not stored", details={"event": ["not_found"]}
-                )
-            if row.status in _DONE and not force:
-                return EventResult(
-                    row.id,
-                    row.type,
-                    WebhookEventStatus(row.status),
-                    True,
-                    row.error,
-                    row.purchase_id,
-                )
-            status, detail, purchase_id = apply_event(session, row.payload, now)
-            row.status = status
-            row.error = detail if status == WebhookEventStatus.IGNORED else None
-            row.purchase_id = purchase_id or row.purchase_id
-            row.attempts += 1
-            row.processed_at = now
-            result = EventResult(row.id, row.type, status, False, detail, purchase_id)
+        with db.begin() as conn:
+            payload = event
+            if payload is None:  # a replay of the stored event
+                stored = _read_event(conn, event_id)
+                if stored is None:
+                    raise NotFound(
+                        f"webhook event {event_id} is not stored",
+                        details={"event": ["not_found"]},
+                    )
+                if stored.status in _DONE and not force:
+                    raise _Repeat
+                payload = stored.payload
+            # A delivery is applied before its row is looked at (no read on the common
+            # path): the guarded write tells a repeat apart, and a repeat's work is
+            # rolled back with its transaction, so a repeat changes nothing.
+            status, detail, purchase_id = apply_event(conn, payload, now)
+            if not _write_outcome(
+                conn,
+                payload,
+                status=status,
+                error=detail if status == WebhookEventStatus.IGNORED else None,
+                purchase_id=purchase_id,
+                now=now,
+                guarded=not force,
+            ):
+                raise _Repeat
+            result = EventResult(event_id, str(payload["type"]), status, False, detail, purchase_id)
     except NotFound:
         raise
+    except _Repeat:
+        return _stored_outcome(db, event_id)
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]
         log.exception("processing webhook event %s failed", event_id)
-        _record_failure(db, event_id, error, now, event)
+        if not _record_failure(db, event_id, error, now, event, force=force):
+            return _stored_outcome(db, event_id)  # a repeat of an event already done
         raise EventProcessingFailed(event_id, error) from exc
-    finally:
-        session.close()
     metrics.WEBHOOK_EVENTS.labels(result.type, result.status).inc()
     return result
 
 
-def _lock_event(session: Session, event_id: str) -> WebhookEvent | None:
-    return session.execute(
-        select(WebhookEvent)
-        .where(WebhookEvent.id == event_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one_or_none()
+def _stored_outcome(db: Database, event_id: str) -> EventResult:
+    """A repeat of an event already processed or ignored: its recorded outcome."""
+    with db.begin() as conn:
+        row = _read_event(conn, event_id)
+    assert row is not None, "an event found done is stored"
+    return EventResult(
+        row.id, row.type, WebhookEventStatus(row.status), True, row.error, row.purchase_id
+    )
 
 
 def _record_failure(
@@ -197,28 +272,38 @@ def _record_failure(
     error: str,
     now: datetime,
     event: Mapping[str, Any] | None,
-) -> None:
-    session = db.session()
-    try:
-        with unit_of_work(session):
-            if event is not None:  # its insert was rolled back with the rest
-                _insert_if_absent(session, event, now, WebhookEventStatus.FAILED)
-            row = _lock_event(session, event_id)
-            if row is None:
-                return
-            row.status = WebhookEventStatus.FAILED
-            row.error = error
-            row.attempts += 1
-            row.processed_at = now
-        metrics.WEBHOOK_EVENTS.labels(row.type, WebhookEventStatus.FAILED).inc()
-    finally:
-        session.close()
+    *,
+    force: bool,
+) -> bool:
+    """Record a failed processing (inserting the event if its row went with the
+    rolled-back work). False, recording nothing, if the event was already processed
+    or ignored (unless `force`: a replay's failure is always recorded)."""
+    with db.begin() as conn:
+        payload = event
+        if payload is None:
+            stored = _read_event(conn, event_id)
+            if stored is None:
+                return True
+            payload = stored.payload
+        written = _write_outcome(
+            conn,
+            payload,
+            status=WebhookEventStatus.FAILED,
+            error=error,
+            purchase_id=None,
+            now=now,
+            guarded=not force,
+        )
+    if written:
+        metrics.WEBHOOK_EVENTS.labels(str(payload["type"]), WebhookEventStatus.FAILED).inc()
+    return written
 
 
 def apply_event(
-    session: Session, event: Mapping[str, Any], now: datetime
+    conn: Connection, event: Mapping[str, Any], now: datetime
 ) -> tuple[WebhookEventStatus, str | None, str | None]:
-    """What one event does: (status for the log, detail, purchase id). Only flushes."""
+    """What one event does: (status for the log, detail, purchase id), in the caller's
+    transaction on `conn`."""
     event_type = str(event["type"])
     if event_type not in HANDLED_TYPES:
         return WebhookEventStatus.IGNORED, f"{event_type} events are not used", None
@@ -226,10 +311,10 @@ def apply_event(
     source = f"webhook {event['id']}"
     if event_type == PAYMENT_FAILED_TYPE:
         outcome = settlement.record_payment_failure(
-            session, invoice, payment_error(event["data"]["object"], event), now, source
+            conn, invoice, payment_error(event["data"]["object"], event), now, source
         )
     else:
-        outcome = settlement.apply_invoice(session, invoice, now, source)
+        outcome = settlement.apply_invoice(conn, invoice, now, source)
     if outcome.action == settlement.SettlementAction.NOT_OURS:
         return WebhookEventStatus.IGNORED, outcome.reason, outcome.purchase_id
     detail = outcome.action.value + (f": {outcome.reason}" if outcome.reason else "")

@@ -373,3 +373,46 @@ def test_settled_purchase_shows_the_paid_invoice_in_the_transaction(
     assert entry["invoice"]["total_cents"] == purchase.total_cents
     row = db_session.get_one(Purchase, purchase.id)
     assert row.amount_paid_cents == purchase.total_cents
+
+
+def test_a_repeat_of_an_earlier_event_changes_nothing_even_after_the_purchase_moved(
+    client: FlaskClient, db_session: Session
+) -> None:
+    purchase = make_purchase(db_session)
+    failed = invoice_event(purchase, "invoice.payment_failed", attempt_count=1)
+    _ok(post_signed(client, failed))
+    _ok(post_signed(client, invoice_event(purchase, "invoice.paid")))
+    db_session.expire_all()
+    settled = db_session.get_one(Purchase, purchase.id)
+    before = (settled.updated_at, settled.last_payment_error, settled.status)
+
+    # Stripe delivers the old failure again: it is applied, found done, rolled back.
+    answer = _ok(post_signed(client, failed))
+
+    assert answer["duplicate"] is True and answer["status"] == "processed"
+    db_session.expire_all()
+    after = db_session.get_one(Purchase, purchase.id)
+    assert (after.updated_at, after.last_payment_error, after.status) == before
+    row = stored_event(db_session, failed["id"])
+    assert row is not None and row.attempts == 1
+
+
+def test_a_repeat_that_fails_while_applied_again_answers_the_stored_outcome(
+    client: FlaskClient, db_session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    purchase = make_purchase(db_session)
+    event = invoice_event(purchase, "invoice.paid")
+    _ok(post_signed(client, event))
+
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("settlement is broken today")
+
+    monkeypatch.setattr("gateway.settlement.apply_invoice", broken)
+    answer = _ok(post_signed(client, event))
+
+    # Not a 500: Stripe would retry an event that is done, forever.
+    assert answer == {"id": event["id"], "type": "invoice.paid", "status": "processed",
+                      "duplicate": True}  # fmt: skip
+    row = stored_event(db_session, event["id"])
+    assert row is not None and row.status == WebhookEventStatus.PROCESSED and row.attempts == 1
+    assert state_of(db_session, purchase.id).balance == purchase.credits
