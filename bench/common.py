@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,15 +103,70 @@ def gunicorn(
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
+    _SERVER_GROUPS[url] = process.pid  # its own session: the pid is the process group
     try:
         wait_until_up(url + health_path)
         yield url
     finally:
+        _SERVER_GROUPS.pop(url, None)
         os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+_SERVER_GROUPS: dict[str, int] = {}
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_by_pid(keep: Any) -> dict[int, float]:
+    """CPU seconds (user + system) so far of every process `keep(pid, pgrp)` selects."""
+    found: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if keep(int(entry), int(fields[2])):
+            found[int(entry)] = (int(fields[11]) + int(fields[12])) / _TICKS
+    return found
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    server: dict[int, float]
+    database: dict[int, float]
+    load: float
+
+
+def cpu_snapshot(url: str, backend_pids: set[int]) -> CpuSnapshot:
+    """CPU used so far by the gunicorn serving `url`, by the PostgreSQL processes in
+    `backend_pids`, and by the load generators this process has waited for."""
+    group = _SERVER_GROUPS[url]
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return CpuSnapshot(
+        server=_cpu_by_pid(lambda _pid, pgrp: pgrp == group),
+        database=_cpu_by_pid(lambda pid, _pgrp: pid in backend_pids),
+        load=usage.ru_utime + usage.ru_stime,
+    )
+
+
+def cpu_per_request_ms(before: CpuSnapshot, after: CpuSnapshot, requests: int) -> dict[str, float]:
+    """Milliseconds of CPU per request between two snapshots, by party."""
+
+    def spent(first: dict[int, float], last: dict[int, float]) -> float:
+        return sum(cpu - first.get(pid, 0.0) for pid, cpu in last.items())
+
+    parts = {
+        "server": spent(before.server, after.server),
+        "database": spent(before.database, after.database),
+        "load generator": after.load - before.load,
+    }
+    return {name: round(1000 * seconds / requests, 2) for name, seconds in parts.items()}
 
 
 def run_load(

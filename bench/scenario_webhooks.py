@@ -18,7 +18,15 @@ from typing import Any
 import psycopg
 
 from bench import seed
-from bench.common import bench_database_url, fresh_database, gunicorn, markdown_table, run_load
+from bench.common import (
+    bench_database_url,
+    cpu_per_request_ms,
+    cpu_snapshot,
+    fresh_database,
+    gunicorn,
+    markdown_table,
+    run_load,
+)
 from bench.report import ScenarioResult, Target, environment
 from gateway.providers.base import META_PURCHASE_ID
 
@@ -85,6 +93,31 @@ def seed_purchases(conn: psycopg.Connection[Any], count: int, tag: str) -> list[
     cents = seed.purchase_amount_cents()
     invoices = [seed.SeedInvoice(f"in_{tag}_{n:07d}", cents, 0, cents) for n in range(count)]
     return seed.insert_open_purchases(conn, wallets, invoices, tag=tag)
+
+
+def _backends(conn: psycopg.Connection[Any]) -> set[int]:
+    """The PostgreSQL processes serving the benchmark database (not this connection)."""
+    rows = conn.execute(
+        "SELECT pid FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    ).fetchall()
+    return {int(row[0]) for row in rows}
+
+
+def _full_load(
+    conn: psycopg.Connection[Any], requests: list[dict[str, Any]], url: str, concurrency: int
+) -> dict[str, Any]:
+    """A closed-loop run, with the CPU each party spent per request during it."""
+    backends = _backends(conn)
+    before = cpu_snapshot(url, backends)
+    result = run_load(requests, url, mode="closed", concurrency=concurrency)
+    after = cpu_snapshot(url, backends | _backends(conn))
+    result["cpu_ms_per_request"] = cpu_per_request_ms(before, after, len(requests))
+    return result
+
+
+def _cpu_line(cpu: dict[str, float]) -> str:
+    return " / ".join(f"{cpu[party]:.2f}" for party in ("server", "database", "load generator"))
 
 
 @dataclass(frozen=True)
@@ -181,12 +214,8 @@ def run(*, events: int, workers: int, concurrency: int) -> ScenarioResult:
         warm(service)
         warm(baseline)
         # Baseline and service take turns, so a change in the machine's load hits both.
-        results["baseline full"] = run_load(
-            deliveries("bhf", full), baseline, mode="closed", concurrency=concurrency
-        )
-        results["service full"] = run_load(
-            deliveries("whf", full), service, mode="closed", concurrency=concurrency
-        )
+        results["baseline full"] = _full_load(conn, deliveries("bhf", full), baseline, concurrency)
+        results["service full"] = _full_load(conn, deliveries("whf", full), service, concurrency)
         checks["service full"] = check_run(conn, "whf", events)
         results["baseline 200/s"] = run_load(
             deliveries("bhr", paced), baseline, mode="open", rate=RATE_PER_S, concurrency=64
@@ -212,6 +241,7 @@ def run(*, events: int, workers: int, concurrency: int) -> ScenarioResult:
     base_rate, svc_rate = results["baseline 200/s"], results["service 200/s"]
     base_low, svc_low = results["baseline 50/s"], results["service 50/s"]
     throughput_ratio = svc_full["throughput_rps"] / base_full["throughput_rps"]
+    svc_cpu, base_cpu = svc_full["cpu_ms_per_request"], base_full["cpu_ms_per_request"]
     rows = [
         _row(
             "baseline, full load",
@@ -249,6 +279,11 @@ shows up as a queue).
 
 - Throughput at full load: **{throughput_ratio:.2f}x** the baseline's
   ({svc_full["throughput_rps"]:.0f} vs {base_full["throughput_rps"]:.0f} events/s).
+- CPU per delivery at full load, gunicorn / PostgreSQL / load generator: service
+  {_cpu_line(svc_cpu)} ms, baseline {_cpu_line(base_cpu)} ms. The three share the
+  cores, so the throughput ratio follows the ratio of the totals
+  ({sum(svc_cpu.values()):.2f} vs {sum(base_cpu.values()):.2f} ms:
+  {sum(base_cpu.values()) / sum(svc_cpu.values()):.2f}x).
 - At {RATE_PER_S:.0f} events/s: p99 {svc_rate["p99_ms"]:.1f} ms (baseline
   {base_rate["p99_ms"]:.1f} ms, ratio {svc_rate["p99_ms"] / base_rate["p99_ms"]:.2f}x),
   p50 {svc_rate["p50_ms"]:.1f} ms (baseline {base_rate["p50_ms"]:.1f} ms){
