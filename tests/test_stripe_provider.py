@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -170,6 +171,70 @@ def test_with_no_retries_one_failure_is_final(
         provider.create_purchase_draft(request)
 
     assert len([r for r in sent(stripe_http) if r.path == "/v1/invoices"]) == 1
+
+
+# Nothing listens on the discard port: a call sent through this proxy cannot connect.
+DEAD_PROXY = "http://127.0.0.1:9"
+
+
+@pytest.fixture
+def no_proxy_in_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch
+
+
+def test_a_proxy_named_by_the_environment_is_used(
+    no_proxy_in_environment: pytest.MonkeyPatch,
+) -> None:
+    no_proxy_in_environment.setenv("HTTP_PROXY", DEAD_PROXY)
+    with StripeStub() as server:
+        provider = provider_with(STRIPE_API_BASE=server.url)
+
+        with pytest.raises(ProviderUnavailable, match="could not be reached"):
+            provider.ensure_customer(CustomerRequest("cus_1", "ext-1", None, None))
+
+        assert server.customers == {}  # the call went to the proxy, not to Stripe
+
+
+def test_the_environment_is_read_once_when_the_client_is_built_not_per_call(
+    no_proxy_in_environment: pytest.MonkeyPatch,
+) -> None:
+    with StripeStub() as server:
+        provider = provider_with(STRIPE_API_BASE=server.url)
+        # Read per call (requests' default), this would send the call to the proxy.
+        no_proxy_in_environment.setenv("HTTP_PROXY", DEAD_PROXY)
+
+        created = provider.ensure_customer(CustomerRequest("cus_1", "ext-1", None, None))
+
+        assert created in server.customers
+
+
+def test_stripe_pythons_per_call_info_lines_are_quiet_unless_configured() -> None:
+    stripe_logger = logging.getLogger("stripe")
+    configured = stripe_logger.level
+    try:
+        stripe_logger.setLevel(logging.NOTSET)
+        build_client(settings_with())
+        assert stripe_logger.level == logging.WARNING
+
+        stripe_logger.setLevel(logging.DEBUG)  # an operator's choice is kept
+        build_client(settings_with())
+        assert stripe_logger.level == logging.DEBUG
+    finally:
+        stripe_logger.setLevel(configured)
+
+
+@pytest.mark.parametrize("answer", [["not", "an", "object"], {"object": "customer"}])
+def test_an_answer_stripe_cannot_have_meant_is_unavailable(
+    provider: StripeProvider, answer: Any
+) -> None:
+    with responses.RequestsMock() as rsps:
+        rsps.add("POST", f"{BASE}/v1/customers", json=answer)
+
+        with pytest.raises(ProviderUnavailable):
+            provider.ensure_customer(CustomerRequest("cus_1", "ext-1", None, None))
 
 
 def test_a_stripe_that_does_not_answer_in_time_is_unavailable() -> None:
