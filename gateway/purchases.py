@@ -28,15 +28,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy import Table, bindparam, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Row
+from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from gateway import ledger, money, settlement, wallets
-from gateway.db import utcnow
+from gateway.db import new_id, utcnow
 from gateway.errors import (
     AmountTooLarge,
     AmountTooSmall,
@@ -130,13 +132,20 @@ class _PurchaseWork:
     amount_cents: int
     credits: Decimal
     rate_amount: Decimal
-    customer: CustomerRequest
+    # The provider's customer if it exists; else ours, to create it from in phase 2.
     provider_customer_id: str | None
+    customer: CustomerRequest | None
     invoice_id: str | None
     resumed: bool = False  # an earlier attempt may have called the provider already
 
     @classmethod
-    def of(cls, purchase: Purchase, wallet: Wallet, customer: Customer) -> _PurchaseWork:
+    def of(
+        cls,
+        purchase: Purchase,
+        wallet: Wallet,
+        provider_customer_id: str | None,
+        customer: Customer | None,
+    ) -> _PurchaseWork:
         return cls(
             purchase_id=purchase.id,
             wallet_id=wallet.id,
@@ -146,13 +155,17 @@ class _PurchaseWork:
             amount_cents=purchase.amount_cents,
             credits=purchase.credit_amount,
             rate_amount=wallet.rate_amount,
-            customer=CustomerRequest(
-                customer_id=customer.id,
-                external_id=customer.external_id,
-                name=customer.name,
-                email=customer.email,
+            provider_customer_id=provider_customer_id,
+            customer=(
+                None
+                if customer is None
+                else CustomerRequest(
+                    customer_id=customer.id,
+                    external_id=customer.external_id,
+                    name=customer.name,
+                    email=customer.email,
+                )
             ),
-            provider_customer_id=customer.provider_customer_id,
             invoice_id=purchase.provider_invoice_id,
         )
 
@@ -218,11 +231,16 @@ class PurchaseBatch:
     def open(
         self, session: Session, wallet: Wallet, credits: Decimal, now: datetime
     ) -> WalletTransaction:
-        """Phase 1 for `credits` bought into `wallet` (locked or new): entry and row, flushed."""
+        """Phase 1 for `credits` bought into `wallet` (locked or new): entry and row, written.
+
+        The purchase row is one INSERT that also answers the customer's provider id; the
+        customer itself is read only when it has none yet (its first purchase).
+        """
         amount = check_purchase_amount(self.provider, credits, wallet.rate_amount, wallet.currency)
         entry = ledger.open_purchase_entry(session, wallet, credits, now)
         request_key = self.request_key(len(self._work))
         purchase = Purchase(
+            id=new_id("pur"),
             wallet_id=wallet.id,
             customer_id=wallet.customer_id,
             transaction_id=entry.id,
@@ -231,27 +249,28 @@ class PurchaseBatch:
             credit_amount=entry.credit_amount,
             amount_cents=amount,
             provider=self.provider.name,
+            **dict.fromkeys(_NOT_YET_KNOWN),
+            provider_void_pending=False,
             request_key=request_key,
             created_at=now,
             updated_at=now,
         )
-        if request_key is None:
-            session.add(purchase)
-            session.flush()
-        else:
-            try:
-                with session.begin_nested():
-                    session.add(purchase)
-            except IntegrityError as exc:
-                # Only a concurrent attempt of the same request can hold this key.
-                raise IdempotencyKeyInProgress(
-                    "another request with this Idempotency-Key is making this purchase",
-                    details={"idempotency_key": ["in progress"]},
-                ) from exc
+        inserted = _insert_purchase(session, purchase)
+        if inserted is None:
+            # Only a concurrent attempt of the same request can hold this key.
+            raise IdempotencyKeyInProgress(
+                "another request with this Idempotency-Key is making this purchase",
+                details={"idempotency_key": ["in progress"]},
+            )
+        provider_customer_id = inserted.provider_customer_id
+        # The answer reads both; set here, they need no lazy load once phase 1 committed.
+        set_committed_value(entry, "wallet", wallet)
         set_committed_value(entry, "purchase", purchase)
-        customer = session.get(Customer, wallet.customer_id)
-        assert customer is not None
-        self._work.append(_PurchaseWork.of(purchase, wallet, customer))
+        customer = None
+        if provider_customer_id is None:
+            customer = session.get(Customer, wallet.customer_id)
+            assert customer is not None
+        self._work.append(_PurchaseWork.of(purchase, wallet, provider_customer_id, customer))
         return entry
 
     def earlier_purchases(self, session: Session) -> list[Purchase]:
@@ -275,7 +294,9 @@ class PurchaseBatch:
             if purchase.status == PurchaseStatus.CREATING:
                 customer = session.get(Customer, purchase.customer_id)
                 assert customer is not None
-                work = _PurchaseWork.of(purchase, purchase.wallet, customer)
+                work = _PurchaseWork.of(
+                    purchase, purchase.wallet, customer.provider_customer_id, customer
+                )
                 self._work.append(dataclasses.replace(work, resumed=True))
 
     def complete(self, session: Session) -> None:
@@ -312,6 +333,56 @@ def complete_purchase(
     batch.resume(session, [purchase])
     batch.complete(session)
     return purchase
+
+
+_purchases = cast(Table, Purchase.__table__)
+_customers = cast(Table, Customer.__table__)
+# Columns a new purchase leaves empty until its invoice exists (or it fails).
+_NOT_YET_KNOWN = (
+    "provider_invoice_id",
+    "invoice_status",
+    "subtotal_cents",
+    "tax_cents",
+    "total_cents",
+    "amount_paid_cents",
+    "hosted_invoice_url",
+    "attention_reason",
+    "failure_code",
+    "failure_message",
+    "last_payment_error",
+)
+# Built once per dialect. A request key already taken makes no row and no error (no
+# savepoint needed). The customer's provider id comes back with the row (a scalar
+# subquery in RETURNING), which spares phase 1 a round trip for the customer.
+_INSERT_PURCHASE = {
+    name: dialect_insert(_purchases)
+    .on_conflict_do_nothing(index_elements=[_purchases.c.request_key])
+    .returning(
+        select(_customers.c.provider_customer_id)
+        .where(_customers.c.id == bindparam("b_customer_id"))
+        .scalar_subquery()
+        .label("provider_customer_id")
+    )
+    for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
+}
+
+
+def _insert_purchase(session: Session, purchase: Purchase) -> Row[Any] | None:
+    """INSERT the new `purchase` (a Core statement, not an ORM flush) and add it to the
+    session as the persistent object that row is, every column known (no SELECT).
+
+    Returns the row (`provider_customer_id`: its customer's, if any), or None, adding
+    nothing, if another purchase holds its `request_key`.
+    """
+    # The attributes set on it; a column left out takes its default in the INSERT and
+    # is loaded on first use.
+    values = {key: value for key, value in vars(purchase).items() if key in _purchases.c}
+    statement = _INSERT_PURCHASE[session.get_bind().dialect.name]
+    inserted = session.execute(statement, {**values, "b_customer_id": purchase.customer_id}).first()
+    if inserted is not None:
+        make_transient_to_detached(purchase)
+        session.add(purchase)
+    return inserted
 
 
 # --- the use cases the API calls -------------------------------------------------------
@@ -490,6 +561,7 @@ def _ensure_provider_customer(
     session: Session, provider: PaymentProvider, work: _PurchaseWork
 ) -> str:
     """The provider's customer for ours, created on the first purchase and stored at once."""
+    assert work.customer is not None, "read in phase 1 when it had no provider id"
     created = provider.ensure_customer(work.customer)
     stored = session.execute(
         update(Customer)
@@ -523,13 +595,41 @@ def _lock_purchase(session: Session, purchase_id: str) -> Purchase:
     ).scalar_one()
 
 
+def _invoice_columns(invoice: InvoiceSnapshot) -> dict[str, Any]:
+    """The purchase's copy of its finalized invoice."""
+    return {
+        "invoice_status": invoice.status,
+        "subtotal_cents": invoice.subtotal_cents,
+        "tax_cents": invoice.tax_cents,
+        "total_cents": invoice.total_cents,
+        "amount_paid_cents": invoice.amount_paid_cents,
+        "hosted_invoice_url": invoice.hosted_invoice_url,
+    }
+
+
 def _copy_invoice(purchase: Purchase, invoice: InvoiceSnapshot) -> None:
-    purchase.invoice_status = invoice.status
-    purchase.subtotal_cents = invoice.subtotal_cents
-    purchase.tax_cents = invoice.tax_cents
-    purchase.total_cents = invoice.total_cents
-    purchase.amount_paid_cents = invoice.amount_paid_cents
-    purchase.hosted_invoice_url = invoice.hosted_invoice_url
+    for column, value in _invoice_columns(invoice).items():
+        setattr(purchase, column, value)
+
+
+_wallets = cast(Table, Wallet.__table__)
+# Phase 3 as two statements, built once: the wallet's lock (its row read with it),
+# then the purchase taken from `creating` to `open` with its invoice, in one UPDATE
+# that locks it.
+_LOCK_WALLET = select(_wallets).where(_wallets.c.id == bindparam("wallet_id")).with_for_update()
+# SET columns come from each execution's parameters.
+_OPEN_PURCHASE = (
+    update(_purchases)
+    .where(
+        _purchases.c.id == bindparam("b_purchase_id"),
+        _purchases.c.status == PurchaseStatus.CREATING,
+        or_(
+            _purchases.c.provider_invoice_id.is_(None),
+            _purchases.c.provider_invoice_id == bindparam("b_invoice_id"),
+        ),
+    )
+    .returning(_purchases.c.provider_void_pending)
+)
 
 
 def _store_invoice(
@@ -541,7 +641,50 @@ def _store_invoice(
     moved it on (paid before we got here), its newer state is kept. Returns whether the
     purchase is flagged for voiding (its wallet ended meanwhile), read under the locks:
     a wallet ending after this commit flags and voids the invoice itself.
+
+    The usual case, a purchase still `creating` and an invoice that is not void or
+    uncollectible, is two statements with no ORM load: the wallet's lock, then an
+    UPDATE of the purchase that holds only while it is `creating` (and has no other
+    invoice). A purchase and its ledger entry always leave `creating` in one
+    transaction (settlement, the wallet-ended hook, `_mark_failed`, reconciliation),
+    so a purchase the UPDATE finds `creating` still has the pending entry phase 1
+    wrote, which the answer shows as it is. Anything else takes `_store_invoice_locked`.
     """
+    locked = session.execute(_LOCK_WALLET, {"wallet_id": work.wallet_id}).one()
+    _refresh(session, Wallet, work.wallet_id, locked._asdict())
+    if invoice.status not in ("void", "uncollectible"):
+        changes: dict[str, Any] = {
+            "provider_invoice_id": invoice.id,
+            "status": PurchaseStatus.OPEN,
+            **_invoice_columns(invoice),
+            "updated_at": now,
+        }
+        opened = session.execute(
+            _OPEN_PURCHASE,
+            {"b_purchase_id": work.purchase_id, "b_invoice_id": invoice.id, **changes},
+        ).first()
+        if opened is not None:
+            flagged = bool(opened.provider_void_pending)
+            changes["provider_void_pending"] = flagged
+            _refresh(session, Purchase, work.purchase_id, changes)
+            session.commit()
+            return flagged
+    return _store_invoice_locked(session, work, invoice, now)
+
+
+def _refresh(session: Session, model: type[Any], key: str, columns: dict[str, Any]) -> None:
+    """The session's copy of a row (the answer's, if it has one), as read or written by a
+    Core statement; as `populate_existing` would leave it, without an ORM load."""
+    found = session.identity_map.get(session.identity_key(model, key))
+    if found is not None:
+        for column, value in columns.items():
+            set_committed_value(found, column, value)
+
+
+def _store_invoice_locked(
+    session: Session, work: _PurchaseWork, invoice: InvoiceSnapshot, now: datetime
+) -> bool:
+    """`_store_invoice` for every other case, on the rows read under their locks."""
     wallet = ledger.lock_wallet(session, work.wallet_id)
     purchase = _lock_purchase(session, work.purchase_id)
     # A webhook may have settled it meanwhile: the answer shows the entry as it is now,
