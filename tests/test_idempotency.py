@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
@@ -360,6 +360,43 @@ def test_a_claim_left_by_a_midway_commit_answers_in_progress_until_its_lease_end
     assert retried.json["resumed"] is True
     assert probe_customers(db_session) == 1
     assert probe(client, key).get_data() == retried.get_data()
+
+
+def _key_statements(connection: Connection, send: Any) -> list[str]:
+    """The first words of each statement on idempotency_keys while `send()` runs."""
+    statements: list[str] = []
+
+    def before(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "idempotency_keys" in statement:
+            statements.append(" ".join(statement.split()[:3]))
+
+    event.listen(connection, "before_cursor_execute", before)
+    try:
+        send()
+    finally:
+        event.remove(connection, "before_cursor_execute", before)
+    return statements
+
+
+def test_a_new_key_is_one_insert_and_its_answer_one_update(
+    client: FlaskClient, connection: Connection
+) -> None:
+    key = unique("key")
+    answers: list[TestResponse] = []
+
+    first = _key_statements(connection, lambda: answers.append(probe(client, key)))
+    again = _key_statements(connection, lambda: answers.append(probe(client, key)))
+
+    assert [answer.status_code for answer in answers] == [201, 201]
+    # Claimed by an INSERT that cannot fail (nothing to read first, no savepoint), the
+    # answer written by one UPDATE that holds only while the claim is this request's.
+    assert first == ["INSERT INTO idempotency_keys", "UPDATE idempotency_keys SET"]
+    # A replay: the INSERT finds the key, which is read (locked) for its answer.
+    assert again == [
+        "INSERT INTO idempotency_keys",
+        "SELECT idempotency_keys.id, idempotency_keys.principal,",
+    ]
+    assert answers[1].get_data() == answers[0].get_data()
 
 
 def test_the_view_sees_the_key_scope(client: FlaskClient) -> None:

@@ -43,12 +43,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from flask import Response, g, request
 from marshmallow import ValidationError
-from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Table, bindparam, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, SessionTransaction
 
 from gateway.api.errors import ApiError, error_response
@@ -172,18 +173,27 @@ def claim_key(
     `idempotency_key_in_progress` (its first request is still running).
     """
     for _attempt in range(_CLAIM_ATTEMPTS):
+        # A new key is one INSERT. On PostgreSQL it waits while another transaction
+        # holds the same key uncommitted, and inserts nothing if that one committed.
+        lease = now + IN_PROGRESS_LEASE
+        claimed = session.execute(
+            _CLAIM[session.get_bind().dialect.name],
+            {
+                "principal": principal,
+                "key": key,
+                "method": method,
+                "path": path,
+                "request_fingerprint": fingerprint,
+                "locked_until": lease,
+                "created_at": now,
+                "expires_at": now + ttl,
+            },
+        ).first()
+        if claimed is not None:
+            return Claim(principal, key, lease)
         row = _locked_row(session, principal, key)
         if row is None:
-            row = IdempotencyKey(principal=principal, key=key)
-            _reset(row, method, path, fingerprint, now=now, ttl=ttl)
-            try:
-                # On PostgreSQL this waits while another transaction holds the same
-                # key uncommitted, then fails here if that one committed.
-                with session.begin_nested():
-                    session.add(row)
-            except IntegrityError:
-                continue
-            return Claim(principal, key, _lease(row))
+            continue  # released or purged since: claim it again
         if row.expires_at <= now:
             # Expired but not purged yet: as if it had never been used.
             _reset(row, method, path, fingerprint, now=now, ttl=ttl)
@@ -218,6 +228,19 @@ def record_answer(
     session: Session, claim: Claim, response: Response, *, now: datetime, ttl: timedelta
 ) -> None:
     """Keep `response` as the key's answer, in the caller's transaction."""
+    recorded = session.execute(
+        _RECORD_ANSWER,
+        {
+            "b_principal": claim.principal,
+            "b_key": claim.key,
+            "b_locked_until": claim.locked_until,
+            "response_status": response.status_code,
+            "response_body": response.get_data(as_text=True),
+            "locked_until": None,
+        },
+    ).first()
+    if recorded is not None:  # the usual case: the key is still ours
+        return
     row = _locked_row(session, claim.principal, claim.key)
     if row is None:
         # The view rolled back its whole transaction, claim included, and then
@@ -315,6 +338,26 @@ def _release_quietly(session: Session, claim: Claim) -> None:
     except Exception:
         # The lease runs out on its own; a retry can take the key over then.
         log.exception("could not release idempotency key %s", claim.scope)
+
+
+_keys = cast(Table, IdempotencyKey.__table__)
+# Built once per dialect: a new key's row, or nothing (no error) if the key has one.
+_CLAIM = {
+    name: dialect_insert(_keys)
+    .on_conflict_do_nothing(index_elements=[_keys.c.principal, _keys.c.key])
+    .returning(_keys.c.id)
+    for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
+}
+# The answer onto the key while this request's claim holds it (SET from the parameters).
+_RECORD_ANSWER = (
+    update(_keys)
+    .where(
+        _keys.c.principal == bindparam("b_principal"),
+        _keys.c.key == bindparam("b_key"),
+        _keys.c.locked_until == bindparam("b_locked_until"),
+    )
+    .returning(_keys.c.id)
+)
 
 
 def _locked_row(session: Session, principal: str, key: str) -> IdempotencyKey | None:
