@@ -201,6 +201,23 @@ def test_nan_and_infinity_literals_are_refused(client: FlaskClient, literal: str
     assert "not a number" in body["message"]
 
 
+@pytest.mark.parametrize(
+    ("raw", "repeated"),
+    [
+        ('{"customer": {"external_id": "a", "currency": "EUR", "currency": "USD"}}', "currency"),
+        ('{"customer": {"external_id": "a", "currency": "EUR"}, "customer": {}}', "customer"),
+    ],
+)
+def test_a_key_repeated_in_an_object_is_refused(
+    client: FlaskClient, raw: str, repeated: str
+) -> None:
+    # Which of the two values wins differs between parsers: refuse rather than guess.
+    body = assert_clean_error(raw_post(client, "/customers", raw, "application/json"))
+    assert body["code"] == "invalid_json"
+    assert f'the key "{repeated}" appears more than once' in body["message"]
+    assert get(client, "/customers/a").status_code == 404  # nothing was stored
+
+
 def test_oversized_body_is_413(client: FlaskClient) -> None:
     customer = subscribed_customer(client)
     raw = json.dumps(wallet_body(customer, name="x" * 70_000))

@@ -57,12 +57,28 @@ BODY_ERRORS = ("validation_errors", "invalid_json", "unsupported_media_type", "p
 IDEMPOTENCY_ERRORS = ("validation_errors", "idempotency_key_reused", "idempotency_key_in_progress")
 
 
+class _Refused(ValueError):
+    """JSON the parser reads but the API refuses (the message says why)."""
+
+
 def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number")
+    raise _Refused(f"{name} is not a number")
+
+
+def _object_without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object, unless a key appears twice: parsers disagree on which one wins, so a
+    body that means one thing here could mean another to whoever signed or logged it."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _Refused(f"the key {json.dumps(key)} appears more than once in an object")
+        obj[key] = value
+    return obj
 
 
 def parse_json_body() -> Any:
-    """The request's JSON, refusing wrong content types, bad UTF-8, NaN and Infinity.
+    """The request's JSON, refusing wrong content types, bad UTF-8, NaN and Infinity,
+    and a key repeated within an object.
 
     Numbers with a fraction become `Decimal`, never `float`.
     """
@@ -77,12 +93,13 @@ def parse_json_body() -> Any:
             parse_float=json_decimal,
             parse_int=json_integer,
             parse_constant=_refuse_constant,
+            object_pairs_hook=_object_without_repeated_keys,
         )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         message = "the body is not valid JSON"
         if isinstance(exc, json.JSONDecodeError):
             message += f" (line {exc.lineno}, column {exc.colno})"
-        elif isinstance(exc, ValueError) and "not a number" in str(exc):
+        elif isinstance(exc, _Refused):
             message = f"the body is not valid JSON: {exc}"
         raise ApiError("invalid_json", message) from exc
     refuse_unstorable_text(payload)
