@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -93,3 +95,30 @@ def invoice_block(transaction: dict[str, Any]) -> dict[str, Any]:
     block = transaction["invoice"]
     assert isinstance(block, dict), transaction
     return block
+
+
+FINALIZE = r"https://api\.stripe\.com/v1/invoices/[^/]+/finalize"
+
+
+def during_finalize(
+    rsps: responses.RequestsMock, stub: StripeStub, action: Callable[[dict[str, Any]], None]
+) -> None:
+    """Stripe finalizes the invoice, then `action(invoice)` runs, then Stripe answers:
+    whatever `action` does happens while the purchase waits on Stripe (phase 2)."""
+
+    def finalize(request: Any) -> tuple[int, dict[str, str], bytes]:
+        split = urlsplit(request.url)
+        body = request.body or b""
+        status, headers, answer = stub.handle(
+            request.method,
+            split.path,
+            split.query,
+            dict(request.headers),
+            body.encode() if isinstance(body, str) else body,
+        )
+        action(json.loads(answer))
+        return status, headers, answer
+
+    # Registered before the stub's catch-all, so it answers the finalize call.
+    rsps.add_callback("POST", re.compile(FINALIZE), callback=finalize)
+    stub.register(rsps)

@@ -8,12 +8,9 @@ does when something changed while Stripe was being called.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import responses
@@ -30,9 +27,7 @@ from gateway.models import EntryStatus, Purchase, PurchaseStatus, WalletTransact
 from gateway.purchases import PurchaseBatch
 from tests.helpers import create_wallet, post, subscribed_customer
 from tests.stripe_stub import StripeStub
-from tests.stripe_support import only_purchase
-
-FINALIZE = r"https://api\.stripe\.com/v1/invoices/[^/]+/finalize"
+from tests.stripe_support import during_finalize, only_purchase
 
 
 @pytest.fixture
@@ -44,30 +39,6 @@ def stub() -> StripeStub:
 def stripe_http() -> Iterator[responses.RequestsMock]:
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         yield rsps
-
-
-def during_finalize(
-    rsps: responses.RequestsMock, stub: StripeStub, action: Callable[[dict[str, Any]], None]
-) -> None:
-    """Stripe finalizes the invoice, then `action(invoice)` runs, then Stripe answers:
-    whatever `action` does happens while the purchase waits on Stripe (phase 2)."""
-
-    def finalize(request: Any) -> tuple[int, dict[str, str], bytes]:
-        split = urlsplit(request.url)
-        body = request.body or b""
-        status, headers, answer = stub.handle(
-            request.method,
-            split.path,
-            split.query,
-            dict(request.headers),
-            body.encode() if isinstance(body, str) else body,
-        )
-        action(json.loads(answer))
-        return status, headers, answer
-
-    # Registered before the stub's catch-all, so it answers the finalize call.
-    rsps.add_callback("POST", re.compile(FINALIZE), callback=finalize)
-    stub.register(rsps)
 
 
 def top_up(client: FlaskClient, wallet_id: str, **credits: str) -> Any:

@@ -27,9 +27,8 @@ from gateway.db import get_db
 from gateway.models import EntryStatus, Purchase, PurchaseStatus, WalletTransaction
 from tests.helpers import delete, get, post, subscribed_customer
 from tests.stripe_stub import StripeStub
+from tests.stripe_support import FINALIZE, during_finalize
 from tests.webhook_support import encode, sign, state_of
-
-FINALIZE = r"https://api\.stripe\.com/v1/invoices/[^/]+/finalize"
 
 Deliver = Callable[[bytes], tuple[int, Any]]
 
@@ -45,24 +44,11 @@ def _pay_during_finalize(
     """Finalize at the stub, pay the invoice and deliver `invoice.paid`, then answer."""
     deliveries: list[tuple[int, Any]] = []
 
-    def finalize(request: Any) -> tuple[int, dict[str, str], bytes]:
-        split = urlsplit(request.url)
-        body = request.body or b""
-        status, headers, answer = stub.handle(
-            request.method,
-            split.path,
-            split.query,
-            dict(request.headers),
-            body.encode() if isinstance(body, str) else body,
-        )
-        invoice_id = json.loads(answer)["id"]
-        stub.mark_paid(invoice_id)
-        deliveries.append(deliver(encode(stub.event(invoice_id, "invoice.paid"))))
-        return status, headers, answer  # the finalize answer: still `open`
+    def pay(invoice: dict[str, Any]) -> None:
+        stub.mark_paid(invoice["id"])
+        deliveries.append(deliver(encode(stub.event(invoice["id"], "invoice.paid"))))
 
-    # Registered before the stub's catch-all, so it answers the finalize call.
-    rsps.add_callback("POST", re.compile(FINALIZE), callback=finalize)
-    stub.register(rsps)
+    during_finalize(rsps, stub, pay)  # the finalize answer stays `open`
     return deliveries
 
 
