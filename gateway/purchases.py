@@ -47,6 +47,7 @@ from gateway.errors import (
     NotFound,
     PaymentProviderRejected,
     PaymentProviderUnavailable,
+    ValidationFailed,
 )
 from gateway.models import (
     Customer,
@@ -108,6 +109,16 @@ def check_purchase_amount(
             f"the paid credits bill {_shown(amount, currency)}, above the largest charge "
             f"{provider.name} accepts in {currency} ({_shown(maximum, currency)})",
             details={"paid_credits": [f"must bill at most {_shown(maximum, currency)}"]},
+        )
+    step = provider.charge_step_cents(currency)
+    if amount % step:
+        # Never rounded here: the amount is what the credits are worth.
+        shown_step = _shown(step, currency)
+        raise ValidationFailed(
+            f"the paid credits bill {_shown(amount, currency)}; {provider.name} charges "
+            f"{currency} only in steps of {shown_step}: choose credits whose price is a "
+            f"multiple of {shown_step}",
+            details={"paid_credits": [f"must bill a multiple of {shown_step}"]},
         )
     return amount
 

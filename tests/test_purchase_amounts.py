@@ -10,9 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import money
-from gateway.errors import AmountTooLarge, AmountTooSmall
+from gateway.errors import AmountTooLarge, AmountTooSmall, ValidationFailed
 from gateway.providers.stripe.client import StripeProvider
-from gateway.providers.stripe.limits import maximum_charge_minor, minimum_charge_minor
+from gateway.providers.stripe.limits import (
+    charge_step_minor,
+    maximum_charge_minor,
+    minimum_charge_minor,
+)
 from gateway.purchases import check_purchase_amount
 
 credits = st.decimals(min_value=Decimal("0.00001"), max_value=money.MAX_CREDITS, places=5)
@@ -33,5 +37,17 @@ def test_a_purchase_bills_credits_times_rate_halves_up_within_stripes_limits(
     elif expected > maximum_charge_minor(currency):
         with pytest.raises(AmountTooLarge):
             check_purchase_amount(PROVIDER, credits, rate, currency)
+    elif expected % charge_step_minor(currency):
+        with pytest.raises(ValidationFailed):
+            check_purchase_amount(PROVIDER, credits, rate, currency)
     else:
         assert check_purchase_amount(PROVIDER, credits, rate, currency) == expected
+
+
+@pytest.mark.parametrize(
+    ("currency", "step"), [("KWD", 10), ("bhd", 10), ("TND", 10), ("USD", 1), ("JPY", 1)]
+)
+def test_three_decimal_currencies_charge_in_steps_of_ten_minor_units(
+    currency: str, step: int
+) -> None:
+    assert PROVIDER.charge_step_cents(currency) == step

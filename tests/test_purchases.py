@@ -436,6 +436,7 @@ AMOUNT_CASES = [
     Amount("GBP", "0.29", "1", "amount_too_small"),  # below Stripe's 0.30 GBP
     Amount("USD", "1000", "1000", "amount_too_large"),  # 1,000,000.00 USD: nine digits
     Amount("JPY", "1000", "100000", "amount_too_large"),  # 100,000,000 JPY
+    Amount("KWD", "1.2345", "1", "validation_errors"),  # 1.235 KWD: cards take 0.010 steps
 ]
 
 
@@ -482,6 +483,24 @@ def test_a_top_up_too_small_leaves_the_wallet_untouched(
     assert_error(response, 422, "amount_too_small")
     assert count(db_session, WalletTransaction) == 0  # the granted credits neither
     assert get(client, f"/wallets/{wallet_id}").json["wallet"]["credits_balance"] == "0.00000"
+
+
+def test_a_three_decimal_currency_is_billed_in_whole_hundredths(
+    client: FlaskClient, stripe_http: responses.RequestsMock
+) -> None:
+    customer = subscribed_customer(client, currency="KWD")
+
+    # 2 x 1.2345 = 2.469 KWD, which no card can pay: refused before anything is made.
+    refused = buy_wallet(client, customer, rate_amount="1.2345", paid_credits="2")
+    body = assert_error(refused, 422, "validation_errors")
+    assert body["error_details"] == {"paid_credits": ["must bill a multiple of 0.010 KWD"]}
+    assert len(stripe_http.calls) == 0
+    # 20 credits bill 24.690 KWD: charged as they are, never rounded.
+    response = buy_wallet(client, customer, rate_amount="1.2345", paid_credits="20")
+    assert response.status_code == 201, response.json
+    [line] = [request for request in sent(stripe_http) if request.path == ITEMS[1]]
+    assert line.params["amount"] == "24690"
+    assert line.params["currency"] == "kwd"
 
 
 @pytest.mark.parametrize("settings_overrides", [{"STRIPE_SECRET_KEY": ""}])

@@ -107,6 +107,10 @@ class PaymentProvider(Protocol):
         """The largest amount the provider accepts on an invoice item (minor units)."""
         ...
 
+    def charge_step_cents(self, currency: str) -> int:
+        """Amounts the provider charges in `currency` are multiples of this (minor units)."""
+        ...
+
     def ensure_customer(self, customer: CustomerRequest) -> str:
         """Create the provider's customer for `customer` (idempotent); returns its id."""
         ...

@@ -235,6 +235,9 @@ class StripeProvider:
     def maximum_charge_cents(self, currency: str) -> int:
         return limits.maximum_charge_minor(currency)
 
+    def charge_step_cents(self, currency: str) -> int:
+        return limits.charge_step_minor(currency)
+
     # --- customers ------------------------------------------------------------------
 
     def ensure_customer(self, customer: CustomerRequest) -> str:

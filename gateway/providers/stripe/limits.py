@@ -5,7 +5,11 @@ invoice that small onto the customer's balance instead of collecting it), and re
 amounts with more than eight digits (99,999,999 minor units: $999,999.99). Checking
 both before anything is stored turns those into clear errors for the caller.
 
-Source: Stripe's "Supported currencies" guide, "Minimum and maximum charge amounts".
+It also refuses a card payment in a three-decimal currency (BHD, JOD, KWD, OMR, TND)
+whose amount does not end in 0: those amounts must be whole hundredths.
+
+Source: Stripe's "Supported currencies" guide, "Minimum and maximum charge amounts"
+and "Three-decimal currencies".
 Stripe states minimums for settlement currencies; for any other currency the minimum
 is the equivalent of 0.50 USD, which we cannot know without an exchange rate, so those
 fall back to 50 minor units (Stripe still refuses what is really too small, and that
@@ -33,3 +37,12 @@ def minimum_charge_minor(currency: str) -> int:
 
 def maximum_charge_minor(currency: str) -> int:
     return MAXIMUM_CHARGE_MINOR.get(currency.upper(), DEFAULT_MAXIMUM_CHARGE_MINOR)
+
+
+# Card payments in these currencies must be a multiple of 10 minor units.
+_TEN_MINOR_UNIT_STEP = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
+
+
+def charge_step_minor(currency: str) -> int:
+    """Amounts in `currency` must be a multiple of this many minor units."""
+    return 10 if currency.upper() in _TEN_MINOR_UNIT_STEP else 1
