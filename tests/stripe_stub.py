@@ -1,4 +1,5 @@
-"""A small Stripe-compatible API for tests and benchmarks: customers, invoices, items.
+"""A small Stripe-compatible API for tests and benchmarks: customers, invoices, items,
+refunds and invoice payments.
 
 It keeps its objects in memory and answers the way Stripe's v1 API does for the calls
 this service makes, in Stripe's JSON shapes (API version of the installed stripe
@@ -25,6 +26,10 @@ Endpoints
     GET  /v1/invoices/search            query (metadata['k']:'v', status:'paid',
                                         customer:'cus_x', currency:'usd', created>N ...
                                         joined by AND or OR, '-' negates), limit, page
+    GET  /v1/refunds                    limit, starting_after, ending_before,
+                                        payment_intent, charge, created / created[...]
+    GET  /v1/invoice_payments           limit, starting_after, ending_before, invoice,
+                                        payment[type], payment[payment_intent], status
 
 Behaviour kept from Stripe
     - `Authorization: Bearer sk_test_...` is required (401 otherwise); `api_key=`
@@ -50,7 +55,11 @@ Controls for tests
     gate = stub.hold("POST", "/v1/invoices")
                                             matching requests wait until gate.release()
     stub.mark_paid(invoice_id)              the customer paid (also mark_uncollectible)
-    stub.refund(invoice_id)                 a credit note refunds a paid invoice
+    stub.refund(invoice_id)                 a credit note refunds a paid invoice (and,
+                                            as at Stripe, makes a refund of its payment)
+    stub.refund_payment(invoice_id)         a refund made on the payment alone (Dashboard
+                                            "Refund"): the invoice shows nothing
+    stub.refund_payment_intent(pi, amount)  a refund of any payment intent
     stub.event(invoice_id, "invoice.paid")  a Stripe event carrying the invoice
     stub.invoices_with(purchase_id=...)     invoices whose metadata matches
     stub.search_delay = 30.0                invoices become searchable only this long
@@ -307,6 +316,14 @@ _LIST_PARAMS = {
     "collection_method", "expand",
 }  # fmt: skip
 _STATUSES = ("draft", "open", "paid", "uncollectible", "void")
+_REFUND_LIST_PARAMS = {
+    "limit", "starting_after", "ending_before", "payment_intent", "charge", "created",
+    "expand",
+}  # fmt: skip
+_INVOICE_PAYMENT_LIST_PARAMS = {
+    "limit", "starting_after", "ending_before", "invoice", "payment", "status", "created",
+    "expand",
+}  # fmt: skip
 
 
 class StripeStub:
@@ -331,6 +348,8 @@ class StripeStub:
         self.customers: dict[str, Json] = {}
         self.invoices: dict[str, Json] = {}
         self.items: dict[str, Json] = {}
+        self.refunds: dict[str, Json] = {}
+        self.invoice_payments: dict[str, Json] = {}
         self.requests: list[RecordedRequest] = []
         self._lock = threading.RLock()
         self._sequence = itertools.count(1)
@@ -460,8 +479,41 @@ class StripeStub:
                 invoice["status"] = "paid"
                 invoice["paid"] = True
                 invoice["status_transitions"]["paid_at"] = int(time.time())
+            if paid > 0:
+                self._record_payment(invoice)
             self._touched(invoice_id)
             return _copy(invoice)
+
+    def _record_payment(self, invoice: Json) -> None:
+        """The invoice's payment intent and its Invoice Payment (one per invoice here)."""
+        if self.payment_intent_of(invoice["id"]) is not None:
+            return
+        now = int(time.time())
+        invoice_payment = {
+            "id": self._new_id("inpay"),
+            "object": "invoice_payment",
+            "amount_paid": invoice["amount_paid"],
+            "amount_requested": invoice["amount_due"],
+            "created": now,
+            "currency": invoice["currency"],
+            "invoice": invoice["id"],
+            "is_default": True,
+            "livemode": False,
+            "payment": {"type": "payment_intent", "payment_intent": self._new_id("pi")},
+            "status": "paid",
+            "status_transitions": {"canceled_at": None, "paid_at": now},
+        }
+        self._order[invoice_payment["id"]] = next(self._sequence)
+        self.invoice_payments[invoice_payment["id"]] = invoice_payment
+
+    def payment_intent_of(self, invoice_id: str) -> str | None:
+        """The payment intent that paid the invoice (None before it was paid)."""
+        with self._lock:
+            for invoice_payment in self.invoice_payments.values():
+                if invoice_payment["invoice"] == invoice_id:
+                    payment_intent: str = invoice_payment["payment"]["payment_intent"]
+                    return payment_intent
+            return None
 
     def mark_uncollectible(self, invoice_id: str) -> Json:
         with self._lock:
@@ -478,12 +530,51 @@ class StripeStub:
             invoice = self._invoice(invoice_id)
             if invoice["status"] != "paid":
                 raise ValueError(f"invoice {invoice_id} is {invoice['status']}, not paid")
+            refunded = invoice["amount_paid"] if amount is None else amount
             credited = invoice.get("post_payment_credit_notes_amount", 0)
-            invoice["post_payment_credit_notes_amount"] = credited + (
-                invoice["amount_paid"] if amount is None else amount
-            )
+            invoice["post_payment_credit_notes_amount"] = credited + refunded
+            payment_intent = self.payment_intent_of(invoice_id)
+            if payment_intent is not None:
+                self.refund_payment_intent(payment_intent, refunded, invoice["currency"])
             self._touched(invoice_id)
             return _copy(invoice)
+
+    def refund_payment(
+        self, invoice_id: str, amount: int | None = None, status: str = "succeeded"
+    ) -> Json:
+        """A refund made on the invoice's payment alone (Dashboard "Refund" on the
+        payment, POST /v1/refunds): the invoice stays `paid` and shows nothing of it."""
+        with self._lock:
+            invoice = self._invoice(invoice_id)
+            payment_intent = self.payment_intent_of(invoice_id)
+            if payment_intent is None:
+                raise ValueError(f"invoice {invoice_id} has no payment to refund")
+            refunded = invoice["amount_paid"] if amount is None else amount
+            return self.refund_payment_intent(
+                payment_intent, refunded, invoice["currency"], status=status
+            )
+
+    def refund_payment_intent(
+        self, payment_intent: str, amount: int, currency: str = "usd", status: str = "succeeded"
+    ) -> Json:
+        """A refund object of `payment_intent` (which need not pay any invoice)."""
+        with self._lock:
+            refund = {
+                "id": self._new_id("re"),
+                "object": "refund",
+                "amount": amount,
+                "balance_transaction": None,
+                "charge": self._new_id("ch"),
+                "created": int(time.time()),
+                "currency": currency.lower(),
+                "metadata": {},
+                "payment_intent": payment_intent,
+                "reason": None,
+                "status": status,
+            }
+            self._order[refund["id"]] = next(self._sequence)
+            self.refunds[refund["id"]] = refund
+            return _copy(refund)
 
     def event(self, invoice_id: str, event_type: str = "invoice.paid") -> Json:
         """A Stripe event object whose data.object is the invoice as it is now."""
@@ -631,6 +722,10 @@ class StripeStub:
             return self._list_invoices(params)
         if method == "GET" and route == ["invoices", "search"]:
             return self._search_invoices(params)
+        if method == "GET" and route == ["refunds"]:
+            return self._list_refunds(params)
+        if method == "GET" and route == ["invoice_payments"]:
+            return self._list_invoice_payments(params)
         if method == "GET" and len(route) == 2 and route[0] == "invoices":
             _refuse_unknown(params, {"expand"})
             return _copy(self._invoice(route[1]))
@@ -981,6 +1076,62 @@ class StripeStub:
             "data": [_copy(row) for row in page],
             "has_more": len(rows) > limit,
             "url": "/v1/invoices",
+        }
+
+    def _list_refunds(self, params: Json) -> Json:
+        _refuse_unknown(params, _REFUND_LIST_PARAMS)
+        rows = list(self.refunds.values())
+        for key in ("payment_intent", "charge"):
+            if key in params:
+                rows = [row for row in rows if row[key] == params[key]]
+        return self._page(rows, params, "/v1/refunds", self.refunds)
+
+    def _list_invoice_payments(self, params: Json) -> Json:
+        _refuse_unknown(params, _INVOICE_PAYMENT_LIST_PARAMS)
+        rows = list(self.invoice_payments.values())
+        if "invoice" in params:
+            rows = [row for row in rows if row["invoice"] == params["invoice"]]
+        if "status" in params:
+            rows = [row for row in rows if row["status"] == params["status"]]
+        payment = params.get("payment")
+        if payment is not None:
+            if not isinstance(payment, dict) or "type" not in payment:
+                raise StubError(400, "Missing required param: payment[type].", param="payment")
+            _refuse_unknown(payment, {"type", "payment_intent", "payment_record"})
+            rows = [
+                row
+                for row in rows
+                if row["payment"]["type"] == payment["type"]
+                and all(row["payment"].get(key) == value for key, value in payment.items())
+            ]
+        return self._page(rows, params, "/v1/invoice_payments", self.invoice_payments)
+
+    def _page(self, rows: list[Json], params: Json, url: str, known: Mapping[str, Json]) -> Json:
+        """One page of a list of `rows`, newest first: created, limit and cursors."""
+        limit = _limit(params)
+        rows = sorted(rows, key=lambda row: (row["created"], self._order[row["id"]]), reverse=True)
+        created = params.get("created")
+        if isinstance(created, str):
+            rows = [row for row in rows if row["created"] == _integer(created, "created")]
+        elif isinstance(created, dict):
+            rows = [row for row in rows if _in_range(row["created"], created)]
+        ids = [row["id"] for row in rows]
+        for cursor_param in ("starting_after", "ending_before"):
+            if cursor_param in params:
+                cursor = str(params[cursor_param])
+                if cursor not in known:
+                    raise StubError(404, f"No such object: '{cursor}'", code="resource_missing")
+                if cursor_param == "starting_after":
+                    rows = rows[ids.index(cursor) + 1 :] if cursor in ids else []
+                else:
+                    rows = (rows[: ids.index(cursor)] if cursor in ids else [])[-limit:]
+                break
+        page = rows[:limit]
+        return {
+            "object": "list",
+            "data": [_copy(row) for row in page],
+            "has_more": len(rows) > limit,
+            "url": url,
         }
 
     def _search_invoices(self, params: Json) -> Json:

@@ -513,6 +513,91 @@ def test_iter_purchase_invoices_filters_by_creation_time_and_status(
         next(provider.iter_purchase_invoices(status="settled"))
 
 
+def test_iter_invoice_refunds_maps_each_refund_to_the_invoice_its_payment_paid(
+    stripe_http: responses.RequestsMock, stub: StripeStub, provider: StripeProvider
+) -> None:
+    first = provider.create_purchase_invoice(purchase_request(provider))
+    second = provider.create_purchase_invoice(purchase_request(provider, currency="EUR"))
+    stub.mark_paid(first.id)
+    stub.mark_paid(second.id)
+    stub.refund(first.id, amount=100)  # a credit note refunds through the payment too
+    direct = stub.refund_payment(first.id, amount=200)
+    pending = stub.refund_payment(second.id, status="pending")
+    stub.refund_payment(second.id, amount=5, status="failed")  # gave nothing back
+    stub.refund_payment_intent("pi_elsewhere", 700)  # pays no invoice
+    since = datetime.now(UTC) - timedelta(hours=1)
+    stripe_http.calls.reset()
+
+    refunds = list(provider.iter_invoice_refunds(created_since=since))
+
+    assert [(r.refund_id, r.invoice_id, r.amount_cents, r.currency, r.status) for r in refunds][
+        :2
+    ] == [
+        (pending["id"], second.id, 1500, "EUR", "pending"),
+        (direct["id"], first.id, 200, "USD", "succeeded"),
+    ]
+    assert [(r.invoice_id, r.amount_cents) for r in refunds[2:]] == [(first.id, 100)]
+    assert refunds[0].created_at is not None
+    requests = sent(stripe_http)
+    assert [(r.method, r.path) for r in requests] == [("GET", "/v1/refunds")] + [
+        ("GET", "/v1/invoice_payments")
+    ] * 3  # one per refunded payment intent, newest refund first
+    assert requests[0].params == {"limit": "100", "created[gte]": str(int(since.timestamp()))}
+    looked_up = [r.params for r in requests[1:]]
+    assert looked_up == [
+        {
+            "payment[type]": "payment_intent",
+            "payment[payment_intent]": payment_intent,
+            "limit": "10",
+        }
+        for payment_intent in (
+            "pi_elsewhere",
+            stub.payment_intent_of(second.id),
+            stub.payment_intent_of(first.id),
+        )
+    ]
+
+
+def test_iter_invoice_refunds_reads_every_page(
+    stripe_http: responses.RequestsMock,
+    stub: StripeStub,
+    provider: StripeProvider,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.providers.stripe import client
+
+    monkeypatch.setattr(client, "PAGE_SIZE", 2)
+    invoice = provider.create_purchase_invoice(purchase_request(provider))
+    stub.mark_paid(invoice.id)
+    made = [stub.refund_payment(invoice.id, amount=1) for _ in range(5)]
+    stripe_http.calls.reset()
+
+    refunds = list(provider.iter_invoice_refunds())
+
+    assert [r.refund_id for r in refunds] == [r["id"] for r in reversed(made)]
+    pages = [r for r in sent(stripe_http) if r.path == "/v1/refunds"]
+    assert [page.params.get("starting_after") for page in pages] == [
+        None,
+        refunds[1].refund_id,
+        refunds[3].refund_id,
+    ]
+    assert len(sent(stripe_http)) == 4  # three pages, one invoice-payments lookup
+
+
+def test_iter_invoice_refunds_maps_stripe_errors(
+    stripe_http: responses.RequestsMock, stub: StripeStub, provider: StripeProvider
+) -> None:
+    invoice = provider.create_purchase_invoice(purchase_request(provider))
+    stub.mark_paid(invoice.id)
+    stub.refund_payment(invoice.id)
+    stub.fail_next("GET", "/v1/invoice_payments", status=400, message="bad")
+    with pytest.raises(ProviderRejected, match="look up an invoice payment"):
+        list(provider.iter_invoice_refunds())
+    stub.fail_next("GET", "/v1/refunds", status=None, times=10)
+    with pytest.raises(ProviderUnavailable, match="list refunds"):
+        list(provider.iter_invoice_refunds())
+
+
 def test_amount_limits_are_stripes(provider: StripeProvider) -> None:
     assert provider.minimum_charge_cents("USD") == 50
     assert provider.minimum_charge_cents("jpy") == 50

@@ -187,6 +187,67 @@ def test_lists_page_newest_first_with_filters() -> None:
     assert call(stub, "GET", "/v1/invoices", {"limit": 101})[0] == 400
 
 
+def paid_invoice(stub: StripeStub, amount: int = 1000) -> str:
+    invoice = new_invoice(stub)
+    call(
+        stub,
+        "POST",
+        "/v1/invoiceitems",
+        {"customer": invoice["customer"], "invoice": invoice["id"], "amount": amount},
+    )
+    call(stub, "POST", f"/v1/invoices/{invoice['id']}/finalize")
+    stub.mark_paid(invoice["id"])
+    return str(invoice["id"])
+
+
+def test_refunds_and_invoice_payments_map_a_refund_to_its_invoice() -> None:
+    stub = StripeStub()
+    first, second = paid_invoice(stub), paid_invoice(stub, 2000)
+    credit_note = stub.refund(first, amount=300)  # a credit note: a refund object too
+    direct = stub.refund_payment(second, amount=500)  # on the payment: the invoice shows nothing
+    elsewhere = stub.refund_payment_intent("pi_elsewhere", 700)
+    pi_first, pi_second = stub.payment_intent_of(first), stub.payment_intent_of(second)
+
+    _, _, listed = call(stub, "GET", "/v1/refunds", {"limit": 2})
+    _, _, rest = call(
+        stub, "GET", "/v1/refunds", {"limit": 2, "starting_after": listed["data"][-1]["id"]}
+    )
+    _, _, none = call(stub, "GET", "/v1/refunds", {"created[gte]": 2**40})
+    _, _, by_payment = call(
+        stub,
+        "GET",
+        "/v1/invoice_payments",
+        {"payment[type]": "payment_intent", "payment[payment_intent]": pi_second},
+    )
+    _, _, by_invoice = call(stub, "GET", "/v1/invoice_payments", {"invoice": first})
+
+    assert [row["id"] for row in listed["data"]] == [elsewhere["id"], direct["id"]]
+    assert listed["has_more"] is True
+    assert [row["id"] for row in rest["data"]] == [credit_note_refund_id(stub, pi_first)]
+    assert rest["has_more"] is False
+    assert none["data"] == []
+    assert stub.invoices[first]["post_payment_credit_notes_amount"] == 300
+    assert credit_note["status"] == "paid"
+    assert stub.invoices[second].get("post_payment_credit_notes_amount", 0) == 0
+    assert (direct["amount"], direct["payment_intent"], direct["status"]) == (
+        500,
+        pi_second,
+        "succeeded",
+    )
+    [payment] = by_payment["data"]
+    assert payment["invoice"] == second
+    assert payment["payment"] == {"type": "payment_intent", "payment_intent": pi_second}
+    assert [row["payment"]["payment_intent"] for row in by_invoice["data"]] == [pi_first]
+    assert call(stub, "GET", "/v1/refunds", {"invoice": first})[0] == 400
+    assert call(stub, "GET", "/v1/invoice_payments", {"payment[payment_intent]": "pi_x"})[0] == 400
+    assert call(stub, "GET", "/v1/refunds", {"starting_after": "re_unknown"})[0] == 404
+
+
+def credit_note_refund_id(stub: StripeStub, payment_intent: str | None) -> str:
+    [refund] = [r for r in stub.refunds.values() if r["payment_intent"] == payment_intent]
+    return str(refund["id"])
+
+
 def test_search_understands_stripes_query_language() -> None:
     stub = StripeStub()
     a = new_invoice(stub, **{"metadata[p]": "a", "currency": "usd"})

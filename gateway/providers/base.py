@@ -68,6 +68,22 @@ class InvoiceSnapshot:
 
 
 @dataclass(frozen=True)
+class PaymentRefund:
+    """A refund of a payment that paid an invoice, in our terms (minor units).
+
+    Stripe records a refund made on the payment itself (Dashboard "Refund", or the
+    refunds API) only on the payment: the invoice stays `paid` with nothing on it.
+    A credit note that refunds also makes one of these."""
+
+    refund_id: str
+    invoice_id: str  # the invoice the refunded payment paid
+    amount_cents: int
+    currency: str  # upper-case ISO code
+    status: str  # succeeded | pending
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class PurchaseInvoiceRequest:
     """One purchase to invoice: everything the provider needs, nothing it may change."""
 
@@ -147,4 +163,11 @@ class PaymentProvider(Protocol):
         self, *, created_since: datetime | None = None, status: str | None = None
     ) -> Iterator[InvoiceSnapshot]:
         """Every invoice carrying our purchase metadata, read in pages."""
+        ...
+
+    def iter_invoice_refunds(
+        self, *, created_since: datetime | None = None
+    ) -> Iterator[PaymentRefund]:
+        """Refunds (succeeded or pending) created since `created_since`, each with the
+        invoice its payment paid; refunds of payments that paid no invoice are skipped."""
         ...

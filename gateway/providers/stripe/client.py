@@ -38,7 +38,9 @@ from stripe.params import (
     InvoiceFinalizeInvoiceParams,
     InvoiceItemCreateParams,
     InvoiceListParams,
+    InvoicePaymentListParams,
     InvoiceSearchParams,
+    RefundListParams,
 )
 
 from gateway.providers.base import (
@@ -48,6 +50,7 @@ from gateway.providers.base import (
     META_WALLET_ID,
     CustomerRequest,
     InvoiceSnapshot,
+    PaymentRefund,
     ProviderRejected,
     ProviderUnavailable,
     PurchaseInvoiceRequest,
@@ -62,6 +65,8 @@ META_EXTERNAL_ID = "gateway_external_id"
 # Stripe's page size limit for list and search.
 PAGE_SIZE = 100
 INVOICE_STATUSES = ("draft", "open", "paid", "uncollectible", "void")
+# Refunds that give (or are giving) money back; failed and canceled ones did not.
+REFUND_STATUSES = frozenset({"succeeded", "pending"})
 # Reads answered 429 are tried again this many times, each after Stripe's Retry-After
 # or an exponential backoff with jitter, never waiting more than RATE_LIMIT_MAX_DELAY.
 RATE_LIMIT_RETRIES = 5
@@ -419,8 +424,73 @@ class StripeProvider:
                 return
             params["starting_after"] = page.data[-1].id
 
+    def iter_invoice_refunds(
+        self, *, created_since: datetime | None = None
+    ) -> Iterator[PaymentRefund]:
+        """Refunds created since `created_since`, newest first, 100 a page, each mapped
+        to the invoice its payment intent paid (Invoice Payments: one lookup per
+        refunded payment intent, kept for the rest of the listing).
+
+        Refunds that are failed or canceled, that have no payment intent, or whose
+        payment paid no invoice are skipped.
+        """
+        params: RefundListParams = {"limit": PAGE_SIZE}
+        if created_since is not None:
+            params["created"] = {"gte": int(created_since.timestamp())}
+        invoice_of: dict[str, str | None] = {}
+        while True:
+            with _boundary("list refunds"):
+                page = _rate_limited(lambda: self._client.v1.refunds.list(params))
+            for refund in page.data:
+                data = refund.to_dict()
+                payment_intent = _object_id(data.get("payment_intent"))
+                if data.get("status") not in REFUND_STATUSES or payment_intent is None:
+                    continue
+                if payment_intent not in invoice_of:
+                    invoice_of[payment_intent] = self._invoice_paid_by(payment_intent)
+                invoice_id = invoice_of[payment_intent]
+                if invoice_id is None:
+                    continue
+                created = data.get("created")
+                yield PaymentRefund(
+                    refund_id=str(data.get("id") or ""),
+                    invoice_id=invoice_id,
+                    amount_cents=_int(data, "amount"),
+                    currency=str(data.get("currency") or "").upper(),
+                    status=str(data.get("status")),
+                    created_at=(
+                        datetime.fromtimestamp(created, UTC)
+                        if isinstance(created, int) and not isinstance(created, bool)
+                        else None
+                    ),
+                )
+            if not page.has_more or not page.data:
+                return
+            params["starting_after"] = page.data[-1].id
+
+    def _invoice_paid_by(self, payment_intent: str) -> str | None:
+        """The invoice `payment_intent` paid, if any (the first one Stripe lists)."""
+        params: InvoicePaymentListParams = {
+            "payment": {"type": "payment_intent", "payment_intent": payment_intent},
+            "limit": 10,
+        }
+        with _boundary("look up an invoice payment"):
+            page = _rate_limited(lambda: self._client.v1.invoice_payments.list(params))
+        for invoice_payment in page.data:
+            invoice_id = _object_id(invoice_payment.to_dict().get("invoice"))
+            if invoice_id is not None:
+                return invoice_id
+        return None
+
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
+
+
+def _object_id(value: Any) -> str | None:
+    """The id of a field that holds an id, or the object itself when expanded."""
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
 
 
 def customer_idempotency_key(customer: CustomerRequest) -> str:
