@@ -15,13 +15,21 @@ One run, in this order:
      arriving at the same moment cannot credit twice;
    - reported only: a paid invoice with our metadata for no purchase of ours, and a
      settled purchase whose invoice is no longer paid or was credited back (refunded).
-2. Purchases still `creating` or `open` that no listed invoice named are read in
+2. Stripe's refunds created in the window (same start) are read in pages (100 a page),
+   each mapped to the invoice its payment paid (one Invoice Payments lookup per
+   refunded payment). A refund made on the payment alone leaves the invoice `paid`
+   with nothing on it, so step 1 cannot see it: per invoice of a settled purchase of
+   ours, the refunded amount not covered by the invoice's credit notes (those are
+   step 1's finding) is reported; credits are never taken back here. An invoice step 1
+   did not list is retrieved on its own (rare). For a purchase already waiting for a
+   refund (`refund_required`) a refund is the expected end: step 5 mentions it.
+3. Purchases still `creating` or `open` that no listed invoice named are read in
    batches: a stored invoice is read on its own (rare); a purchase with no invoice at
    Stripe has its creation resumed within `PURCHASE_STUCK_GRACE_MINUTES`, and is failed
    after it (its pending entry fails; the balance never saw it).
-3. Invoices of ended wallets still to void at Stripe are voided
+4. Invoices of ended wallets still to void at Stripe are voided
    (`settlement.void_flagged_invoices`).
-4. Reported from the database: purchases marked `refund_required` or `review_required`,
+5. Reported from the database: purchases marked `refund_required` or `review_required`,
    and, in one grouped query, every wallet whose stored balance differs from the sum of
    its settled ledger entries.
 
@@ -58,6 +66,7 @@ from gateway.models import (
 from gateway.providers.base import (
     InvoiceSnapshot,
     PaymentProvider,
+    PaymentRefund,
     ProviderError,
     ProviderRejected,
 )
@@ -90,7 +99,8 @@ class FindingKind(enum.StrEnum):
     INVOICE_FAILED_STILL_OPEN = "invoice_failed_still_open"  # void/uncollectible: failed here
     UNKNOWN_PAID_INVOICE = "unknown_paid_invoice"
     SETTLED_INVOICE_NOT_PAID = "settled_invoice_not_paid"
-    SETTLED_INVOICE_REFUNDED = "settled_invoice_refunded"
+    SETTLED_INVOICE_REFUNDED = "settled_invoice_refunded"  # through credit notes
+    SETTLED_PAYMENT_REFUNDED = "settled_payment_refunded"  # on the payment, beyond them
     INVOICE_MISSING = "invoice_missing"
     INVOICE_VOID_PENDING = "invoice_void_pending"
     REFUND_REQUIRED = "refund_required"
@@ -150,6 +160,7 @@ class ReconcileReport:
     grace: timedelta
     finished_at: datetime | None = None
     invoices_scanned: int = 0
+    refunds_scanned: int = 0
     purchases_checked: int = 0
     wallets_checked: int = 0
     findings: list[Finding] = field(default_factory=list)
@@ -197,6 +208,7 @@ class ReconcileReport:
             "grace_minutes": int(self.grace.total_seconds() // 60),
             "scanned": {
                 "stripe_invoices": self.invoices_scanned,
+                "stripe_refunds": self.refunds_scanned,
                 "purchases": self.purchases_checked,
                 "wallets": self.wallets_checked,
             },
@@ -316,6 +328,11 @@ class _Run:
         self.seen: set[str] = set()
         # Purchases already in a finding: the attention report does not repeat them.
         self.reported: set[str] = set()
+        # Status and credit notes' amount of each listed invoice (step 2 compares
+        # refunds with the latter).
+        self.listed: dict[str, tuple[str, int]] = {}
+        # Refunds found for purchases waiting for one: step 5 says so.
+        self.refunds_of_waiting: dict[str, str] = {}
         self.report = ReconcileReport(
             started_at=self.started_at,
             window_start=self.started_at,
@@ -330,6 +347,7 @@ class _Run:
         try:
             self.report.window_start = self._window_start()
             self._scan_stripe()
+            self._scan_refunds()
             self._scan_unmatched()
             self._void_ended_wallet_invoices()
             self._report_attention()
@@ -436,6 +454,7 @@ class _Run:
         by_invoice = {row.invoice_id: row for row in rows if row.invoice_id}
         for invoice in invoices:
             self.report.invoices_scanned += 1
+            self.listed[invoice.id] = (invoice.status, invoice.credited_after_payment_cents)
             self.progress.advance()
             purchase = by_invoice.get(invoice.id) or by_id.get(invoice.purchase_id or "")
             if purchase is None:
@@ -703,7 +722,89 @@ class _Run:
                 )
             )
 
-    # --- 2. unsettled purchases no listed invoice named --------------------------------
+    # --- 2. refunds made on the payment -----------------------------------------------
+
+    def _scan_refunds(self) -> None:
+        self.progress.stage("Reading Stripe refunds")
+        by_invoice: dict[str, list[PaymentRefund]] = {}
+        for refund in self.provider.iter_invoice_refunds(
+            created_since=self.report.window_start - CLOCK_SLACK
+        ):
+            self.report.refunds_scanned += 1
+            self.progress.advance()
+            by_invoice.setdefault(refund.invoice_id, []).append(refund)
+        invoice_ids = list(by_invoice)
+        for start in range(0, len(invoice_ids), MATCH_BATCH):
+            chunk = invoice_ids[start : start + MATCH_BATCH]
+            with self._session() as session:
+                rows = [
+                    _row(values)
+                    for values in session.execute(
+                        select(*_ROW_COLUMNS)
+                        .where(Purchase.provider_invoice_id.in_(chunk))
+                        .order_by(Purchase.id)
+                    )
+                ]
+            for purchase in rows:
+                self._check_refunds(purchase, by_invoice[purchase.invoice_id or ""])
+
+    def _check_refunds(self, purchase: _PurchaseRow, refunds: list[PaymentRefund]) -> None:
+        """Report what was refunded of a settled purchase's payment and not credited
+        back on its invoice (credit notes are step 1's finding: not reported twice)."""
+        refunded = sum(refund.amount_cents for refund in refunds)
+        currency = refunds[0].currency or purchase.currency
+        named = _refund_names(refunds)
+        if purchase.status == PurchaseStatus.REFUND_REQUIRED:
+            self.refunds_of_waiting[purchase.id] = (
+                f"Stripe shows {_money(refunded, currency)} refunded ({named})"
+            )
+            return
+        if purchase.status != PurchaseStatus.SETTLED:
+            return
+        invoice_id = purchase.invoice_id or ""
+        listed = self.listed.get(invoice_id)
+        if listed is None:  # the invoice is older than the window: read it on its own
+            try:
+                invoice = self.provider.retrieve_invoice(invoice_id)
+                listed = (invoice.status, invoice.credited_after_payment_cents)
+            except ProviderError as exc:
+                self._add(
+                    Finding(
+                        FindingKind.SETTLED_PAYMENT_REFUNDED,
+                        FindingAction.FAILED,
+                        f"its payment was refunded at Stripe ({named}) but its invoice "
+                        f"could not be read: {exc}; the next run tries again",
+                        purchase_id=purchase.id,
+                        wallet_id=purchase.wallet_id,
+                        invoice_id=invoice_id,
+                    )
+                )
+                return
+        status, credited = listed
+        uncovered = refunded - credited
+        if uncovered <= 0:
+            return
+        covered = (
+            f"; credit notes cover {_money(credited, currency)} of the "
+            f"{_money(refunded, currency)} refunded"
+            if credited > 0
+            else ""
+        )
+        self._add(
+            Finding(
+                FindingKind.SETTLED_PAYMENT_REFUNDED,
+                FindingAction.REPORTED,
+                f"purchase settled ({money.format_credits(purchase.credit_amount)} credits) "
+                f"but {_money(uncovered, currency)} of its payment was refunded at Stripe "
+                f"({named}) without a credit note{covered}: the credits were not removed",
+                purchase_id=purchase.id,
+                wallet_id=purchase.wallet_id,
+                invoice_id=invoice_id,
+                invoice_status=status,
+            )
+        )
+
+    # --- 3. unsettled purchases no listed invoice named --------------------------------
 
     def _scan_unmatched(self) -> None:
         self.progress.stage("Checking unmatched purchases")
@@ -798,7 +899,7 @@ class _Run:
             invoice_id=None,
         )
 
-    # --- 3. invoices of ended wallets --------------------------------------------------
+    # --- 4. invoices of ended wallets --------------------------------------------------
 
     def _void_ended_wallet_invoices(self) -> None:
         self.progress.stage("Voiding invoices of ended wallets")
@@ -871,7 +972,7 @@ class _Run:
                 )
             )
 
-    # --- 4. reports from the database --------------------------------------------------
+    # --- 5. reports from the database --------------------------------------------------
 
     def _report_attention(self) -> None:
         """Purchases waiting for a person: a refund to make, a payment to review."""
@@ -908,16 +1009,18 @@ class _Run:
                 if purchase_id in self.reported:
                     continue
                 refund = status == PurchaseStatus.REFUND_REQUIRED
+                detail = reason or (
+                    "paid for a wallet that has ended: refund the payment"
+                    if refund
+                    else "payment needs review"
+                )
+                if purchase_id in self.refunds_of_waiting:
+                    detail = f"{detail} ({self.refunds_of_waiting[purchase_id]})"
                 self._add(
                     Finding(
                         FindingKind.REFUND_REQUIRED if refund else FindingKind.REVIEW_REQUIRED,
                         FindingAction.REPORTED,
-                        reason
-                        or (
-                            "paid for a wallet that has ended: refund the payment"
-                            if refund
-                            else "payment needs review"
-                        ),
+                        detail,
                         purchase_id=purchase_id,
                         wallet_id=wallet_id,
                         invoice_id=invoice_id,
@@ -1000,6 +1103,22 @@ def _applied_detail(
     if result == "adopted":
         return f"{start}; the purchase is open"
     return f"{start}: {result}" + (f" ({reason})" if reason else "")
+
+
+def _money(cents: int, currency: str) -> str:
+    """`2.00 USD`: minor units as an amount of `currency`."""
+    return f"{money.format_amount(money.from_minor(cents, currency), currency)} {currency}"
+
+
+def _refund_names(refunds: list[PaymentRefund]) -> str:
+    """`re_1, re_2 (pending)`: the first few refunds by id, the count of the others."""
+    names = [
+        refund.refund_id + (f" ({refund.status})" if refund.status != "succeeded" else "")
+        for refund in refunds[:5]
+    ]
+    if len(refunds) > 5:
+        names.append(f"and {len(refunds) - 5} more")
+    return ", ".join(names)
 
 
 def _minutes(delta: timedelta) -> str:

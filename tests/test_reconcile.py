@@ -26,6 +26,7 @@ from gateway.reconcile import (
 )
 from tests.helpers import delete
 from tests.reconcile_support import (
+    Bought,
     actions,
     backdate,
     buy_more,
@@ -375,6 +376,196 @@ def test_settled_purchase_whose_invoice_was_refunded_is_reported(
     assert state_of(db_session, bought.purchase_id).balance == Decimal("5")
 
 
+def settled_purchase(
+    client: FlaskClient, db_session: Session, stub: StripeStub, paid: str
+) -> Bought:
+    """A purchase paid at Stripe and settled by its webhook."""
+    bought = buy_wallet(client, db_session, paid=paid)
+    stub.mark_paid(bought.invoice_id or "")
+    post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
+    assert state_of(db_session, bought.purchase_id).purchase_status == PurchaseStatus.SETTLED
+    return bought
+
+
+def test_settled_purchase_refunded_on_the_payment_alone_is_reported(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="5")
+    refund = stub.refund_payment(bought.invoice_id or "", amount=300)  # no credit note
+    before = len(stub.requests)
+
+    report = run(app)
+
+    finding = only(report, FindingKind.SETTLED_PAYMENT_REFUNDED)
+    assert finding.action == FindingAction.REPORTED
+    assert (finding.purchase_id, finding.wallet_id, finding.invoice_id) == (
+        bought.purchase_id,
+        bought.wallet_id,
+        bought.invoice_id,
+    )
+    assert finding.invoice_status == "paid"
+    assert "3.00 USD" in finding.detail and refund["id"] in finding.detail
+    assert "credits were not removed" in finding.detail
+    assert [f.kind for f in report.findings] == [FindingKind.SETTLED_PAYMENT_REFUNDED]
+    assert report.exit_code == 1 and report.refunds_scanned == 1
+    assert report.to_dict()["summary"]["by_kind"] == {"settled_payment_refunded": 1}
+    assert report.to_dict()["scanned"]["stripe_refunds"] == 1
+    calls = [(r.method, r.path) for r in stub.requests[before:]]
+    assert calls == [
+        ("GET", "/v1/invoices"),
+        ("GET", "/v1/refunds"),
+        ("GET", "/v1/invoice_payments"),  # the listed invoice is not read again
+    ]
+    state = state_of(db_session, bought.purchase_id)
+    assert state.purchase_status == PurchaseStatus.SETTLED  # a person decides
+    assert state.balance == Decimal("5")
+
+
+def test_a_pending_refund_counts_and_failed_ones_do_not(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="5")
+    stub.refund_payment(bought.invoice_id or "", amount=400, status="failed")
+    stub.refund_payment(bought.invoice_id or "", amount=100, status="canceled")
+    assert run(app).findings == []
+
+    pending = stub.refund_payment(bought.invoice_id or "", amount=200, status="pending")
+
+    finding = only(run(app), FindingKind.SETTLED_PAYMENT_REFUNDED)
+    assert "2.00 USD" in finding.detail and f"{pending['id']} (pending)" in finding.detail
+
+
+def test_a_credit_note_refund_is_reported_once(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="5")
+    stub.refund(bought.invoice_id or "", amount=200)  # the credit note's refund object too
+    assert len(stub.refunds) == 1
+
+    report = run(app)
+
+    assert report.refunds_scanned == 1
+    assert [f.kind for f in report.findings] == [FindingKind.SETTLED_INVOICE_REFUNDED]
+
+
+def test_a_direct_refund_beyond_the_credit_notes_reports_only_the_rest(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="5")
+    stub.refund(bought.invoice_id or "", amount=200)
+    stub.refund_payment(bought.invoice_id or "", amount=100)
+
+    report = run(app)
+
+    assert "2.00 USD" in only(report, FindingKind.SETTLED_INVOICE_REFUNDED).detail
+    direct = only(report, FindingKind.SETTLED_PAYMENT_REFUNDED)
+    assert "but 1.00 USD of its payment was refunded" in direct.detail
+    assert "credit notes cover 2.00 USD of the 3.00 USD refunded" in direct.detail
+
+
+def test_a_refund_of_an_invoice_older_than_the_window_reads_that_invoice(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="5")
+    invoice_id = bought.invoice_id or ""
+    stub.invoices[invoice_id]["created"] -= 40 * 86400  # before the default window
+    backdate(db_session, bought.purchase_id, minutes=40 * 24 * 60)
+    stub.refund_payment(invoice_id, amount=500)  # refunded today
+    before = len(stub.requests)
+
+    report = run(app)
+
+    assert report.invoices_scanned == 0
+    assert "5.00 USD" in only(report, FindingKind.SETTLED_PAYMENT_REFUNDED).detail
+    assert [r.path for r in stub.requests[before:]] == [
+        "/v1/invoices",
+        "/v1/refunds",
+        "/v1/invoice_payments",
+        f"/v1/invoices/{invoice_id}",
+    ]
+
+    stub.fail_next("GET", f"/v1/invoices/{invoice_id}", status=None, times=10)
+    failed = only(run(app), FindingKind.SETTLED_PAYMENT_REFUNDED)
+    assert failed.action == FindingAction.FAILED and "next run" in failed.detail
+
+
+def test_refund_of_a_purchase_waiting_for_one_is_not_a_new_problem(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = buy_wallet(client, db_session, paid="5")
+    stub.mark_paid(bought.invoice_id or "")
+    assert delete(client, f"/wallets/{bought.wallet_id}").status_code == 200
+    assert state_of(db_session, bought.purchase_id).purchase_status == (
+        PurchaseStatus.REFUND_REQUIRED
+    )
+    refund = stub.refund_payment(bought.invoice_id or "")
+
+    report = run(app)
+
+    assert findings(report, FindingKind.SETTLED_PAYMENT_REFUNDED) == []
+    waiting = only(report, FindingKind.REFUND_REQUIRED)
+    assert f"Stripe shows 5.00 USD refunded ({refund['id']})" in waiting.detail
+    assert [f.kind for f in report.findings] == [FindingKind.REFUND_REQUIRED]
+
+
+def test_refunds_of_payments_that_pay_no_invoice_of_ours_are_ignored(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    settled_purchase(client, db_session, stub, paid="5")
+    stub.refund_payment_intent("pi_elsewhere", 900)  # a payment made without an invoice
+    other = foreign_invoice(app, "pur_elsewhere", 700)
+    stub.mark_paid(other.id)
+    stub.refund_payment(other.id)  # an invoice that names no purchase of ours
+    open_one = buy_wallet(client, db_session, paid="3")
+    stub.mark_paid(open_one.invoice_id or "")
+    post_signed(client, stub.event(open_one.invoice_id or "", "invoice.paid"))
+
+    report = run(app)
+
+    assert report.refunds_scanned == 1  # pi_elsewhere pays no invoice: not even yielded
+    assert findings(report, FindingKind.SETTLED_PAYMENT_REFUNDED) == []
+    assert [f.kind for f in report.findings] == [FindingKind.UNKNOWN_PAID_INVOICE]
+
+
+def test_dry_run_reports_payment_refunds_the_same_and_changes_nothing(
+    app: Flask,
+    client: FlaskClient,
+    db_session: Session,
+    connection: Connection,
+    stub: StripeStub,
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="5")
+    stub.refund_payment(bought.invoice_id or "", amount=250)
+    before = table_rows(connection)
+    stripe_before = len(stub.requests)
+
+    dry = run(app, dry_run=True)
+
+    assert table_rows(connection) == before
+    assert stripe_writes(stub, stripe_before) == []
+    real = run(app)
+    assert [(f.kind, f.action, f.detail) for f in dry.findings] == [
+        (f.kind, f.action, f.detail) for f in real.findings
+    ]
+    assert dry.exit_code == 1 and "2.50 USD" in dry.findings[0].detail
+    assert table_rows(connection) == before
+
+
+def test_stripe_unreachable_during_the_refund_pass_aborts_the_run(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="5")
+    stub.refund_payment(bought.invoice_id or "")
+    stub.fail_next("GET", "/v1/invoice_payments", status=None, times=10)
+
+    with pytest.raises(ReconcileAborted) as aborted:
+        run(app)
+
+    report = aborted.value.report
+    assert report.exit_code == 2 and report.status == "error"
+    assert "could not be reached to look up an invoice payment" in (report.error or "")
+
+
 def test_payment_on_a_terminated_wallet_is_reported_for_refund(
     app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
@@ -579,7 +770,8 @@ def test_250_pending_purchases_cost_three_list_pages_not_250_retrieves(
     report = run(app)
 
     calls = [(r.method, r.path) for r in stub.requests[before:]]
-    assert calls == [("GET", "/v1/invoices")] * 3  # 100 + 100 + 50, and nothing else
+    # 100 + 100 + 50 invoices, one page of refunds (none), and nothing else
+    assert calls == [("GET", "/v1/invoices")] * 3 + [("GET", "/v1/refunds")]
     assert all(r.params["limit"] == "100" for r in stub.requests[before:])
     assert report.invoices_scanned == 250
     settled = findings(report, FindingKind.INVOICE_PAID_NOT_SETTLED)
@@ -599,7 +791,7 @@ def test_a_rate_limited_page_is_retried_after_retry_after(
 
     report = run(app)
 
-    assert [r.path for r in stub.requests[before:]] == ["/v1/invoices"] * 3
+    assert [r.path for r in stub.requests[before:]] == ["/v1/invoices"] * 3 + ["/v1/refunds"]
     assert only(report, FindingKind.INVOICE_PAID_NOT_SETTLED).outcome == "settled"
 
 

@@ -28,7 +28,7 @@ from tests.conftest import TEST_SETTINGS
 from tests.reconcile_support import buy_wallet, table_rows
 from tests.stripe_stub import StripeStub
 from tests.stripe_support import stripe_http, stub
-from tests.webhook_support import make_purchase, state_of
+from tests.webhook_support import make_purchase, post_signed, state_of
 
 __all__ = ["stripe_http", "stub"]  # fixtures
 
@@ -55,7 +55,7 @@ def test_all_consistent_exits_0_with_a_summary(
 
     assert result.exit_code == 0, result.output
     assert "all consistent" in result.stdout
-    assert "checked 1 Stripe invoice(s), 1 purchase(s), 1 wallet(s)" in result.stdout
+    assert "checked 1 Stripe invoice(s), 0 refund(s), 1 purchase(s), 1 wallet(s)" in result.stdout
 
 
 @pytest.mark.usefixtures("stripe_http")
@@ -119,7 +119,12 @@ def test_json_format_describes_every_finding(
     assert document["started_at"].endswith("Z") and document["finished_at"].endswith("Z")
     assert document["window"]["requested"] is False
     assert document["grace_minutes"] == 60
-    assert document["scanned"] == {"stripe_invoices": 1, "purchases": 1, "wallets": 2}
+    assert document["scanned"] == {
+        "stripe_invoices": 1,
+        "stripe_refunds": 0,
+        "purchases": 1,
+        "wallets": 2,
+    }
     assert document["summary"] == {
         "repaired": 1,
         "would_repair": 0,
@@ -144,6 +149,47 @@ def test_json_format_describes_every_finding(
     assert mismatch["wallet_id"] == other.wallet_id
     assert mismatch["ledger_balance"] == "2.00000"
     assert mismatch["stored_balance"] != "2.00000"
+
+
+@pytest.mark.usefixtures("stripe_http")
+def test_a_refund_on_the_payment_is_a_finding_in_json_and_in_the_table(
+    runner: FlaskCliRunner,
+    client: FlaskClient,
+    db_session: Session,
+    stub: StripeStub,
+) -> None:
+    bought = buy_wallet(client, db_session, paid="5")
+    stub.mark_paid(bought.invoice_id or "")
+    post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
+    refund = stub.refund_payment(bought.invoice_id or "", amount=150)
+
+    result = reconcile(runner, "--format", "json")
+
+    assert result.exit_code == 1, result.output
+    document = as_json(result)
+    assert document["format_version"] == 1
+    assert document["scanned"]["stripe_refunds"] == 1
+    assert document["summary"]["by_kind"] == {"settled_payment_refunded": 1}
+    [finding] = document["findings"]
+    assert finding == {
+        "kind": "settled_payment_refunded",
+        "action": "reported",
+        "outcome": None,
+        "purchase_id": bought.purchase_id,
+        "wallet_id": bought.wallet_id,
+        "invoice_id": bought.invoice_id,
+        "invoice_status": "paid",
+        "stored_balance": None,
+        "ledger_balance": None,
+        "detail": finding["detail"],
+    }
+    assert "1.50 USD" in finding["detail"] and refund["id"] in finding["detail"]
+
+    table = reconcile(runner)
+
+    assert table.exit_code == 1, table.output
+    assert "settled_payment_refunded" in table.stdout
+    assert "found 1: 1 reported" in table.stdout
 
 
 @pytest.mark.usefixtures("stripe_http")
@@ -353,4 +399,4 @@ def test_progress_bar_is_drawn_on_a_terminal(tmp_path: Path, stub_server: Stripe
     assert "Reading Stripe invoices" in output
     assert "Checking wallet balances against the ledger" in output
     assert "all consistent" in output
-    assert [r.path for r in stub_server.requests] == ["/v1/invoices"]
+    assert [r.path for r in stub_server.requests] == ["/v1/invoices", "/v1/refunds"]
