@@ -178,3 +178,8 @@ def format_amount(amount: Decimal, currency: str) -> str:
     assert isinstance(exponent, int)
     shown = max(places, -exponent)
     return f"{amount.quantize(Decimal(1).scaleb(-shown)):f}"
+
+
+def format_minor(cents: int, currency: str) -> str:
+    """Minor units as an amount with its currency, for messages: `2.00 USD`, `500 JPY`."""
+    return f"{format_amount(from_minor(cents, currency), currency)} {currency}"

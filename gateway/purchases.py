@@ -81,8 +81,7 @@ MAX_PURCHASES_PER_REQUEST = 4
 _MESSAGE_LIMIT = 2000
 
 
-def _shown(cents: int, currency: str) -> str:
-    return f"{money.format_amount(money.from_minor(cents, currency), currency)} {currency}"
+_shown = money.format_minor
 
 
 def check_purchase_amount(

@@ -322,9 +322,9 @@ class _Run:
         self.clock = clock
         self.progress = progress
         self.started_at = clock()
-        # Not resumed nor abandoned, and not looked for in step 2: still being created.
+        # Not resumed nor abandoned, and not looked for in step 3: still being created.
         self.cutoff = self.started_at - IN_FLIGHT
-        # Unsettled purchases an invoice of the listing named: step 2 skips them.
+        # Unsettled purchases an invoice of the listing named: step 3 skips them.
         self.seen: set[str] = set()
         # Purchases already in a finding: the attention report does not repeat them.
         self.reported: set[str] = set()
@@ -513,7 +513,7 @@ class _Run:
                 self._apply(FindingKind.INVOICE_PAID_NOT_SETTLED, purchase, invoice)
         elif status == PurchaseStatus.SETTLED:
             self._check_settled(purchase, invoice)
-        # refund_required / review_required: reported from the database (step 4).
+        # refund_required / review_required: reported from the database (step 5).
 
     def _check_settled(self, purchase: _PurchaseRow, invoice: InvoiceSnapshot) -> None:
         if invoice.status != "paid":
@@ -756,7 +756,7 @@ class _Run:
         named = _refund_names(refunds)
         if purchase.status == PurchaseStatus.REFUND_REQUIRED:
             self.refunds_of_waiting[purchase.id] = (
-                f"Stripe shows {_money(refunded, currency)} refunded ({named})"
+                f"Stripe shows {money.format_minor(refunded, currency)} refunded ({named})"
             )
             return
         if purchase.status != PurchaseStatus.SETTLED:
@@ -785,8 +785,8 @@ class _Run:
         if uncovered <= 0:
             return
         covered = (
-            f"; credit notes cover {_money(credited, currency)} of the "
-            f"{_money(refunded, currency)} refunded"
+            f"; credit notes cover {money.format_minor(credited, currency)} of the "
+            f"{money.format_minor(refunded, currency)} refunded"
             if credited > 0
             else ""
         )
@@ -795,8 +795,9 @@ class _Run:
                 FindingKind.SETTLED_PAYMENT_REFUNDED,
                 FindingAction.REPORTED,
                 f"purchase settled ({money.format_credits(purchase.credit_amount)} credits) "
-                f"but {_money(uncovered, currency)} of its payment was refunded at Stripe "
-                f"({named}) without a credit note{covered}: the credits were not removed",
+                f"but {money.format_minor(uncovered, currency)} of its payment was refunded "
+                f"at Stripe ({named}) without a credit note{covered}: the credits were not "
+                "removed",
                 purchase_id=purchase.id,
                 wallet_id=purchase.wallet_id,
                 invoice_id=invoice_id,
@@ -1103,11 +1104,6 @@ def _applied_detail(
     if result == "adopted":
         return f"{start}; the purchase is open"
     return f"{start}: {result}" + (f" ({reason})" if reason else "")
-
-
-def _money(cents: int, currency: str) -> str:
-    """`2.00 USD`: minor units as an amount of `currency`."""
-    return f"{money.format_amount(money.from_minor(cents, currency), currency)} {currency}"
 
 
 def _refund_names(refunds: list[PaymentRefund]) -> str:
