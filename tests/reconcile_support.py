@@ -32,7 +32,7 @@ from gateway.reconcile import Finding, FindingAction, FindingKind, ReconcileRepo
 from tests.helpers import create_wallet, post, subscribed_customer
 from tests.stripe_stub import StripeStub
 from tests.stripe_support import SECRET_KEY
-from tests.webhook_support import make_purchase
+from tests.webhook_support import make_purchase, post_signed, state_of
 
 
 @dataclass(frozen=True)
@@ -241,3 +241,14 @@ def table_rows(connection: Connection) -> dict[str, list[tuple[Any, ...]]]:
         rows = connection.execute(select(table)).all()
         state[table.name] = sorted((tuple(row) for row in rows), key=repr)
     return state
+
+
+def settled_purchase(
+    client: FlaskClient, db_session: Session, stub: StripeStub, paid: str
+) -> Bought:
+    """A purchase paid at Stripe and settled by its webhook."""
+    bought = buy_wallet(client, db_session, paid=paid)
+    stub.mark_paid(bought.invoice_id or "")
+    post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
+    assert state_of(db_session, bought.purchase_id).purchase_status == PurchaseStatus.SETTLED
+    return bought

@@ -26,7 +26,6 @@ from gateway.reconcile import (
 )
 from tests.helpers import delete
 from tests.reconcile_support import (
-    Bought,
     actions,
     backdate,
     buy_more,
@@ -37,6 +36,7 @@ from tests.reconcile_support import (
     many_open_purchases,
     only,
     run,
+    settled_purchase,
     table_rows,
 )
 from tests.stripe_stub import StripeStub
@@ -374,17 +374,6 @@ def test_settled_purchase_whose_invoice_was_refunded_is_reported(
     assert finding.action == FindingAction.REPORTED
     assert "2.00 USD" in finding.detail
     assert state_of(db_session, bought.purchase_id).balance == Decimal("5")
-
-
-def settled_purchase(
-    client: FlaskClient, db_session: Session, stub: StripeStub, paid: str
-) -> Bought:
-    """A purchase paid at Stripe and settled by its webhook."""
-    bought = buy_wallet(client, db_session, paid=paid)
-    stub.mark_paid(bought.invoice_id or "")
-    post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
-    assert state_of(db_session, bought.purchase_id).purchase_status == PurchaseStatus.SETTLED
-    return bought
 
 
 def test_settled_purchase_refunded_on_the_payment_alone_is_reported(

@@ -25,10 +25,10 @@ from gateway.db import utcnow
 from gateway.models import PurchaseStatus
 from gateway.reconcile_cli import parse_since
 from tests.conftest import TEST_SETTINGS
-from tests.reconcile_support import buy_wallet, table_rows
+from tests.reconcile_support import buy_wallet, settled_purchase, table_rows
 from tests.stripe_stub import StripeStub
 from tests.stripe_support import stripe_http, stub
-from tests.webhook_support import make_purchase, post_signed, state_of
+from tests.webhook_support import make_purchase, state_of
 
 __all__ = ["stripe_http", "stub"]  # fixtures
 
@@ -158,9 +158,7 @@ def test_a_refund_on_the_payment_is_a_finding_in_json_and_in_the_table(
     db_session: Session,
     stub: StripeStub,
 ) -> None:
-    bought = buy_wallet(client, db_session, paid="5")
-    stub.mark_paid(bought.invoice_id or "")
-    post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
+    bought = settled_purchase(client, db_session, stub, paid="5")
     refund = stub.refund_payment(bought.invoice_id or "", amount=150)
 
     result = reconcile(runner, "--format", "json")
