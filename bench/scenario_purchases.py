@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Self
 
 from bench import seed
 from bench.common import (
@@ -76,79 +76,78 @@ def stripe_baseline(stub_url: str, count: int) -> dict[str, Any]:
     return result
 
 
-class TransactionAgeSampler:
+class _PollingThread:
+    """A daemon thread running `_step` on its own database connection until the
+    `with` block ends (then the connection is closed)."""
+
+    def __init__(self, database_url: str, pause: float) -> None:
+        self._conn = seed.connect(database_url)
+        self._pause = pause
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _step(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._step()
+            self._stop.wait(self._pause)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._conn.close()
+
+
+class TransactionAgeSampler(_PollingThread):
     """Polls pg_stat_activity for the connections of `application_name`: the oldest
     open transaction, and the longest a transaction sat idle (`idle in transaction`:
     the service busy elsewhere, e.g. waiting on Stripe, with its locks still held)."""
 
     def __init__(self, database_url: str, application_name: str) -> None:
-        self._conn = seed.connect(database_url)
+        super().__init__(database_url, pause=0.01)
         self._name = application_name
-        self._stop = threading.Event()
         self.max_age_s = 0.0  # oldest open transaction (waiting on locks included)
         self.max_idle_s = 0.0  # longest the service kept one open doing something else
         self.samples = 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            row = self._conn.execute(
-                """
-                SELECT
-                  coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0),
-                  coalesce(max(extract(epoch FROM clock_timestamp() - state_change))
-                           FILTER (WHERE state LIKE 'idle in transaction%%'), 0)
-                FROM pg_stat_activity
-                WHERE application_name = %s AND xact_start IS NOT NULL
-                """,
-                (self._name,),
-            ).fetchone()
-            if row:
-                self.max_age_s = max(self.max_age_s, float(row[0]))
-                self.max_idle_s = max(self.max_idle_s, float(row[1]))
-            self.samples += 1
-            self._stop.wait(0.01)
-
-    def __enter__(self) -> TransactionAgeSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._conn.close()
+    def _step(self) -> None:
+        row = self._conn.execute(
+            """
+            SELECT
+              coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0),
+              coalesce(max(extract(epoch FROM clock_timestamp() - state_change))
+                       FILTER (WHERE state LIKE 'idle in transaction%%'), 0)
+            FROM pg_stat_activity
+            WHERE application_name = %s AND xact_start IS NOT NULL
+            """,
+            (self._name,),
+        ).fetchone()
+        if row:
+            self.max_age_s = max(self.max_age_s, float(row[0]))
+            self.max_idle_s = max(self.max_idle_s, float(row[1]))
+        self.samples += 1
 
 
-class LockHolder:
+class LockHolder(_PollingThread):
     """The control: holds `wallet_id`'s row lock for `hold` seconds, again and again."""
 
     def __init__(self, database_url: str, wallet_id: str, hold: float, gap: float) -> None:
-        self._conn = seed.connect(database_url)
+        super().__init__(database_url, pause=gap)
         self._wallet_id = wallet_id
         self._hold = hold
-        self._gap = gap
-        self._stop = threading.Event()
         self.holds = 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with self._conn.transaction():
-                self._conn.execute(
-                    "SELECT 1 FROM wallets WHERE id = %s FOR UPDATE", (self._wallet_id,)
-                )
-                time.sleep(self._hold)
-            self.holds += 1
-            self._stop.wait(self._gap)
-
-    def __enter__(self) -> LockHolder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._conn.close()
+    def _step(self) -> None:
+        with self._conn.transaction():
+            self._conn.execute("SELECT 1 FROM wallets WHERE id = %s FOR UPDATE", (self._wallet_id,))
+            time.sleep(self._hold)
+        self.holds += 1
 
 
 @dataclass

@@ -605,20 +605,8 @@ def _lock_purchase(session: Session, purchase_id: str) -> Purchase:
     ).scalar_one()
 
 
-def _invoice_columns(invoice: InvoiceSnapshot) -> dict[str, Any]:
-    """The purchase's copy of its finalized invoice."""
-    return {
-        "invoice_status": invoice.status,
-        "subtotal_cents": invoice.subtotal_cents,
-        "tax_cents": invoice.tax_cents,
-        "total_cents": invoice.total_cents,
-        "amount_paid_cents": invoice.amount_paid_cents,
-        "hosted_invoice_url": invoice.hosted_invoice_url,
-    }
-
-
 def _copy_invoice(purchase: Purchase, invoice: InvoiceSnapshot) -> None:
-    for column, value in _invoice_columns(invoice).items():
+    for column, value in settlement.invoice_columns(invoice).items():
         setattr(purchase, column, value)
 
 
@@ -666,7 +654,7 @@ def _store_invoice(
         changes: dict[str, Any] = {
             "provider_invoice_id": invoice.id,
             "status": PurchaseStatus.OPEN,
-            **_invoice_columns(invoice),
+            **settlement.invoice_columns(invoice),
             "updated_at": now,
         }
         opened = session.execute(

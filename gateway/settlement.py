@@ -262,14 +262,15 @@ def record_payment_failure(
     purchase = locked.purchase
     locked.changes.update(last_payment_error=message, updated_at=now)
     if purchase.status == PurchaseStatus.CREATING and invoice.status == "open":
-        locked.changes.update(_invoice_columns(invoice), status=PurchaseStatus.OPEN)
+        locked.changes.update(invoice_columns(invoice), status=PurchaseStatus.OPEN)
     _update_purchase(conn, purchase.id, locked.changes)
     log.info("%s: purchase %s payment failed: %s", source, purchase.id, message)
     return SettlementOutcome(SettlementAction.PAYMENT_FAILURE_RECORDED, purchase.id, message)
 
 
-def _invoice_columns(invoice: InvoiceSnapshot) -> dict[str, Any]:
-    """The purchase's copy of the invoice's status and amounts."""
+def invoice_columns(invoice: InvoiceSnapshot) -> dict[str, Any]:
+    """The purchase's copy of the invoice's status and amounts (the hosted page's URL
+    only when the invoice has one: a later event without it keeps the stored one)."""
     columns: dict[str, Any] = {
         "invoice_status": invoice.status,
         "subtotal_cents": invoice.subtotal_cents,
@@ -313,7 +314,7 @@ def _apply_payment(
         )
     # CREATING, OPEN, or FAILED (voided or uncollectible here, then paid at the provider).
     problem = payment_problem(purchase, invoice)
-    changes.update(_invoice_columns(invoice), updated_at=now)
+    changes.update(invoice_columns(invoice), updated_at=now)
     if not wallet_usable(wallet.status, wallet.expiration_at, now):
         ended = "terminated" if wallet.status == WalletStatus.TERMINATED else "expired"
         reason = (
@@ -395,7 +396,7 @@ def _is_later(status: str, than: str | None) -> bool:
 def _apply_open(locked: _Locked, invoice: InvoiceSnapshot, *, linked: bool) -> SettlementOutcome:
     purchase = locked.purchase
     if purchase.status == PurchaseStatus.CREATING and invoice.status == "open":
-        locked.changes.update(_invoice_columns(invoice), status=PurchaseStatus.OPEN)
+        locked.changes.update(invoice_columns(invoice), status=PurchaseStatus.OPEN)
         return SettlementOutcome(SettlementAction.LINKED, purchase.id)
     action = SettlementAction.LINKED if linked else SettlementAction.UNCHANGED
     return SettlementOutcome(action, purchase.id)

@@ -11,7 +11,6 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -34,7 +33,9 @@ from gateway.providers.stripe.client import StripeProvider, build_client, invoic
 from gateway.settings import PROJECT_ROOT, Settings, load_config
 from tests.conftest import TEST_SETTINGS
 from tests.stripe_stub import StripeStub
-from tests.stripe_support import SECRET_KEY, STRIPE_VERSION, TAX_RATES, sent
+from tests.stripe_support import SECRET_KEY, STRIPE_VERSION, sent, stripe_http, stub
+
+__all__ = ["stripe_http", "stub"]  # fixtures
 
 BASE = "https://api.stripe.com"
 
@@ -49,18 +50,6 @@ def provider_with(**overrides: Any) -> StripeProvider:
     provider = build_provider(settings_with(**overrides))
     assert isinstance(provider, StripeProvider)
     return provider
-
-
-@pytest.fixture
-def stub() -> StripeStub:
-    return StripeStub(tax_rates=TAX_RATES)
-
-
-@pytest.fixture
-def stripe_http(stub: StripeStub) -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        stub.register(rsps)
-        yield rsps
 
 
 @pytest.fixture
