@@ -10,6 +10,7 @@ import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 from flask import Flask
@@ -120,6 +121,17 @@ def test_gateway_console_script_is_the_flask_cli_group() -> None:
     [script] = [ep for ep in entry_points(group="console_scripts") if ep.name == "gateway"]
     assert script.value == "gateway.cli:main"
     assert script.load() is main
+
+
+def test_gateway_lists_every_operator_command(clean_environment: pytest.MonkeyPatch) -> None:
+    """The `gateway/cli/` package registers each command group once, under its name."""
+    app = create_app()
+    context = click.Context(app.cli)
+    commands = set(app.cli.list_commands(context))
+    assert {"db", "expire-wallets", "idempotency", "webhooks", "reconcile"} <= commands
+    db_commands = app.cli.get_command(context, "db")
+    assert isinstance(db_commands, click.Group)
+    assert set(db_commands.commands) == {"upgrade", "downgrade", "current"}
 
 
 def test_gateway_db_upgrade_on_a_fresh_sqlite_file(

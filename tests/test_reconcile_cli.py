@@ -21,9 +21,9 @@ from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
 from gateway import create_app
+from gateway.cli.reconcile import parse_since
 from gateway.db import utcnow
 from gateway.models import PurchaseStatus
-from gateway.reconcile_cli import parse_since
 from tests.conftest import TEST_SETTINGS
 from tests.reconcile_support import buy_wallet, settled_purchase, table_rows
 from tests.stripe_stub import StripeStub
