@@ -1,5 +1,5 @@
-"""Scenario 2, purchases against the Stripe stub (tests/stripe_stub.py, in this process,
-on loopback).
+"""Scenario 2, purchases against the Stripe stub (gateway/providers/stripe/sandbox.py, in this
+process, on loopback).
 
 Overhead, 0 ms stub: paid-credit top-ups (`POST /api/v1/wallet_transactions`, 10 credits)
 one at a time; the baseline, in the same run, is the same three Stripe calls (draft
@@ -38,7 +38,7 @@ from bench.common import (
 )
 from bench.credit_applications import API_KEY, HEADERS, application
 from bench.report import ScenarioResult, Target, environment
-from tests.stripe_stub import StripeStub
+from gateway.providers.stripe.sandbox import StripeStub
 
 OVERHEAD_TARGET_MS = 15.0
 SLOW_STUB_S = 0.2

@@ -36,7 +36,7 @@ from bench.common import BIN, ROOT, bench_database_url, fresh_database, markdown
 from bench.process import CommandRun, run_measured
 from bench.report import ScenarioResult, Target, environment
 from gateway.db import utcnow
-from tests.stripe_stub import StripeStub
+from gateway.providers.stripe.sandbox import StripeStub
 
 EXPIRE_TARGET_S = 60.0
 EXPIRE_TARGET_SIZE = 100_000

@@ -27,10 +27,10 @@ from gateway.providers.base import (
     InvoiceSnapshot,
     PurchaseInvoiceRequest,
 )
+from gateway.providers.stripe.sandbox import StripeStub
 from gateway.purchases import invoice_description
 from gateway.reconcile import Finding, FindingAction, FindingKind, ReconcileReport, reconcile
 from tests.helpers import create_wallet, post, subscribed_customer
-from tests.stripe_stub import StripeStub
 from tests.stripe_support import SECRET_KEY
 from tests.webhook_support import make_purchase, post_signed, state_of
 

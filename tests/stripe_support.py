@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.models import Purchase, WalletTransaction
-from tests.stripe_stub import StripeStub
+from gateway.providers.stripe.sandbox import StripeStub
 
 STRIPE_VERSION: str = stripe.api_version
 SECRET_KEY = "sk_test_gateway"  # tests/conftest.py TEST_SETTINGS

@@ -24,9 +24,9 @@ from gateway import ledger, wallets
 from gateway.db import get_session, utcnow
 from gateway.errors import IdempotencyKeyInProgress
 from gateway.models import EntryStatus, Purchase, PurchaseStatus, WalletTransaction
+from gateway.providers.stripe.sandbox import StripeStub
 from gateway.purchases import PurchaseBatch
 from tests.helpers import create_wallet, post, subscribed_customer
-from tests.stripe_stub import StripeStub
 from tests.stripe_support import during_finalize, only_purchase
 
 

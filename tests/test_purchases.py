@@ -1,7 +1,7 @@
 """Paid credits through Stripe invoices, seen from the API and from the wire.
 
 Stripe is mocked only at the HTTP edge: `responses` intercepts every request to
-https://api.stripe.com and the in-process stub (tests/stripe_stub.py) answers it, so
+https://api.stripe.com and the in-process stub (gateway/providers/stripe/sandbox.py) answers it, so
 each test can assert exactly which form parameters and headers were sent.
 """
 
@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from gateway.models import Customer, Purchase, Wallet, WalletTransaction
 from gateway.providers.base import CustomerRequest
 from gateway.providers.stripe.client import customer_idempotency_key
+from gateway.providers.stripe.sandbox import StripeStub
 from tests.helpers import (
     assert_error,
     create_wallet,
@@ -27,7 +28,6 @@ from tests.helpers import (
     subscribed_customer,
     unique,
 )
-from tests.stripe_stub import StripeStub
 from tests.stripe_support import (
     SECRET_KEY,
     STRIPE_VERSION,

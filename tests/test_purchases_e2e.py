@@ -1,6 +1,6 @@
 """Purchases end to end: the service talks to the Stripe stub over real HTTP.
 
-The stub (tests/stripe_stub.py) listens on 127.0.0.1:<free port>; the service is
+The stub (gateway/providers/stripe/sandbox.py) listens on 127.0.0.1:<free port>; the service is
 pointed at it through configuration alone (STRIPE_API_BASE), exactly as a
 deployment would be pointed at Stripe.
 """
@@ -22,9 +22,9 @@ from werkzeug.serving import make_server
 
 from gateway.db import get_db
 from gateway.models import Purchase, WalletTransaction
+from gateway.providers.stripe.sandbox import StripeStub
 from tests.conftest import AUTH
 from tests.helpers import create_wallet, get, post, subscribed_customer, unique
-from tests.stripe_stub import StripeStub
 from tests.stripe_support import SECRET_KEY, STRIPE_VERSION, TAX_RATES
 
 

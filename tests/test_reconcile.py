@@ -1,8 +1,8 @@
 """Reconciliation repairs what lost webhooks and crashes left behind, and reports the rest.
 
-Stripe is the in-process stub behind `responses` (tests/stripe_stub.py): purchases are
-made through the API, then Stripe's side moves on (paid, voided, refunded) without the
-webhook that would have told us.
+Stripe is the in-process stub behind `responses` (gateway/providers/stripe/sandbox.py):
+purchases are made through the API, then Stripe's side moves on (paid, voided, refunded)
+without the webhook that would have told us.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from gateway.models import EntryStatus, Purchase, PurchaseStatus
 from gateway.providers.base import META_PURCHASE_ID
+from gateway.providers.stripe.sandbox import StripeStub
 from gateway.reconcile import (
     CLOCK_SLACK,
     FindingAction,
@@ -39,7 +40,6 @@ from tests.reconcile_support import (
     settled_purchase,
     table_rows,
 )
-from tests.stripe_stub import StripeStub
 from tests.stripe_support import stripe_http, stub
 from tests.webhook_support import invoice_event, make_purchase, post_signed, state_of
 

@@ -24,9 +24,9 @@ from gateway import create_app
 from gateway.cli.reconcile import parse_since
 from gateway.db import utcnow
 from gateway.models import PurchaseStatus
+from gateway.providers.stripe.sandbox import StripeStub
 from tests.conftest import TEST_SETTINGS
 from tests.reconcile_support import buy_wallet, settled_purchase, table_rows
-from tests.stripe_stub import StripeStub
 from tests.stripe_support import stripe_http, stub
 from tests.webhook_support import make_purchase, state_of
 

@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session
 from gateway import ledger
 from gateway.db import get_db
 from gateway.models import EntryStatus, Purchase, PurchaseStatus, Wallet, WalletTransaction
+from gateway.providers.stripe.sandbox import StripeStub
 from gateway.reconcile import FindingKind, ReconcileReport
 from tests.reconcile_support import Bought, buy_more, buy_wallet, run
-from tests.stripe_stub import StripeStub
 from tests.stripe_support import stripe_http, stub
 from tests.webhook_support import encode, sign
 

@@ -30,9 +30,9 @@ from gateway.providers.base import (
     PurchaseInvoiceRequest,
 )
 from gateway.providers.stripe.client import StripeProvider, build_client, invoice_snapshot
+from gateway.providers.stripe.sandbox import StripeStub
 from gateway.settings import PROJECT_ROOT, Settings, load_config
 from tests.conftest import TEST_SETTINGS
-from tests.stripe_stub import StripeStub
 from tests.stripe_support import SECRET_KEY, STRIPE_VERSION, sent, stripe_http, stub
 
 __all__ = ["stripe_http", "stub"]  # fixtures

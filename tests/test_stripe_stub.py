@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 import pytest
 import requests
 
-from tests.stripe_stub import StripeStub, decode_form
+from gateway.providers.stripe.sandbox import StripeStub, decode_form
 from tests.stripe_support import SECRET_KEY
 
 AUTH = {"Authorization": f"Bearer {SECRET_KEY}"}

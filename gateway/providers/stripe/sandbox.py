@@ -1,5 +1,5 @@
-"""A small Stripe-compatible API for tests and benchmarks: customers, invoices, items,
-refunds and invoice payments.
+"""A small Stripe-compatible API for tests, benchmarks and the development sandbox:
+customers, invoices, items, refunds and invoice payments.
 
 It keeps its objects in memory and answers the way Stripe's v1 API does for the calls
 this service makes, in Stripe's JSON shapes (API version of the installed stripe
@@ -9,8 +9,8 @@ library), with Stripe's error shape. It can be used two ways:
   127.0.0.1:<free port>; point the service at it with `STRIPE_API_BASE=stub.url`;
 - in process, behind `responses`: `stub.register(rsps)` routes every request for
   https://api.stripe.com to the same handler (then `rsps.calls` holds what was sent);
-- on its own, for benchmarks or a manual try: `python -m tests.stripe_stub --port
-  12111 [--latency 0.2] [--tax-rate txr_vat=20]`.
+- on its own, for benchmarks or a manual try: `python -m gateway.providers.stripe.sandbox
+  --port 12111 [--latency 0.2] [--tax-rate txr_vat=20]`.
 
 Endpoints
     POST /v1/customers                  create (name, email, metadata, ...)
@@ -370,8 +370,7 @@ class StripeStub:
         """The base URL to give the service as STRIPE_API_BASE."""
         if self._server is None:
             raise RuntimeError("the stub is not serving; call start() first")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self._host}:{self._server.server_address[1]}"
 
     def start(self) -> str:
         """Serve on host:port (port 0: a free one) in a daemon thread; returns the URL."""
@@ -559,7 +558,7 @@ class StripeStub:
     ) -> Json:
         """A refund object of `payment_intent` (which need not pay any invoice)."""
         with self._lock:
-            refund = {
+            refund: Json = {
                 "id": self._new_id("re"),
                 "object": "refund",
                 "amount": amount,
@@ -765,7 +764,7 @@ class StripeStub:
 
     def _create_customer(self, params: Json) -> Json:
         _refuse_unknown(params, _CUSTOMER_CREATE_PARAMS)
-        customer = {
+        customer: Json = {
             "id": self._new_id("cus"),
             "object": "customer",
             "balance": 0,
@@ -1232,7 +1231,7 @@ def _handler_for(stub: StripeStub) -> type[BaseHTTPRequestHandler]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m tests.stripe_stub --port 12111`: serve until interrupted."""
+    """`python -m gateway.providers.stripe.sandbox --port 12111`: serve until interrupted."""
     import argparse
 
     parser = argparse.ArgumentParser(description="A Stripe-compatible stub on loopback.")
