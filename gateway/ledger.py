@@ -149,16 +149,6 @@ def open_purchase_entry(
     return entry
 
 
-def fail_purchase_entry(wallet: Wallet, entry: WalletTransaction, now: datetime) -> bool:
-    """Pending purchase → failed; the balance never saw it. False if not pending."""
-    _check_belongs(wallet, entry)
-    if entry.status != EntryStatus.PENDING:
-        return False
-    entry.status = EntryStatus.FAILED
-    entry.failed_at = now
-    return True
-
-
 def terminate_and_void(session: Session, ending: Sequence[tuple[Wallet, datetime]]) -> int:
     """Wallets end: each (locked, active) wallet is terminated at its time and what it
     held is voided. Returns the number of `voided` entries written.
@@ -366,11 +356,6 @@ def ledger_balance(session: Session, wallet_id: str) -> Decimal:
         )
     ).scalar_one()
     return money.quantize_credits(Decimal(total))
-
-
-def _check_belongs(wallet: Wallet, entry: WalletTransaction) -> None:
-    if entry.wallet_id != wallet.id:
-        raise LedgerError("entry belongs to another wallet")
 
 
 # --- purchase entries by id, on a connection (the settlement path) -------------------

@@ -37,7 +37,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
-from gateway import ledger, money, settlement, wallets
+from gateway import ledger, money, settlement, transitions, wallets
 from gateway.db import new_id, utcnow
 from gateway.errors import (
     AmountTooLarge,
@@ -78,8 +78,6 @@ Clock = Callable[[], datetime]
 PROVIDER_IDEMPOTENCY_WINDOW = timedelta(hours=23)
 # One request opens at most this many purchases (today: one, `paid_credits`).
 MAX_PURCHASES_PER_REQUEST = 4
-_MESSAGE_LIMIT = 2000
-
 
 _shown = money.format_minor
 
@@ -596,15 +594,6 @@ def _ensure_provider_customer(
     return created
 
 
-def _lock_purchase(session: Session, purchase_id: str) -> Purchase:
-    return session.execute(
-        select(Purchase)
-        .where(Purchase.id == purchase_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one()
-
-
 def _copy_invoice(purchase: Purchase, invoice: InvoiceSnapshot) -> None:
     for column, value in settlement.invoice_columns(invoice).items():
         setattr(purchase, column, value)
@@ -644,13 +633,13 @@ def _store_invoice(
     uncollectible, is two statements with no ORM load: the wallet's lock, then an
     UPDATE of the purchase that holds only while it is `creating` (and has no other
     invoice). A purchase and its ledger entry always leave `creating` in one
-    transaction (settlement, the wallet-ended hook, `_mark_failed`, reconciliation),
+    transaction (`gateway.transitions`),
     so a purchase the UPDATE finds `creating` still has the pending entry phase 1
     wrote, which the answer shows as it is. Anything else takes `_store_invoice_locked`.
     """
     locked = session.execute(_LOCK_WALLET, {"wallet_id": work.wallet_id}).one()
     _refresh(session, Wallet, work.wallet_id, locked._asdict())
-    if invoice.status not in ("void", "uncollectible"):
+    if invoice.status not in transitions.FAILED_INVOICE_STATUSES:
         changes: dict[str, Any] = {
             "provider_invoice_id": invoice.id,
             "status": PurchaseStatus.OPEN,
@@ -684,7 +673,7 @@ def _store_invoice_locked(
 ) -> bool:
     """`_store_invoice` for every other case, on the rows read under their locks."""
     wallet = ledger.lock_wallet(session, work.wallet_id)
-    purchase = _lock_purchase(session, work.purchase_id)
+    purchase = transitions.lock_purchase(session, work.purchase_id)
     # A webhook may have settled it meanwhile: the answer shows the entry as it is now,
     # with the wallet and purchase read here (no lazy load once this has committed).
     entry = session.get_one(WalletTransaction, purchase.transaction_id, populate_existing=True)
@@ -700,19 +689,22 @@ def _store_invoice_locked(
             invoice.id,
         )
     elif purchase.status == PurchaseStatus.CREATING:
-        _copy_invoice(purchase, invoice)
-        if invoice.status in ("void", "uncollectible"):
-            _mark_failed(
-                session,
-                wallet,
-                purchase,
+        changes = settlement.invoice_columns(invoice)
+        session.flush()  # the invoice id linked above, before the statement below
+        if invoice.status in transitions.FAILED_INVOICE_STATUSES:
+            transitions.fail(
+                session.connection(),
+                transitions.ref_of(purchase),
                 code=f"invoice_{invoice.status}",
                 message=f"invoice {invoice.id} is {invoice.status}",
                 now=now,
+                changes=changes,
             )
         else:
-            purchase.status = PurchaseStatus.OPEN
-            purchase.updated_at = now
+            transitions.open_invoice(
+                session.connection(), transitions.ref_of(purchase), now, changes
+            )
+        transitions.sync_purchase(session, purchase)
     elif purchase.subtotal_cents is None:
         status = purchase.invoice_status
         _copy_invoice(purchase, invoice)
@@ -723,37 +715,19 @@ def _store_invoice_locked(
     return flagged
 
 
-def _mark_failed(
-    session: Session,
-    wallet: Wallet,
-    purchase: Purchase,
-    *,
-    code: str,
-    message: str,
-    now: datetime,
-) -> None:
-    entry = session.get(WalletTransaction, purchase.transaction_id, populate_existing=True)
-    assert entry is not None
-    ledger.fail_purchase_entry(wallet, entry, now)
-    purchase.status = PurchaseStatus.FAILED
-    purchase.failure_code = code[:64]
-    purchase.failure_message = message[:_MESSAGE_LIMIT]
-    purchase.updated_at = now
-
-
 def _fail_purchase(
     session: Session, work: _PurchaseWork, exc: ProviderRejected, now: datetime
 ) -> None:
     """A rejected purchase fails, with its ledger entry; the balance never saw it."""
-    wallet = ledger.lock_wallet(session, work.wallet_id)
-    purchase = _lock_purchase(session, work.purchase_id)
+    ledger.lock_wallet(session, work.wallet_id)
+    purchase = transitions.lock_purchase(session, work.purchase_id)
     if purchase.status == PurchaseStatus.CREATING:
-        _mark_failed(
-            session,
-            wallet,
-            purchase,
+        transitions.fail(
+            session.connection(),
+            transitions.ref_of(purchase),
             code=exc.code or "provider_rejected",
             message=str(exc),
             now=now,
         )
+        transitions.sync_purchase(session, purchase)
     session.commit()

@@ -53,7 +53,7 @@ from typing import Any, Protocol
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from gateway import ledger, money, purchases, settlement
+from gateway import ledger, money, purchases, settlement, transitions
 from gateway.db import Database, unit_of_work, utcnow
 from gateway.errors import PaymentProviderRejected, PaymentProviderUnavailable
 from gateway.models import (
@@ -70,6 +70,7 @@ from gateway.providers.base import (
     ProviderError,
     ProviderRejected,
 )
+from gateway.transitions import InvoiceStatus
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,6 @@ DB_BATCH = 500
 MATCH_BATCH = 100
 
 _UNSETTLED = (PurchaseStatus.CREATING, PurchaseStatus.OPEN)
-_FAILED_INVOICE = frozenset({"void", "uncollectible"})
 SOURCE = "reconcile"
 
 
@@ -458,14 +458,14 @@ class _Run:
             self.progress.advance()
             purchase = by_invoice.get(invoice.id) or by_id.get(invoice.purchase_id or "")
             if purchase is None:
-                if invoice.status == "paid":
+                if invoice.status == InvoiceStatus.PAID:
                     self._unknown_payment(
                         invoice,
                         f"names purchase {invoice.purchase_id}, which does not exist here",
                     )
                 continue
             if purchase.invoice_id not in (None, invoice.id):
-                if invoice.status == "paid":
+                if invoice.status == InvoiceStatus.PAID:
                     self._unknown_payment(
                         invoice,
                         f"names purchase {purchase.id}, whose invoice is {purchase.invoice_id}",
@@ -502,21 +502,21 @@ class _Run:
         if status == PurchaseStatus.CREATING:
             self._stuck_with_invoice(purchase, invoice)
         elif status == PurchaseStatus.OPEN:
-            if invoice.status == "paid":
+            if invoice.status == InvoiceStatus.PAID:
                 self._apply(FindingKind.INVOICE_PAID_NOT_SETTLED, purchase, invoice)
-            elif invoice.status in _FAILED_INVOICE:
+            elif invoice.status in transitions.FAILED_INVOICE_STATUSES:
                 self._apply(FindingKind.INVOICE_FAILED_STILL_OPEN, purchase, invoice)
         elif status == PurchaseStatus.FAILED:
             # Stripe lets a void-pending or uncollectible invoice be paid after all:
             # settlement credits it (or marks it for refund if the wallet has ended).
-            if invoice.status == "paid":
+            if invoice.status == InvoiceStatus.PAID:
                 self._apply(FindingKind.INVOICE_PAID_NOT_SETTLED, purchase, invoice)
         elif status == PurchaseStatus.SETTLED:
             self._check_settled(purchase, invoice)
         # refund_required / review_required: reported from the database (step 5).
 
     def _check_settled(self, purchase: _PurchaseRow, invoice: InvoiceSnapshot) -> None:
-        if invoice.status != "paid":
+        if invoice.status != InvoiceStatus.PAID:
             self._add(
                 Finding(
                     FindingKind.SETTLED_INVOICE_NOT_PAID,
@@ -559,7 +559,11 @@ class _Run:
         """`settlement.apply_invoice` in a short transaction of its own: the webhook's
         code path and locks. None in a dry run, or when there was nothing left to do."""
         if self.dry_run:
-            predicted = {"paid": "settle", "void": "fail", "uncollectible": "fail"}
+            predicted: dict[str, str] = {
+                InvoiceStatus.PAID: "settle",
+                InvoiceStatus.VOID: "fail",
+                InvoiceStatus.UNCOLLECTIBLE: "fail",
+            }
             verb = predicted.get(invoice.status, "adopt the invoice")
             caveat = " (or flag it for review or refund)" if verb == "settle" else ""
             self._would_repair(
@@ -578,7 +582,7 @@ class _Run:
                 outcome = settlement.apply_invoice(
                     session.connection(), invoice, self.clock(), SOURCE
                 )
-        except (settlement.SettlementError, ledger.LedgerError) as exc:
+        except (transitions.TransitionError, ledger.LedgerError) as exc:
             self._add(
                 Finding(
                     kind,
@@ -597,7 +601,7 @@ class _Run:
         if action == settlement.SettlementAction.UNCHANGED:
             return None  # a webhook (or another run) got there first: nothing was missing
         if action == settlement.SettlementAction.NOT_OURS:
-            if invoice.status == "paid":
+            if invoice.status == InvoiceStatus.PAID:
                 self._unknown_payment(invoice, outcome.reason or "matches no purchase", purchase)
             return None
         if action == settlement.SettlementAction.LINKED and not adopting:
@@ -619,7 +623,7 @@ class _Run:
 
     def _stuck_with_invoice(self, purchase: _PurchaseRow, invoice: InvoiceSnapshot) -> None:
         """A purchase still `creating` whose invoice exists at Stripe."""
-        if invoice.status != "draft":
+        if invoice.status != InvoiceStatus.DRAFT:
             self._apply(FindingKind.STUCK_PURCHASE, purchase, invoice, adopting=True)
             return
         # A draft: the crash came between creating and finalizing it.
@@ -1074,22 +1078,18 @@ def abandon_stuck_purchase(session: Session, purchase_id: str, why: str, now: da
     found = session.get(Purchase, purchase_id)
     if found is None:
         return False
-    wallet = ledger.lock_wallet(session, found.wallet_id)
-    purchase = session.execute(
-        select(Purchase)
-        .where(Purchase.id == purchase_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one()
+    ledger.lock_wallet(session, found.wallet_id)
+    purchase = transitions.lock_purchase(session, purchase_id)
     if purchase.status != PurchaseStatus.CREATING:
         return False
-    entry = session.get_one(WalletTransaction, purchase.transaction_id, populate_existing=True)
-    ledger.fail_purchase_entry(wallet, entry, now)
-    purchase.status = PurchaseStatus.FAILED
-    purchase.failure_code = "creation_abandoned"
-    purchase.failure_message = f"abandoned by reconciliation: {why}"
-    purchase.updated_at = now
-    session.flush()
+    transitions.fail(
+        session.connection(),
+        transitions.ref_of(purchase),
+        code="creation_abandoned",
+        message=f"abandoned by reconciliation: {why}",
+        now=now,
+    )
+    transitions.sync_purchase(session, purchase)
     return True
 
 

@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, Table, bindparam, event, select, update
+from sqlalchemy import ColumnElement, Select, Table, bindparam, event, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction
 
-from gateway import ledger, metrics
+from gateway import metrics, transitions
 from gateway.db import utcnow
 from gateway.models import (
     EntryStatus,
@@ -61,16 +61,7 @@ from gateway.providers.base import (
 
 log = logging.getLogger(__name__)
 
-# Statuses a later event may no longer change: credited, or waiting for a person.
-_FINAL = frozenset(
-    {PurchaseStatus.SETTLED, PurchaseStatus.REFUND_REQUIRED, PurchaseStatus.REVIEW_REQUIRED}
-)
-_UNPAID = frozenset({PurchaseStatus.CREATING, PurchaseStatus.OPEN})
-_FAILED_INVOICE_STATUSES = frozenset({"void", "uncollectible"})
-
-
-class SettlementError(RuntimeError):
-    """Purchase and ledger disagree (a bug, never input): processing stops, nothing applied."""
+InvoiceStatus = transitions.InvoiceStatus
 
 
 class SettlementAction(enum.StrEnum):
@@ -135,8 +126,6 @@ _LOCK_PURCHASE_BY_INVOICE = _lock_purchase_where(
     _purchases.c.provider_invoice_id == bindparam("invoice_id")
 )
 _LOCK_PURCHASE_BY_ID = _lock_purchase_where(_purchases.c.id == bindparam("purchase_id"))
-# SET columns come from each execution's parameters (`_update_purchase`).
-_UPDATE_PURCHASE = update(_purchases).where(_purchases.c.id == bindparam("b_purchase_id"))
 
 
 @dataclass(frozen=True)
@@ -166,8 +155,21 @@ class LockedPurchase:
 class _Locked:
     wallet: _LockedWallet
     purchase: LockedPurchase
-    # Columns of the purchase to write once the invoice is applied (one UPDATE).
+    # Columns of the purchase to write with the transition the invoice makes (one
+    # UPDATE), or on their own if it makes none.
     changes: dict[str, Any]
+
+    @property
+    def ref(self) -> transitions.PurchaseRef:
+        return transitions.PurchaseRef(
+            self.purchase.id, self.wallet.id, self.purchase.transaction_id
+        )
+
+    def take_changes(self) -> dict[str, Any]:
+        """The gathered changes, handed to a transition that writes them."""
+        taken = dict(self.changes)
+        self.changes.clear()
+        return taken
 
 
 def _lock_purchase_of(conn: Connection, invoice: InvoiceSnapshot) -> _Locked | SettlementOutcome:
@@ -211,11 +213,6 @@ def _lock_purchase_of(conn: Connection, invoice: InvoiceSnapshot) -> _Locked | S
     return _Locked(wallet, purchase, changes)
 
 
-def _update_purchase(conn: Connection, purchase_id: str, changes: dict[str, Any]) -> None:
-    if changes:
-        conn.execute(_UPDATE_PURCHASE, {"b_purchase_id": purchase_id, **changes})
-
-
 # --- applying an invoice -----------------------------------------------------------
 
 
@@ -232,13 +229,13 @@ def apply_invoice(
     if isinstance(locked, SettlementOutcome):
         return locked
     linked = bool(locked.changes)
-    if invoice.status == "paid":
+    if invoice.status == InvoiceStatus.PAID:
         result = _apply_payment(conn, locked, invoice, now)
-    elif invoice.status in _FAILED_INVOICE_STATUSES:
+    elif invoice.status in transitions.FAILED_INVOICE_STATUSES:
         result = _apply_failure(conn, locked, invoice, now)
     else:
-        result = _apply_open(locked, invoice, linked=linked)
-    _update_purchase(conn, locked.purchase.id, locked.changes)
+        result = _apply_open(conn, locked, invoice, now, linked=linked)
+    transitions.record(conn, locked.purchase.id, locked.changes)
     if result.action not in (SettlementAction.UNCHANGED, SettlementAction.LINKED):
         log.info(
             "%s: purchase %s %s (invoice %s)%s",
@@ -261,9 +258,10 @@ def record_payment_failure(
         return locked
     purchase = locked.purchase
     locked.changes.update(last_payment_error=message, updated_at=now)
-    if purchase.status == PurchaseStatus.CREATING and invoice.status == "open":
-        locked.changes.update(invoice_columns(invoice), status=PurchaseStatus.OPEN)
-    _update_purchase(conn, purchase.id, locked.changes)
+    if purchase.status == PurchaseStatus.CREATING and invoice.status == InvoiceStatus.OPEN:
+        locked.changes.update(invoice_columns(invoice))
+        transitions.open_invoice(conn, locked.ref, now, locked.take_changes())
+    transitions.record(conn, purchase.id, locked.changes)
     log.info("%s: purchase %s payment failed: %s", source, purchase.id, message)
     return SettlementOutcome(SettlementAction.PAYMENT_FAILURE_RECORDED, purchase.id, message)
 
@@ -307,40 +305,28 @@ def payment_problem(purchase: LockedPurchase, invoice: InvoiceSnapshot) -> str |
 def _apply_payment(
     conn: Connection, locked: _Locked, invoice: InvoiceSnapshot, now: datetime
 ) -> SettlementOutcome:
-    wallet, purchase, changes = locked.wallet, locked.purchase, locked.changes
-    if purchase.status in _FINAL:
+    wallet, purchase = locked.wallet, locked.purchase
+    if purchase.status in transitions.FINAL_STATUSES:
         return SettlementOutcome(
             SettlementAction.UNCHANGED, purchase.id, f"already {purchase.status}"
         )
     # CREATING, OPEN, or FAILED (voided or uncollectible here, then paid at the provider).
     problem = payment_problem(purchase, invoice)
-    changes.update(invoice_columns(invoice), updated_at=now)
+    locked.changes.update(invoice_columns(invoice))
     if not wallet_usable(wallet.status, wallet.expiration_at, now):
         ended = "terminated" if wallet.status == WalletStatus.TERMINATED else "expired"
         reason = (
             f"invoice {invoice.id} was paid but wallet {wallet.id} is {ended}: "
             "no credits were added; refund the payment"
         )
-        changes.update(status=PurchaseStatus.REFUND_REQUIRED, attention_reason=reason)
-        ledger.fail_pending_purchase(conn, wallet.id, purchase.transaction_id, now)
+        transitions.require_refund(conn, locked.ref, reason, now, locked.take_changes())
         return SettlementOutcome(SettlementAction.REFUND_REQUIRED, purchase.id, reason)
     if problem is not None:
         reason = f"invoice {invoice.id}: {problem}; no credits were added"
-        changes.update(status=PurchaseStatus.REVIEW_REQUIRED, attention_reason=reason)
+        transitions.require_review(conn, locked.ref, reason, now, locked.take_changes())
         return SettlementOutcome(SettlementAction.REVIEW_REQUIRED, purchase.id, reason)
-    credited = ledger.settle_purchase(
-        conn, wallet.id, purchase.transaction_id, EntryStatus(purchase.entry_status), now
-    )
-    if credited is None:
-        raise SettlementError(
-            f"purchase {purchase.id} is {purchase.status}, "
-            f"its entry {purchase.transaction_id} {purchase.entry_status}"
-        )
-    changes.update(
-        status=PurchaseStatus.SETTLED,
-        failure_code=None,
-        failure_message=None,
-        provider_void_pending=False,
+    credited = transitions.settle(
+        conn, locked.ref, EntryStatus(purchase.entry_status), now, locked.take_changes()
     )
     metrics.CREDITS_MOVED.labels("purchased").inc(float(credited))
     return SettlementOutcome(SettlementAction.SETTLED, purchase.id)
@@ -349,18 +335,18 @@ def _apply_payment(
 def _apply_failure(
     conn: Connection, locked: _Locked, invoice: InvoiceSnapshot, now: datetime
 ) -> SettlementOutcome:
-    wallet, purchase, changes = locked.wallet, locked.purchase, locked.changes
+    purchase, changes = locked.purchase, locked.changes
     if purchase.status == PurchaseStatus.FAILED:
         changed = False
         if _is_later(invoice.status, purchase.invoice_status):
             changes["invoice_status"] = invoice.status
             changed = True
-        if invoice.status == "void" and purchase.provider_void_pending:
+        if invoice.status == InvoiceStatus.VOID and purchase.provider_void_pending:
             changes["provider_void_pending"] = False  # the void we asked for has happened
             changed = True
         action = SettlementAction.LINKED if changed else SettlementAction.UNCHANGED
         return SettlementOutcome(action, purchase.id, "already failed")
-    if purchase.status in _FINAL:
+    if purchase.status in transitions.FINAL_STATUSES:
         if purchase.status == PurchaseStatus.SETTLED:
             log.warning(
                 "invoice %s is %s but purchase %s settled: left as is for reconciliation",
@@ -372,31 +358,40 @@ def _apply_failure(
             SettlementAction.UNCHANGED, purchase.id, f"already {purchase.status}"
         )
     message = f"the invoice was marked {invoice.status} at the provider"
-    changes.update(
-        status=PurchaseStatus.FAILED,
-        invoice_status=invoice.status,
-        failure_code=f"invoice_{invoice.status}",
-        failure_message=message,
-        provider_void_pending=False,
-        updated_at=now,
+    changes["invoice_status"] = invoice.status
+    transitions.fail(
+        conn,
+        locked.ref,
+        code=f"invoice_{invoice.status}",
+        message=message,
+        now=now,
+        changes=locked.take_changes(),
     )
-    ledger.fail_pending_purchase(conn, wallet.id, purchase.transaction_id, now)
     return SettlementOutcome(SettlementAction.FAILED, purchase.id, message)
 
 
 # Where an invoice is in its life: an uncollectible invoice can still be voided or
 # paid, void and paid are final. An older event never moves the recorded status back.
-_INVOICE_STAGE = {"draft": 1, "open": 2, "uncollectible": 3, "void": 4, "paid": 4}
+_INVOICE_STAGE: dict[str, int] = {
+    InvoiceStatus.DRAFT: 1,
+    InvoiceStatus.OPEN: 2,
+    InvoiceStatus.UNCOLLECTIBLE: 3,
+    InvoiceStatus.VOID: 4,
+    InvoiceStatus.PAID: 4,
+}
 
 
 def _is_later(status: str, than: str | None) -> bool:
     return _INVOICE_STAGE.get(status, 0) > _INVOICE_STAGE.get(than or "", 0)
 
 
-def _apply_open(locked: _Locked, invoice: InvoiceSnapshot, *, linked: bool) -> SettlementOutcome:
+def _apply_open(
+    conn: Connection, locked: _Locked, invoice: InvoiceSnapshot, now: datetime, *, linked: bool
+) -> SettlementOutcome:
     purchase = locked.purchase
-    if purchase.status == PurchaseStatus.CREATING and invoice.status == "open":
-        locked.changes.update(invoice_columns(invoice), status=PurchaseStatus.OPEN)
+    if purchase.status == PurchaseStatus.CREATING and invoice.status == InvoiceStatus.OPEN:
+        locked.changes.update(invoice_columns(invoice))
+        transitions.open_invoice(conn, locked.ref, now, locked.take_changes())
         return SettlementOutcome(SettlementAction.LINKED, purchase.id)
     action = SettlementAction.LINKED if linked else SettlementAction.UNCHANGED
     return SettlementOutcome(action, purchase.id)
@@ -425,7 +420,10 @@ def close_purchases_of_ended_wallets(session: Session, wallets: Sequence[Wallet]
     purchases = (
         session.execute(
             select(Purchase)
-            .where(Purchase.wallet_id.in_(list(ended)), Purchase.status.in_(list(_UNPAID)))
+            .where(
+                Purchase.wallet_id.in_(list(ended)),
+                Purchase.status.in_(list(transitions.UNPAID_STATUSES)),
+            )
             .order_by(Purchase.id)
             .with_for_update()
             .execution_options(populate_existing=True)
@@ -435,18 +433,19 @@ def close_purchases_of_ended_wallets(session: Session, wallets: Sequence[Wallet]
     )
     if not purchases:
         return
+    conn = session.connection()
     for purchase in purchases:
-        wallet = ended[purchase.wallet_id]
-        at = wallet.terminated_at
+        at = ended[purchase.wallet_id].terminated_at
         assert at is not None, "hooks run once the wallet is terminated"
-        entry = session.get_one(WalletTransaction, purchase.transaction_id)
-        ledger.fail_purchase_entry(wallet, entry, at)
-        purchase.status = PurchaseStatus.FAILED
-        purchase.failure_code = "wallet_ended"
-        purchase.failure_message = "the wallet ended before the invoice was paid"
-        purchase.provider_void_pending = True
-        purchase.updated_at = at
-    session.flush()
+        transitions.fail(
+            conn,
+            transitions.ref_of(purchase),
+            code="wallet_ended",
+            message="the wallet ended before the invoice was paid",
+            now=at,
+            void_pending=True,
+        )
+        session.expire(purchase)  # written by the statement above: read again on use
     _void_after_commit(session, [purchase.id for purchase in purchases])
 
 
@@ -566,18 +565,18 @@ def void_flagged_invoices(
                     continue
                 invoice_id = found.id
             invoice = provider.retrieve_invoice(invoice_id)
-            if invoice.status == "draft":
+            if invoice.status == InvoiceStatus.DRAFT:
                 # Still being made by the create call, which voids it once finalized;
                 # asking now would only get a refusal (cached under the void's key).
                 left.append(purchase_id)
                 continue
-            if invoice.status in ("open", "uncollectible"):
+            if invoice.status in (InvoiceStatus.OPEN, InvoiceStatus.UNCOLLECTIBLE):
                 invoice = provider.void_invoice(invoice_id)
         except ProviderError as exc:
             log.warning("voiding the invoice of purchase %s failed: %s", purchase_id, exc)
             left.append(purchase_id)
             continue
-        if invoice.status not in ("void", "paid"):
+        if invoice.status not in (InvoiceStatus.VOID, InvoiceStatus.PAID):
             left.append(purchase_id)
             continue
         with new_session() as session, session.begin():

@@ -86,7 +86,7 @@ def test_replay_failed_reprocesses_every_failed_event_and_reports_those_still_fa
 
     assert result.exit_code == 1, result.output
     assert f"{fixed_event['id']}  invoice.paid  processed" in result.output
-    assert f"{broken_event['id']}  failed  SettlementError" in result.output
+    assert f"{broken_event['id']}  failed  TransitionError" in result.output
     assert ignored["id"] not in result.output
     assert "replayed 2 event(s), 1 failed" in result.output
     assert state_of(db_session, fixed.id).purchase_status == PurchaseStatus.SETTLED

@@ -337,7 +337,7 @@ def test_processing_error_rolls_back_records_the_failure_and_answers_500(
     assert row is not None
     assert row.status == WebhookEventStatus.FAILED
     assert row.attempts == 1
-    assert row.error is not None and "SettlementError" in row.error
+    assert row.error is not None and "TransitionError" in row.error
     db_session.expire_all()
     row_after = db_session.get_one(Purchase, purchase.id)
     assert row_after.provider_invoice_id is None  # rolled back with the rest

@@ -1,0 +1,238 @@
+"""Purchase state transitions: the only code that changes a purchase's status.
+
+As `gateway.ledger` is the only code that moves a balance, this module is the only
+one that moves a purchase from one status to another, together with its ledger entry
+when the move involves one: one function per transition. Callers decide *which*
+transition applies (settlement from an invoice, the create call, reconciliation,
+a wallet ending, money going back); the functions here make it, in the caller's
+transaction, on rows the caller has locked in the ledger's order (wallet, then
+purchase; `lock_purchase`).
+
+The functions work on a `Connection` with Core statements built once, the way the
+settlement path (every webhook delivery) needs them. Callers holding ORM objects
+flush first and pass `session.connection()`, then read the rows again
+(`sync_purchase`). Each transition writes the purchase row in one UPDATE, together
+with any other column changes the caller gathered (`changes`: the invoice's id,
+status and amounts, read in the same delivery).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from gateway import ledger
+from gateway.models import EntryStatus, Purchase, PurchaseStatus, WalletTransaction
+
+# Failure texts are kept, but not without bound.
+MESSAGE_LIMIT = 2000
+CODE_LIMIT = 64
+
+
+class InvoiceStatus(enum.StrEnum):
+    """A provider invoice's status, as the boundary reports it (Stripe's vocabulary)."""
+
+    DRAFT = "draft"
+    OPEN = "open"
+    PAID = "paid"
+    VOID = "void"
+    UNCOLLECTIBLE = "uncollectible"
+
+
+# An invoice in one of these will not be paid as it stands: its purchase fails.
+FAILED_INVOICE_STATUSES = frozenset({InvoiceStatus.VOID, InvoiceStatus.UNCOLLECTIBLE})
+
+# Statuses a later invoice event may no longer change: credited, or waiting for a person.
+FINAL_STATUSES = frozenset(
+    {
+        PurchaseStatus.SETTLED,
+        PurchaseStatus.REFUND_REQUIRED,
+        PurchaseStatus.REVIEW_REQUIRED,
+    }
+)
+UNPAID_STATUSES = frozenset({PurchaseStatus.CREATING, PurchaseStatus.OPEN})
+
+
+class TransitionError(RuntimeError):
+    """Purchase and ledger disagree (a bug, never input): the caller's work rolls back."""
+
+
+@dataclass(frozen=True)
+class PurchaseRef:
+    """The ids a transition needs: the purchase, its wallet and its ledger entry."""
+
+    purchase_id: str
+    wallet_id: str
+    transaction_id: str
+
+
+_purchases = cast(Table, Purchase.__table__)
+# SET columns come from each execution's parameters.
+_UPDATE_PURCHASE = update(_purchases).where(_purchases.c.id == bindparam("b_purchase_id"))
+
+
+def lock_purchase(session: Session, purchase_id: str) -> Purchase:
+    """The purchase, locked for this transaction (its wallet must be locked first)."""
+    return session.execute(
+        select(Purchase)
+        .where(Purchase.id == purchase_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one()
+
+
+def record(conn: Connection, purchase_id: str, changes: dict[str, Any]) -> None:
+    """Columns of the purchase that are not its status (the invoice's link, status and
+    amounts, a payment error, the void flag): written as they are, in one UPDATE."""
+    if changes:
+        if "status" in changes:
+            raise TransitionError("a purchase's status changes through its transition")
+        conn.execute(_UPDATE_PURCHASE, {"b_purchase_id": purchase_id, **changes})
+
+
+def _write(
+    conn: Connection,
+    purchase_id: str,
+    status: PurchaseStatus,
+    now: datetime,
+    changes: dict[str, Any] | None,
+    **columns: Any,
+) -> None:
+    values = {**(changes or {}), **columns, "status": status, "updated_at": now}
+    conn.execute(_UPDATE_PURCHASE, {"b_purchase_id": purchase_id, **values})
+
+
+def open_invoice(
+    conn: Connection, purchase: PurchaseRef, now: datetime, changes: dict[str, Any]
+) -> None:
+    """creating → open: the finalized invoice is stored (`changes` holds its columns)."""
+    _write(conn, purchase.purchase_id, PurchaseStatus.OPEN, now, changes)
+
+
+def settle(
+    conn: Connection,
+    purchase: PurchaseRef,
+    entry_status: EntryStatus,
+    now: datetime,
+    changes: dict[str, Any] | None = None,
+) -> Decimal:
+    """creating / open / failed → settled: the entry settles, the balance rises by it.
+
+    `entry_status` is the entry's status as read under the lock (a failed entry
+    settles when an uncollectible invoice is paid after all). Returns the credits
+    added; raises `TransitionError` if the entry was not in that status.
+    """
+    credited = ledger.settle_purchase(
+        conn, purchase.wallet_id, purchase.transaction_id, entry_status, now
+    )
+    if credited is None:
+        raise TransitionError(
+            f"purchase {purchase.purchase_id}: its entry {purchase.transaction_id} "
+            f"is not {entry_status}"
+        )
+    _write(
+        conn,
+        purchase.purchase_id,
+        PurchaseStatus.SETTLED,
+        now,
+        changes,
+        failure_code=None,
+        failure_message=None,
+        provider_void_pending=False,
+    )
+    return credited
+
+
+def fail(
+    conn: Connection,
+    purchase: PurchaseRef,
+    *,
+    code: str,
+    message: str,
+    now: datetime,
+    changes: dict[str, Any] | None = None,
+    void_pending: bool = False,
+) -> None:
+    """→ failed: the purchase and its pending entry fail; the balance never saw it.
+
+    `code` says why (`invoice_void`, `invoice_uncollectible`, the provider's refusal,
+    `creation_abandoned`, `wallet_ended`); `void_pending` flags an invoice still to be
+    voided at the provider (a wallet that ended).
+    """
+    ledger.fail_pending_purchase(conn, purchase.wallet_id, purchase.transaction_id, now)
+    _write(
+        conn,
+        purchase.purchase_id,
+        PurchaseStatus.FAILED,
+        now,
+        changes,
+        failure_code=code[:CODE_LIMIT],
+        failure_message=message[:MESSAGE_LIMIT],
+        provider_void_pending=void_pending,
+    )
+
+
+def require_refund(
+    conn: Connection,
+    purchase: PurchaseRef,
+    reason: str,
+    now: datetime,
+    changes: dict[str, Any] | None = None,
+) -> None:
+    """→ refund_required: paid, but for a wallet that has ended; the entry fails and
+    nothing is credited. A person refunds the payment (`refunded` resolves it)."""
+    ledger.fail_pending_purchase(conn, purchase.wallet_id, purchase.transaction_id, now)
+    _write(
+        conn,
+        purchase.purchase_id,
+        PurchaseStatus.REFUND_REQUIRED,
+        now,
+        changes,
+        attention_reason=reason[:MESSAGE_LIMIT],
+    )
+
+
+def require_review(
+    conn: Connection,
+    purchase: PurchaseRef,
+    reason: str,
+    now: datetime,
+    changes: dict[str, Any] | None = None,
+) -> None:
+    """→ review_required: paid in a way we cannot accept (currency, amount, discount);
+    the entry stays pending for the person who decides."""
+    _write(
+        conn,
+        purchase.purchase_id,
+        PurchaseStatus.REVIEW_REQUIRED,
+        now,
+        changes,
+        attention_reason=reason[:MESSAGE_LIMIT],
+    )
+
+
+def sync_purchase(session: Session, purchase: Purchase) -> None:
+    """Read a purchase and its entry again after a transition made on the session's
+    connection, so ORM objects (an API answer) show the rows as they now are. Only
+    their columns: relationships already set stay set (no lazy load later)."""
+    session.refresh(purchase, _PURCHASE_COLUMNS)
+    key = session.identity_key(WalletTransaction, purchase.transaction_id)
+    entry = session.identity_map.get(key)
+    if entry is not None:
+        session.refresh(entry, _ENTRY_COLUMNS)
+
+
+_PURCHASE_COLUMNS = [column.key for column in sa_inspect(Purchase).column_attrs]
+_ENTRY_COLUMNS = [column.key for column in sa_inspect(WalletTransaction).column_attrs]
+
+
+def ref_of(purchase: Purchase) -> PurchaseRef:
+    return PurchaseRef(purchase.id, purchase.wallet_id, purchase.transaction_id)
