@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, func, select
@@ -35,16 +35,10 @@ from gateway import metrics, settlement
 from gateway.db import Database
 from gateway.errors import DomainError, NotFound
 from gateway.models import WebhookEvent, WebhookEventStatus
-from gateway.providers.stripe.client import invoice_snapshot
+from gateway.providers import read_event
+from gateway.providers.base import InvoiceChanged, InvoicePaymentFailed
 
 log = logging.getLogger(__name__)
-
-# Event types that move a purchase; every other type is recorded as ignored.
-SETTLING_TYPES = frozenset(
-    {"invoice.paid", "invoice.payment_succeeded", "invoice.voided", "invoice.marked_uncollectible"}
-)
-PAYMENT_FAILED_TYPE = "invoice.payment_failed"
-HANDLED_TYPES = SETTLING_TYPES | {PAYMENT_FAILED_TYPE}
 
 _DONE = frozenset({WebhookEventStatus.PROCESSED, WebhookEventStatus.IGNORED})
 _MAX_ERROR_CHARS = 2000
@@ -304,40 +298,17 @@ def apply_event(
 ) -> tuple[WebhookEventStatus, str | None, str | None]:
     """What one event does: (status for the log, detail, purchase id), in the caller's
     transaction on `conn`."""
-    event_type = str(event["type"])
-    if event_type not in HANDLED_TYPES:
-        return WebhookEventStatus.IGNORED, f"{event_type} events are not used", None
-    invoice = invoice_snapshot(event["data"]["object"])
+    meaning = read_event("stripe", event)
     source = f"webhook {event['id']}"
-    if event_type == PAYMENT_FAILED_TYPE:
+    if isinstance(meaning, InvoicePaymentFailed):
         outcome = settlement.record_payment_failure(
-            conn, invoice, payment_error(event["data"]["object"], event), now, source
+            conn, meaning.invoice, meaning.message, now, source
         )
+    elif isinstance(meaning, InvoiceChanged):
+        outcome = settlement.apply_invoice(conn, meaning.invoice, now, source)
     else:
-        outcome = settlement.apply_invoice(conn, invoice, now, source)
+        return WebhookEventStatus.IGNORED, f"{event['type']} events are not used", None
     if outcome.action == settlement.SettlementAction.NOT_OURS:
         return WebhookEventStatus.IGNORED, outcome.reason, outcome.purchase_id
     detail = outcome.action.value + (f": {outcome.reason}" if outcome.reason else "")
     return WebhookEventStatus.PROCESSED, detail, outcome.purchase_id
-
-
-def payment_error(invoice: Mapping[str, Any], event: Mapping[str, Any]) -> str:
-    """A line for `last_payment_error` from an `invoice.payment_failed` event."""
-    message = f"payment attempt {invoice.get('attempt_count') or '?'} failed"
-    created = _timestamp(event.get("created"))
-    if created:
-        message += f" at {created}"
-    intent = invoice.get("payment_intent")
-    if isinstance(intent, Mapping):  # only when the event carries it expanded
-        error = intent.get("last_payment_error")
-        if isinstance(error, Mapping) and error.get("message"):
-            message += f" ({error.get('code') or 'error'}: {error['message']})"
-    next_attempt = _timestamp(invoice.get("next_payment_attempt"))
-    message += f"; next attempt {next_attempt}" if next_attempt else "; no retry scheduled"
-    return message
-
-
-def _timestamp(value: Any) -> str | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{datetime.fromtimestamp(value, UTC):%Y-%m-%dT%H:%M:%SZ}"
-    return None

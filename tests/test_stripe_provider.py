@@ -29,7 +29,8 @@ from gateway.providers.base import (
     ProviderUnavailable,
     PurchaseInvoiceRequest,
 )
-from gateway.providers.stripe.client import StripeProvider, build_client, invoice_snapshot
+from gateway.providers.stripe.client import StripeProvider, build_client
+from gateway.providers.stripe.objects import invoice_snapshot
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.settings import PROJECT_ROOT, Settings, load_config
 from tests.conftest import TEST_SETTINGS

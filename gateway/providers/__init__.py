@@ -8,9 +8,12 @@ Tests and benchmarks choose what it talks to through configuration alone
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from flask import Flask, current_app
 
-from gateway.providers.base import PaymentProvider, ProviderNotConfigured
+from gateway.providers.base import PaymentProvider, ProviderEvent, ProviderNotConfigured
 from gateway.settings import Settings
 
 _EXTENSION = "payment_provider"
@@ -34,3 +37,12 @@ def get_provider(app: Flask | None = None) -> PaymentProvider:
         # Two first requests racing here build two; the first stored is kept by all.
         provider = extensions.setdefault(_EXTENSION, built)
     return provider
+
+
+def read_event(provider: str, event: Mapping[str, Any]) -> ProviderEvent:
+    """What a verified event of `provider` means, in the boundary's terms."""
+    if provider != "stripe":
+        raise ValueError(f"no events are read for provider {provider!r}")
+    from gateway.providers.stripe.events import read_event as read_stripe_event
+
+    return read_stripe_event(event)

@@ -3,6 +3,7 @@ implementation (`gateway.providers.stripe`) is the only code that imports `strip
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -81,6 +82,107 @@ class PaymentRefund:
     currency: str  # upper-case ISO code
     status: str  # succeeded | pending
     created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Refund:
+    """A refund of a payment, in our terms (minor units). `payment_id` is the payment
+    (Stripe's payment intent) it gives money back from."""
+
+    id: str
+    payment_id: str | None
+    amount_cents: int
+    currency: str  # upper-case ISO code
+    status: str  # succeeded | pending | requires_action | failed | canceled
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+
+@dataclass(frozen=True)
+class CreditNote:
+    """A credit note on an invoice: value given back on it (a refund, a credit to the
+    customer's balance, or out of band), tax included, in minor units."""
+
+    id: str
+    invoice_id: str
+    amount_cents: int
+    currency: str  # upper-case ISO code
+    # Issued after the invoice was paid (a pre-payment note only lowers what is due).
+    post_payment: bool
+    # Refunds the note made of the invoice's payment: counted through the note, once.
+    refund_ids: tuple[str, ...] = ()
+    voided: bool = False
+
+
+class DisputeOutcome(enum.StrEnum):
+    """Where a dispute stands, for us (`dispute_status` in the API)."""
+
+    OPEN = "open"
+    WON = "won"
+    LOST = "lost"
+
+
+@dataclass(frozen=True)
+class Dispute:
+    """A dispute (chargeback) of a payment."""
+
+    id: str
+    payment_id: str | None
+    amount_cents: int
+    currency: str  # upper-case ISO code
+    outcome: DisputeOutcome
+
+
+@dataclass(frozen=True)
+class InvoiceChanged:
+    """The invoice moved (paid, voided, uncollectible, finalized…)."""
+
+    invoice: InvoiceSnapshot
+
+
+@dataclass(frozen=True)
+class InvoicePaymentFailed:
+    """A charge of the invoice failed; the provider may try again."""
+
+    invoice: InvoiceSnapshot
+    message: str
+
+
+@dataclass(frozen=True)
+class RefundsChanged:
+    """Refunds of one payment were made or changed. `complete` says the event lists
+    every refund of the payment; otherwise they must be read from the provider."""
+
+    payment_id: str | None
+    refunds: tuple[Refund, ...]
+    complete: bool = True
+
+
+@dataclass(frozen=True)
+class CreditNoteIssued:
+    credit_note: CreditNote
+
+
+@dataclass(frozen=True)
+class DisputeChanged:
+    dispute: Dispute
+
+
+@dataclass(frozen=True)
+class OtherEvent:
+    """An event the service does not act on (recorded as ignored)."""
+
+
+ProviderEvent = (
+    InvoiceChanged
+    | InvoicePaymentFailed
+    | RefundsChanged
+    | CreditNoteIssued
+    | DisputeChanged
+    | OtherEvent
+)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,8 @@ from gateway.providers.base import (
     PurchaseInvoiceRequest,
 )
 from gateway.providers.stripe import limits
+from gateway.providers.stripe.objects import int_field as _int
+from gateway.providers.stripe.objects import invoice_snapshot, object_id
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -443,7 +445,7 @@ class StripeProvider:
                 page = _rate_limited(lambda: self._client.v1.refunds.list(params))
             for refund in page.data:
                 data = refund.to_dict()
-                payment_intent = _object_id(data.get("payment_intent"))
+                payment_intent = object_id(data.get("payment_intent"))
                 if data.get("status") not in REFUND_STATUSES or payment_intent is None:
                     continue
                 if payment_intent not in invoice_of:
@@ -477,20 +479,13 @@ class StripeProvider:
         with _boundary("look up an invoice payment"):
             page = _rate_limited(lambda: self._client.v1.invoice_payments.list(params))
         for invoice_payment in page.data:
-            invoice_id = _object_id(invoice_payment.to_dict().get("invoice"))
+            invoice_id = object_id(invoice_payment.to_dict().get("invoice"))
             if invoice_id is not None:
                 return invoice_id
         return None
 
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
-
-
-def _object_id(value: Any) -> str | None:
-    """The id of a field that holds an id, or the object itself when expanded."""
-    if isinstance(value, Mapping):
-        value = value.get("id")
-    return value if isinstance(value, str) and value else None
 
 
 def customer_idempotency_key(customer: CustomerRequest) -> str:
@@ -520,69 +515,3 @@ def _path_id(object_id: str) -> str:
 def _quote(value: str) -> str:
     """A value inside a single-quoted search string (Stripe escapes with a backslash)."""
     return value.replace("\\", "\\\\").replace("'", "\\'")
-
-
-def _int(data: Mapping[str, Any], key: str) -> int:
-    value = data.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _amounts(entries: Any) -> list[Mapping[str, Any]]:
-    return [entry for entry in entries or () if isinstance(entry, Mapping)]
-
-
-def _tax_cents(invoice: Mapping[str, Any]) -> int:
-    taxes = invoice.get("total_taxes")
-    if isinstance(taxes, list):
-        return sum(_int(tax, "amount") for tax in _amounts(taxes))
-    if isinstance(invoice.get("tax"), int):  # API versions before `total_taxes`
-        return _int(invoice, "tax")
-    if isinstance(invoice.get("total_excluding_tax"), int):
-        return _int(invoice, "total") - _int(invoice, "total_excluding_tax")
-    return 0
-
-
-def _has_discount(invoice: Mapping[str, Any]) -> bool:
-    """Any sign of a discount: `discounts`, the older `discount`, or discounted amounts."""
-    if invoice.get("discounts") or invoice.get("discount"):
-        return True
-    if any(_int(entry, "amount") > 0 for entry in _amounts(invoice.get("total_discount_amounts"))):
-        return True
-    return any(
-        entry.get("type") == "discount" and _int(entry, "amount") > 0
-        for entry in _amounts(invoice.get("total_pretax_credit_amounts"))
-    )
-
-
-def invoice_snapshot(invoice: Mapping[str, Any]) -> InvoiceSnapshot:
-    """Our view of a Stripe invoice in its JSON form (an API answer, or an event's
-    `data.object`): amounts in minor units, currency upper-case."""
-    invoice_id = invoice.get("id")
-    if not isinstance(invoice_id, str) or not invoice_id:
-        raise ValueError("a Stripe invoice without an id")
-    created = invoice.get("created")
-    metadata = invoice.get("metadata")
-    url = invoice.get("hosted_invoice_url")
-    return InvoiceSnapshot(
-        id=invoice_id,
-        status=str(invoice.get("status") or ""),
-        currency=str(invoice.get("currency") or "").upper(),
-        subtotal_cents=_int(invoice, "subtotal"),
-        tax_cents=_tax_cents(invoice),
-        total_cents=_int(invoice, "total"),
-        amount_paid_cents=_int(invoice, "amount_paid"),
-        has_discount=_has_discount(invoice),
-        hosted_invoice_url=url if isinstance(url, str) else None,
-        livemode=invoice.get("livemode") is True,
-        created_at=(
-            datetime.fromtimestamp(created, UTC)
-            if isinstance(created, int) and not isinstance(created, bool)
-            else None
-        ),
-        metadata=(
-            {str(key): str(value) for key, value in metadata.items()}
-            if isinstance(metadata, Mapping)
-            else {}
-        ),
-        credited_after_payment_cents=_int(invoice, "post_payment_credit_notes_amount"),
-    )

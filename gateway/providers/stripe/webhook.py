@@ -5,7 +5,7 @@ against each configured endpoint secret (several during a rotation), with the
 library's tolerance for old timestamps, and refuses timestamps from the future as
 well (the library does not). It returns the event as a plain dict; nothing here
 touches the database. An event's invoice (`data.object`) has the JSON form of an
-API invoice, so `client.invoice_snapshot` reads it.
+API invoice; `events.read_event` reads it.
 """
 
 from __future__ import annotations
