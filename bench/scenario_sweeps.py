@@ -63,9 +63,9 @@ def _vacuum(database_url: str) -> None:
 EXPIRE_SQL = (
     """
     INSERT INTO wallet_transactions (id, wallet_id, transaction_type, transaction_status,
-        status, credit_amount, amount, settled_at, created_at)
+        status, credit_amount, amount, settled_at, created_at, created_by)
     SELECT 'wtx_v_' || id, id, 'outbound', 'voided', 'settled', credits_balance,
-        credits_balance * rate_amount, expiration_at, expiration_at
+        credits_balance * rate_amount, expiration_at, expiration_at, 'system'
     FROM wallets
     WHERE status = 'active' AND expiration_at <= now() AND credits_balance > 0
     """,

@@ -31,6 +31,8 @@ from gateway.db import utcnow
 CURRENCY = "USD"
 RATE = Decimal("2.50")
 PURCHASE_CREDITS = Decimal("10")
+# The seeded entries stand for what API callers made before the run.
+SEED_AUTHOR = "api:bench"
 
 
 def connect(database_url: str) -> psycopg.Connection[Any]:
@@ -125,10 +127,10 @@ def insert_wallets(
                 conn,
                 "wallet_transactions",
                 ("id", "wallet_id", "transaction_type", "transaction_status", "status",
-                 "credit_amount", "amount", "settled_at", "created_at"),
+                 "credit_amount", "amount", "settled_at", "created_at", "created_by"),
                 (
                     (f"wtx_{tag}_g{n:07d}", w.wallet_id, "inbound", "granted", "settled",
-                     granted, amount, now, now)
+                     granted, amount, now, now, SEED_AUTHOR)
                     for n, w in enumerate(made)
                 ),
             )  # fmt: skip
@@ -164,10 +166,10 @@ def insert_open_purchases(
             conn,
             "wallet_transactions",
             ("id", "wallet_id", "transaction_type", "transaction_status", "status",
-             "credit_amount", "amount", "created_at"),
+             "credit_amount", "amount", "created_at", "created_by"),
             (
                 (p.transaction_id, p.wallet_id, "inbound", "purchased", "pending", credits,
-                 amount, now)
+                 amount, now, SEED_AUTHOR)
                 for p in made
             ),
         )  # fmt: skip

@@ -123,7 +123,7 @@ def taxes_and_total(taxable_cents: int, tax_rate: Decimal | None) -> tuple[int, 
 
 
 def apply_credits(
-    session: Session, request: CreditApplicationInput, now: datetime
+    session: Session, request: CreditApplicationInput, now: datetime, *, created_by: str
 ) -> ApplicationResult:
     """Answer an invoice: deduct from its subtotal what the customer's wallet covers.
 
@@ -186,7 +186,7 @@ def apply_credits(
             wallet=wallet,
             reason=NotApplicableReason.BALANCE_BELOW_MINOR_UNIT,
         )
-    return _answer(session, request, now, wallet=wallet, deduction=deduction)
+    return _answer(session, request, now, wallet=wallet, deduction=deduction, created_by=created_by)
 
 
 def get_application(session: Session, invoice_external_id: str) -> CreditApplication | None:
@@ -237,6 +237,7 @@ def _answer(
     wallet: Wallet | None,
     reason: NotApplicableReason | None = None,
     deduction: Deduction | None = None,
+    created_by: str | None = None,
 ) -> ApplicationResult:
     """Store the answer (and, when credits apply, the ledger entry) for this invoice."""
     amount_cents = deduction.amount_cents if deduction is not None else 0
@@ -272,9 +273,9 @@ def _answer(
             raise
         return _repeat(stored, request)
     if deduction is not None:
-        assert wallet is not None
+        assert wallet is not None and created_by is not None
         entry = ledger.consume_credits(
-            session, wallet, deduction.credits, deduction.amount_cents, now
+            session, wallet, deduction.credits, deduction.amount_cents, now, created_by=created_by
         )
         application.transaction_id = entry.id
         session.flush()

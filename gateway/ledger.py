@@ -36,7 +36,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.selectable import TableValuedAlias
 from sqlalchemy.types import TypeEngine
 
-from gateway import money
+from gateway import actors, money
 from gateway.db import new_id
 from gateway.errors import NotFound
 from gateway.models import (
@@ -80,6 +80,7 @@ def _entry_values(
     status: EntryStatus,
     credits: Decimal,
     now: datetime,
+    created_by: str,
 ) -> dict[str, Any]:
     """The columns of one entry, all but its id."""
     credits = money.quantize_credits(credits)
@@ -95,7 +96,15 @@ def _entry_values(
         "settled_at": now if status == EntryStatus.SETTLED else None,
         "failed_at": None,
         "created_at": now,
+        "created_by": _author(created_by),
     }
+
+
+def _author(created_by: str) -> str:
+    """Every entry says who made it (`gateway.actors`): refuse an empty or oversized one."""
+    if not created_by or len(created_by) > actors.MAX_LENGTH:
+        raise LedgerError(f"created_by must be 1 to {actors.MAX_LENGTH} characters")
+    return created_by
 
 
 def _entry(
@@ -106,16 +115,23 @@ def _entry(
     status: EntryStatus,
     credits: Decimal,
     now: datetime,
+    created_by: str,
 ) -> WalletTransaction:
     return WalletTransaction(
         **_entry_values(
-            wallet, direction=direction, kind=kind, status=status, credits=credits, now=now
+            wallet,
+            direction=direction,
+            kind=kind,
+            status=status,
+            credits=credits,
+            now=now,
+            created_by=created_by,
         )
     )
 
 
 def grant_credits(
-    session: Session, wallet: Wallet, credits: Decimal, now: datetime
+    session: Session, wallet: Wallet, credits: Decimal, now: datetime, *, created_by: str
 ) -> WalletTransaction:
     """Free credits: a settled inbound `granted` entry, balance raised at once."""
     entry = _entry(
@@ -125,6 +141,7 @@ def grant_credits(
         status=EntryStatus.SETTLED,
         credits=credits,
         now=now,
+        created_by=created_by,
     )
     wallet.credits_balance += entry.credit_amount
     session.add(entry)
@@ -133,7 +150,7 @@ def grant_credits(
 
 
 def open_purchase_entry(
-    session: Session, wallet: Wallet, credits: Decimal, now: datetime
+    session: Session, wallet: Wallet, credits: Decimal, now: datetime, *, created_by: str
 ) -> WalletTransaction:
     """Purchased credits awaiting payment: a pending inbound entry; the balance waits."""
     entry = _entry(
@@ -143,15 +160,19 @@ def open_purchase_entry(
         status=EntryStatus.PENDING,
         credits=credits,
         now=now,
+        created_by=created_by,
     )
     session.add(entry)
     session.flush()
     return entry
 
 
-def terminate_and_void(session: Session, ending: Sequence[tuple[Wallet, datetime]]) -> int:
+def terminate_and_void(
+    session: Session, ending: Sequence[tuple[Wallet, datetime]], *, created_by: str
+) -> int:
     """Wallets end: each (locked, active) wallet is terminated at its time and what it
-    held is voided. Returns the number of `voided` entries written.
+    held is voided, the entries made by `created_by`. Returns the number of `voided`
+    entries written.
 
     For each `(wallet, at)`: a positive balance becomes a settled outbound `voided`
     entry of exactly that balance (valued at the wallet's rate), created and settled at
@@ -189,6 +210,7 @@ def terminate_and_void(session: Session, ending: Sequence[tuple[Wallet, datetime
                 status=EntryStatus.SETTLED,
                 credits=wallet.credits_balance,
                 now=at,
+                created_by=created_by,
             )
             entries.append({"id": new_id("wtx"), **entry})  # the column default, per row
     conn = session.connection()
@@ -202,6 +224,7 @@ def terminate_and_void(session: Session, ending: Sequence[tuple[Wallet, datetime
                     "v_credits": [entry["credit_amount"] for entry in entries],
                     "v_amounts": [entry["amount"] for entry in entries],
                     "v_ats": [entry["created_at"] for entry in entries],
+                    "v_created_by": _author(created_by),
                 },
             )
         matched = conn.execute(
@@ -265,6 +288,7 @@ _INSERT_VOIDED_PG = insert(_ENTRIES).from_select(
         "amount",
         "settled_at",
         "created_at",
+        "created_by",
     ],
     select(
         _voided.c.id,
@@ -276,6 +300,7 @@ _INSERT_VOIDED_PG = insert(_ENTRIES).from_select(
         _voided.c.amount,
         _voided.c.at,
         _voided.c.at,
+        bindparam("v_created_by", type_=String()),
     ),
 )
 _ended = _unnest("t", ("id", String()), ("held", Numeric()), ("at", DateTime(timezone=True)))
@@ -310,7 +335,13 @@ _TERMINATE_ONE = (
 
 
 def consume_credits(
-    session: Session, wallet: Wallet, credits: Decimal, amount_cents: int, now: datetime
+    session: Session,
+    wallet: Wallet,
+    credits: Decimal,
+    amount_cents: int,
+    now: datetime,
+    *,
+    created_by: str,
 ) -> WalletTransaction:
     """Credits deducted from an invoice: a settled outbound `invoiced` entry."""
     if credits > wallet.credits_balance:
@@ -322,6 +353,7 @@ def consume_credits(
         status=EntryStatus.SETTLED,
         credits=credits,
         now=now,
+        created_by=created_by,
     )
     wallet.credits_balance -= entry.credit_amount
     wallet.consumed_credits += entry.credit_amount

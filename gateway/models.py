@@ -204,6 +204,8 @@ class WalletTransaction(Base):
     settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Who made it (`gateway.actors`): operator:NAME, api:LABEL or system.
+    created_by: Mapped[str] = mapped_column(String(100))
 
     wallet: Mapped[Wallet] = relationship()
     purchase: Mapped[Purchase | None] = relationship(back_populates="transaction", uselist=False)

@@ -237,7 +237,7 @@ class PurchaseBatch:
         return f"{self.request_scope}:purchase:{position}"
 
     def open(
-        self, session: Session, wallet: Wallet, credits: Decimal, now: datetime
+        self, session: Session, wallet: Wallet, credits: Decimal, now: datetime, *, created_by: str
     ) -> WalletTransaction:
         """Phase 1 for `credits` bought into `wallet` (locked or new): entry and row, written.
 
@@ -245,7 +245,7 @@ class PurchaseBatch:
         customer itself is read only when it has none yet (its first purchase).
         """
         amount = check_purchase_amount(self.provider, credits, wallet.rate_amount, wallet.currency)
-        entry = ledger.open_purchase_entry(session, wallet, credits, now)
+        entry = ledger.open_purchase_entry(session, wallet, credits, now, created_by=created_by)
         request_key = self.request_key(len(self._work))
         purchase = Purchase(
             id=new_id("pur"),
@@ -401,6 +401,7 @@ def create_wallet(
     data: wallets.WalletInput,
     now: datetime,
     *,
+    created_by: str,
     request_scope: str | None = None,
     clock: Clock = utcnow,
 ) -> wallets.WalletResult:
@@ -415,7 +416,9 @@ def create_wallet(
         result = _replayed_wallet_creation(session, data, earlier)
         batch.resume(session, earlier)
     else:
-        result = wallets.create_wallet(session, data, now, open_purchase=batch.open)
+        result = wallets.create_wallet(
+            session, data, now, created_by=created_by, open_purchase=batch.open
+        )
     batch.complete(session)
     return result
 
@@ -427,6 +430,7 @@ def top_up(
     granted: Decimal | None,
     paid: Decimal | None,
     now: datetime,
+    created_by: str,
     request_scope: str | None = None,
     clock: Clock = utcnow,
 ) -> list[WalletTransaction]:
@@ -438,7 +442,13 @@ def top_up(
         batch.resume(session, earlier)
     else:
         transactions = wallets.top_up(
-            session, wallet_id, granted=granted, paid=paid, now=now, open_purchase=batch.open
+            session,
+            wallet_id,
+            granted=granted,
+            paid=paid,
+            now=now,
+            created_by=created_by,
+            open_purchase=batch.open,
         )
     batch.complete(session)
     return transactions

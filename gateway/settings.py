@@ -13,6 +13,8 @@ from typing import Any
 
 from flask import Flask, current_app
 
+from gateway.actors import DEFAULT_API_KEY_LABEL, is_valid_name
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "config"
 
@@ -49,10 +51,29 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+def parse_api_keys(value: str) -> tuple[tuple[str, str], ...]:
+    """`GATEWAY_API_KEYS` as (label, key) pairs: each entry `LABEL=key` or a bare key
+    (label `default`). A key containing `=` must therefore be given with its label."""
+    pairs = []
+    for entry in _split(value):
+        label, separator, key = entry.partition("=")
+        if not separator:
+            label, key = DEFAULT_API_KEY_LABEL, entry
+        label, key = label.strip(), key.strip()
+        if not is_valid_name(label) or not key:
+            raise ConfigurationError(
+                "GATEWAY_API_KEYS entries are `key` or `LABEL=key`, LABEL being 1-64 letters, "
+                "digits or `_ . @ -` (a key containing `=` needs its label)"
+            )
+        pairs.append((label, key))
+    return tuple(pairs)
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
     api_keys: tuple[str, ...]
+    api_key_labels: tuple[str, ...]  # the label of each of `api_keys`, in the same order
     stripe_secret_key: str
     stripe_webhook_secrets: tuple[str, ...]
     stripe_api_base: str
@@ -86,12 +107,14 @@ class Settings:
             raise ConfigurationError(
                 f"STRIPE_COLLECTION_METHOD must be one of {', '.join(COLLECTION_METHODS)}"
             )
+        api_keys = parse_api_keys(str(config["GATEWAY_API_KEYS"]))
         days_until_due = int(config["STRIPE_DAYS_UNTIL_DUE"])
         if days_until_due < 1:
             raise ConfigurationError("STRIPE_DAYS_UNTIL_DUE must be at least 1")
         return cls(
             database_url=str(config["DATABASE_URL"]),
-            api_keys=_split(str(config["GATEWAY_API_KEYS"])),
+            api_keys=tuple(key for _label, key in api_keys),
+            api_key_labels=tuple(label for label, _key in api_keys),
             stripe_secret_key=str(config["STRIPE_SECRET_KEY"]).strip(),
             stripe_webhook_secrets=_split(str(config["STRIPE_WEBHOOK_SECRETS"])),
             stripe_api_base=str(config["STRIPE_API_BASE"]).strip().rstrip("/"),

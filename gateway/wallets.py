@@ -10,12 +10,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway import ledger
+from gateway import actors, ledger
 from gateway.customers import get_customer, has_active_subscription
 from gateway.errors import (
     CurrencyMismatch,
@@ -48,13 +49,25 @@ class WalletResult:
     transactions: list[WalletTransaction] = field(default_factory=list)
 
 
-# Paid credits are handed to this hook (set by the purchases module when a payment
-# provider is configured). Without one, purchases are refused before anything is stored.
-PurchaseOpener = Callable[[Session, Wallet, Decimal, datetime], WalletTransaction]
+class PurchaseOpener(Protocol):
+    """Where paid credits are handed (the purchases module's `PurchaseBatch.open` when a
+    payment provider is configured). Without one, purchases are refused before anything
+    is stored."""
+
+    def __call__(
+        self,
+        session: Session,
+        wallet: Wallet,
+        credits: Decimal,
+        now: datetime,
+        /,
+        *,
+        created_by: str,
+    ) -> WalletTransaction: ...
 
 
 def paid_credits_unavailable(
-    _session: Session, _wallet: Wallet, _credits: Decimal, _now: datetime
+    _session: Session, _wallet: Wallet, _credits: Decimal, _now: datetime, *, created_by: str
 ) -> WalletTransaction:
     raise PaymentProviderUnavailable(
         "paid credits need a payment provider: set STRIPE_SECRET_KEY",
@@ -98,6 +111,7 @@ def _add_credits(
     paid: Decimal | None,
     now: datetime,
     open_purchase: PurchaseOpener,
+    created_by: str,
 ) -> list[WalletTransaction]:
     if not granted and not paid:
         raise ValidationFailed(
@@ -106,9 +120,11 @@ def _add_credits(
         )
     transactions: list[WalletTransaction] = []
     if paid:
-        transactions.append(open_purchase(session, wallet, paid, now))
+        transactions.append(open_purchase(session, wallet, paid, now, created_by=created_by))
     if granted:
-        transactions.append(ledger.grant_credits(session, wallet, granted, now))
+        transactions.append(
+            ledger.grant_credits(session, wallet, granted, now, created_by=created_by)
+        )
     return transactions
 
 
@@ -117,9 +133,11 @@ def create_wallet(
     data: WalletInput,
     now: datetime,
     *,
+    created_by: str,
     open_purchase: PurchaseOpener = paid_credits_unavailable,
 ) -> WalletResult:
-    """A new active wallet for a customer with an active subscription, with its credits."""
+    """A new active wallet for a customer with an active subscription, with its credits
+    (ledger entries made by `created_by`)."""
     customer = get_customer(session, data.external_customer_id)
     if data.currency is not None and data.currency != customer.currency:
         raise CurrencyMismatch(
@@ -141,7 +159,7 @@ def create_wallet(
                 raise _already_exists(customer)
             # Expired but not swept yet: record its expiry now; then a new wallet may exist.
             assert active.expiration_at is not None
-            _end_wallet(session, active, active.expiration_at)
+            _end_wallet(session, active, active.expiration_at, created_by=actors.SYSTEM)
     wallet = Wallet(
         customer_id=customer.id,
         status=WalletStatus.ACTIVE,
@@ -169,6 +187,7 @@ def create_wallet(
         paid=data.paid_credits,
         now=now,
         open_purchase=open_purchase,
+        created_by=created_by,
     )
     return WalletResult(wallet, transactions)
 
@@ -180,13 +199,20 @@ def top_up(
     granted: Decimal | None,
     paid: Decimal | None,
     now: datetime,
+    created_by: str,
     open_purchase: PurchaseOpener = paid_credits_unavailable,
 ) -> list[WalletTransaction]:
     """Add granted and/or paid credits to an active, unexpired wallet."""
     wallet = ledger.lock_wallet(session, wallet_id)
     _ensure_usable(wallet, now)
     return _add_credits(
-        session, wallet, granted=granted, paid=paid, now=now, open_purchase=open_purchase
+        session,
+        wallet,
+        granted=granted,
+        paid=paid,
+        now=now,
+        open_purchase=open_purchase,
+        created_by=created_by,
     )
 
 
@@ -213,30 +239,34 @@ def update_wallet(
     return wallet
 
 
-def terminate_wallet(session: Session, wallet_id: str, now: datetime) -> Wallet:
+def terminate_wallet(session: Session, wallet_id: str, now: datetime, *, created_by: str) -> Wallet:
     """Terminate now, voiding what is left. Repeating it changes nothing."""
     wallet = ledger.lock_wallet(session, wallet_id)
     if wallet.status == WalletStatus.TERMINATED:
         return wallet
-    # An expired wallet that the sweep has not reached yet ends at its expiration.
-    ended_at = wallet.expiration_at if wallet.is_expired(now) else now
-    assert ended_at is not None
-    _end_wallet(session, wallet, ended_at)
+    if wallet.is_expired(now):
+        # Expired and not swept yet: it ended at its expiration, by itself.
+        assert wallet.expiration_at is not None
+        _end_wallet(session, wallet, wallet.expiration_at, created_by=actors.SYSTEM)
+    else:
+        _end_wallet(session, wallet, now, created_by=created_by)
     return wallet
 
 
-def _end_wallet(session: Session, wallet: Wallet, at: datetime) -> None:
-    _end_wallets(session, [(wallet, at)])
+def _end_wallet(session: Session, wallet: Wallet, at: datetime, *, created_by: str) -> None:
+    _end_wallets(session, [(wallet, at)], created_by=created_by)
 
 
-def _end_wallets(session: Session, ending: Sequence[tuple[Wallet, datetime]]) -> None:
+def _end_wallets(
+    session: Session, ending: Sequence[tuple[Wallet, datetime]], *, created_by: str
+) -> None:
     """End each (locked) wallet at its time: remaining credits voided, terminated.
 
     The ledger does it set-based (one INSERT of the voided entries, one UPDATE of the
     rows, whatever their number), then each hook runs once for all of them: a sweep
     pays a few statements per batch instead of a few per wallet.
     """
-    ledger.terminate_and_void(session, ending)
+    ledger.terminate_and_void(session, ending, created_by=created_by)
     ended = [wallet for wallet, _ in ending]
     for hook in WALLET_ENDED_HOOKS:
         hook(session, ended)
@@ -275,7 +305,7 @@ def expire_due_wallets(session: Session, now: datetime, batch_size: int) -> list
         assert wallet.expiration_at is not None
         ending.append((wallet, wallet.expiration_at))
     if ending:
-        _end_wallets(session, ending)
+        _end_wallets(session, ending, created_by=actors.SYSTEM)
     return [wallet.id for wallet in wallets]
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
 
 from gateway import ledger
+from gateway.actors import SYSTEM
 from gateway.db import get_db, utcnow
 from gateway.models import Customer, Purchase, PurchaseStatus, Wallet, WalletTransaction
 from gateway.providers import get_provider
@@ -126,7 +127,7 @@ def many_open_purchases(session: Session, stub: StripeStub, count: int) -> list[
     now = utcnow()
     rows = [session.get_one(Purchase, seed.id)]
     for _ in range(count - 1):
-        entry = ledger.open_purchase_entry(session, wallet, Decimal("1"), now)
+        entry = ledger.open_purchase_entry(session, wallet, Decimal("1"), now, created_by=SYSTEM)
         purchase = Purchase(
             wallet_id=wallet.id,
             customer_id=wallet.customer_id,

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
 from gateway import credits, ledger, money
+from gateway.actors import SYSTEM
 from gateway.db import utcnow
 from gateway.models import Customer, Wallet, WalletStatus
 
@@ -102,7 +103,7 @@ def _wallet(session: Session, balance: Decimal, rate: Decimal, currency: str) ->
     )
     session.add(wallet)
     session.flush()
-    ledger.grant_credits(session, wallet, balance, utcnow())
+    ledger.grant_credits(session, wallet, balance, utcnow(), created_by=SYSTEM)
     return wallet
 
 
@@ -137,7 +138,9 @@ def test_applying_credits_moves_the_balance_by_exactly_what_it_consumes(
         wallet = _wallet(db_session, balance, rate, currency)
         value_cents = money.balance_minor(balance, rate, currency)
 
-        result = credits.apply_credits(db_session, _request(wallet, subtotal, tax_rate), utcnow())
+        result = credits.apply_credits(
+            db_session, _request(wallet, subtotal, tax_rate), utcnow(), created_by=SYSTEM
+        )
 
         answer = result.application
         db_session.refresh(wallet)
@@ -177,7 +180,9 @@ def test_a_run_of_invoices_never_deducts_more_than_the_wallet_held(
         deducted = 0
         for subtotal in invoices:
             before = wallet.credits_balance
-            answer = credits.apply_credits(db_session, _request(wallet, subtotal), utcnow())
+            answer = credits.apply_credits(
+                db_session, _request(wallet, subtotal), utcnow(), created_by=SYSTEM
+            )
             db_session.refresh(wallet)
             deducted += answer.application.amount_cents
             assert wallet.credits_balance == before - answer.application.credit_amount

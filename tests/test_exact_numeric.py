@@ -67,6 +67,7 @@ def test_decimals_round_trip_exactly(
             status="settled",
             credit_amount=balance,
             amount=amount,
+            created_by="system",
         )
         db_session.add(entry)
         db_session.flush()
@@ -106,6 +107,7 @@ def test_sums_of_entries_are_exact(db_session: Session, entries: list[Decimal]) 
                     status="settled",
                     credit_amount=credits,
                     amount=credits,
+                    created_by="system",
                 )
             )
         db_session.flush()

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from gateway import ledger, money
+from gateway.actors import SYSTEM
 from gateway.db import utcnow
 from gateway.models import Customer, Wallet, WalletStatus, WalletTransaction
 
@@ -31,7 +32,9 @@ def _wallet(session: Session, balance: Decimal, rate: Decimal) -> Wallet:
     session.add(wallet)
     session.flush()
     if balance:
-        ledger.grant_credits(session, wallet, balance, utcnow() - timedelta(days=10))
+        ledger.grant_credits(
+            session, wallet, balance, utcnow() - timedelta(days=10), created_by=SYSTEM
+        )
     return ledger.lock_wallet(session, wallet.id)
 
 
@@ -66,7 +69,7 @@ def test_each_wallet_ends_at_its_own_time_with_its_exact_balance_voided(
     def _count(_conn: Connection, _cursor: Any, statement: str, *_rest: Any) -> None:
         statements.append(statement)
 
-    assert ledger.terminate_and_void(db_session, ending) == 3
+    assert ledger.terminate_and_void(db_session, ending, created_by=SYSTEM) == 3
 
     assert len(statements) == 2  # one INSERT and one UPDATE, whatever the number of wallets
     assert not db_session.dirty  # the objects hold the new state as committed values
@@ -104,7 +107,7 @@ def test_a_wallet_changed_under_the_caller_stops_them_all(db_session: Session) -
     at = utcnow()
 
     with pytest.raises(ledger.LedgerError, match="1 of 2 wallet"), db_session.begin_nested():
-        ledger.terminate_and_void(db_session, [(fresh, at), (stale, at)])
+        ledger.terminate_and_void(db_session, [(fresh, at), (stale, at)], created_by=SYSTEM)
 
     db_session.expire_all()
     for wallet_id, balance in ((fresh.id, Decimal("3")), (stale.id, Decimal("7"))):
@@ -117,11 +120,11 @@ def test_a_wallet_ends_once(db_session: Session) -> None:
     wallet = _wallet(db_session, Decimal("2"), Decimal("1"))
     at = utcnow()
     with pytest.raises(ledger.LedgerError, match="given twice"):
-        ledger.terminate_and_void(db_session, [(wallet, at), (wallet, at)])
+        ledger.terminate_and_void(db_session, [(wallet, at), (wallet, at)], created_by=SYSTEM)
 
-    ledger.terminate_and_void(db_session, [(wallet, at)])
+    ledger.terminate_and_void(db_session, [(wallet, at)], created_by=SYSTEM)
     with pytest.raises(ledger.LedgerError, match="cannot end again"):
-        ledger.terminate_and_void(db_session, [(wallet, at)])
+        ledger.terminate_and_void(db_session, [(wallet, at)], created_by=SYSTEM)
     assert len(_voided(db_session, wallet.id)) == 1
 
 
@@ -129,5 +132,5 @@ def test_a_naive_end_time_is_refused(db_session: Session) -> None:
     wallet = _wallet(db_session, Decimal("2"), Decimal("1"))
     naive = datetime(2030, 1, 1)
     with pytest.raises(ledger.LedgerError, match="UTC-aware"):
-        ledger.terminate_and_void(db_session, [(wallet, naive)])
+        ledger.terminate_and_void(db_session, [(wallet, naive)], created_by=SYSTEM)
     assert wallet.status == WalletStatus.ACTIVE

@@ -45,6 +45,8 @@ rates = st.sampled_from([Decimal("1"), Decimal("0.33333"), Decimal("5.00"), Deci
 hours = st.integers(min_value=1, max_value=72)
 customer_index = st.integers(min_value=0, max_value=1)
 
+ACTOR = "operator:stateful"
+
 
 @dataclass
 class ModelWallet:
@@ -134,7 +136,9 @@ class WalletLedgerMachine(RuleBasedStateMachine):
             expiration_at=expiration,
         )
         error = self.attempt(
-            lambda: created.append(wallets.create_wallet(self.session, data, self.now).wallet.id)
+            lambda: created.append(
+                wallets.create_wallet(self.session, data, self.now, created_by=ACTOR).wallet.id
+            )
         )
         current = self.latest.get(who)
         if current is not None and self.usable(current):
@@ -155,7 +159,7 @@ class WalletLedgerMachine(RuleBasedStateMachine):
             return
         error = self.attempt(
             lambda: wallets.top_up(
-                self.session, wallet_id, granted=granted, paid=None, now=self.now
+                self.session, wallet_id, granted=granted, paid=None, now=self.now, created_by=ACTOR
             )
         )
         if self.usable(wallet_id):
@@ -182,7 +186,7 @@ class WalletLedgerMachine(RuleBasedStateMachine):
         def consume() -> None:
             wallet = ledger.lock_wallet(self.session, wallet_id)
             cents = money.balance_minor(credits, wallet.rate_amount, wallet.currency)
-            ledger.consume_credits(self.session, wallet, credits, cents, self.now)
+            ledger.consume_credits(self.session, wallet, credits, cents, self.now, created_by=ACTOR)
 
         assert self.attempt(consume) is None
         model.balance -= credits
@@ -214,7 +218,11 @@ class WalletLedgerMachine(RuleBasedStateMachine):
         if wallet_id is None:
             return
         assert (
-            self.attempt(lambda: wallets.terminate_wallet(self.session, wallet_id, self.now))
+            self.attempt(
+                lambda: wallets.terminate_wallet(
+                    self.session, wallet_id, self.now, created_by=ACTOR
+                )
+            )
             is None
         )
         self.end(wallet_id)

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from gateway import ledger, wallets
+from gateway.actors import SYSTEM
 from gateway.db import get_session, utcnow
 from gateway.errors import IdempotencyKeyInProgress
 from gateway.models import EntryStatus, Purchase, PurchaseStatus, WalletTransaction
@@ -138,10 +139,14 @@ def test_a_request_key_already_held_refuses_the_purchase_and_keeps_the_transacti
     with app.app_context():
         session = get_session()
         wallet = ledger.lock_wallet(session, wallet_id)
-        PurchaseBatch("principal:key").open(session, wallet, Decimal("10"), utcnow())
+        PurchaseBatch("principal:key").open(
+            session, wallet, Decimal("10"), utcnow(), created_by=SYSTEM
+        )
 
         with pytest.raises(IdempotencyKeyInProgress):
-            PurchaseBatch("principal:key").open(session, wallet, Decimal("10"), utcnow())
+            PurchaseBatch("principal:key").open(
+                session, wallet, Decimal("10"), utcnow(), created_by=SYSTEM
+            )
 
         # No error reached the database: the transaction goes on.
         assert session.execute(text("SELECT 1")).scalar_one() == 1
@@ -171,7 +176,12 @@ def test_the_answer_shows_the_wallet_as_it_is_once_the_invoice_is_stored(
         elsewhere(
             connection,
             lambda session: wallets.top_up(
-                session, wallet_id, granted=Decimal("3"), paid=None, now=utcnow()
+                session,
+                wallet_id,
+                granted=Decimal("3"),
+                paid=None,
+                now=utcnow(),
+                created_by=SYSTEM,
             ),
         )
 
@@ -208,7 +218,10 @@ def test_a_wallet_ended_while_stripe_made_the_invoice_has_it_voided_by_the_purch
         stripe_http,
         stub,
         lambda _invoice: elsewhere(
-            connection, lambda session: wallets.terminate_wallet(session, wallet_id, utcnow())
+            connection,
+            lambda session: wallets.terminate_wallet(
+                session, wallet_id, utcnow(), created_by=SYSTEM
+            ),
         ),
     )
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
 from gateway import ledger, money
+from gateway.actors import SYSTEM
 from gateway.db import utcnow
 from gateway.models import (
     Customer,
@@ -127,8 +128,8 @@ def make_purchase(
     session.add(wallet)
     session.flush()
     if granted:
-        ledger.grant_credits(session, wallet, granted, now)
-    entry = ledger.open_purchase_entry(session, wallet, credits, now)
+        ledger.grant_credits(session, wallet, granted, now, created_by=SYSTEM)
+    entry = ledger.open_purchase_entry(session, wallet, credits, now, created_by=SYSTEM)
     amount = money.purchase_amount_minor(credits, rate, currency)
     invoice_id = _next("in")
     purchase = Purchase(

@@ -7,6 +7,7 @@ import hmac
 
 from flask import g, request
 
+from gateway import actors
 from gateway.api.errors import ApiError
 from gateway.settings import current_settings
 
@@ -24,10 +25,19 @@ def require_api_key() -> None:
     if scheme.lower() != "bearer" or not presented:
         raise ApiError("unauthorized", "send Authorization: Bearer <api key>")
     presented_bytes = presented.encode()
-    matched = False
+    settings = current_settings()
+    matched: str | None = None
     # Compare against every key without stopping early, so timing says nothing.
-    for key in current_settings().api_keys:
-        matched |= hmac.compare_digest(presented_bytes, key.encode())
-    if not matched:
+    for key, label in zip(settings.api_keys, settings.api_key_labels, strict=True):
+        if hmac.compare_digest(presented_bytes, key.encode()):
+            matched = label
+    if matched is None:
         raise ApiError("unauthorized", "the API key is not valid")
     g.api_principal = principal_of(presented)
+    g.api_actor = actors.api(matched)
+
+
+def api_actor() -> str:
+    """`api:LABEL` of the key that authenticated this request (its ledger entries' author)."""
+    actor: str = g.api_actor
+    return actor

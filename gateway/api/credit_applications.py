@@ -6,6 +6,7 @@ from typing import Any
 
 from gateway import credits
 from gateway.api import api_v1
+from gateway.api.auth import api_actor
 from gateway.api.framework import Reply, endpoint
 from gateway.api.schemas import CreditApplicationRequest, CreditApplicationResponse
 from gateway.db import get_session, utcnow
@@ -20,6 +21,9 @@ from gateway.db import get_session, utcnow
 )  # fmt: skip
 def apply_credits(body: dict[str, Any]) -> Reply:
     result = credits.apply_credits(
-        get_session(), credits.CreditApplicationInput(**body["credit_application"]), utcnow()
+        get_session(),
+        credits.CreditApplicationInput(**body["credit_application"]),
+        utcnow(),
+        created_by=api_actor(),
     )
     return Reply({"credit_application": result.application}, 201 if result.created else 200)

@@ -260,6 +260,9 @@ class WalletTransactionSchema(Schema):
     settled_at = UTCDateTimeField(allow_none=True)
     failed_at = UTCDateTimeField(allow_none=True)
     created_at = UTCDateTimeField()
+    created_by = fields.String(
+        metadata={"description": "who made it: operator:NAME, api:LABEL or system"}
+    )
     invoice = fields.Function(_invoice_of, metadata={"type": "object", "nullable": True})
 
 

@@ -8,6 +8,7 @@ from flask import g
 
 from gateway import purchases, wallets
 from gateway.api import api_v1
+from gateway.api.auth import api_actor
 from gateway.api.framework import Reply, endpoint
 from gateway.api.schemas import (
     TopUpRequest,
@@ -42,6 +43,7 @@ def create_wallet(body: dict[str, Any]) -> Reply:
         get_session(),
         wallets.WalletInput(**body["wallet"]),
         utcnow(),
+        created_by=api_actor(),
         request_scope=g.get("idempotency_scope"),
     )
     return Reply({"wallet": result.wallet, "wallet_transactions": result.transactions}, 201)
@@ -89,7 +91,8 @@ def update_wallet(wallet_id: str, body: dict[str, Any]) -> Reply:
     response=WalletResponse, errors=["not_found"],
 )  # fmt: skip
 def terminate_wallet(wallet_id: str) -> Reply:
-    return Reply({"wallet": wallets.terminate_wallet(get_session(), wallet_id, utcnow())})
+    wallet = wallets.terminate_wallet(get_session(), wallet_id, utcnow(), created_by=api_actor())
+    return Reply({"wallet": wallet})
 
 
 @endpoint(
@@ -106,6 +109,7 @@ def top_up(body: dict[str, Any]) -> Reply:
         granted=data.get("granted_credits"),
         paid=data.get("paid_credits"),
         now=utcnow(),
+        created_by=api_actor(),
         request_scope=g.get("idempotency_scope"),
     )
     return Reply({"wallet_transactions": transactions}, 201)
