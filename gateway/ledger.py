@@ -9,6 +9,7 @@ of the wallet's settled entries (inbound minus outbound) and is never negative.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -40,6 +41,7 @@ from gateway import actors, money
 from gateway.db import new_id
 from gateway.errors import NotFound
 from gateway.models import (
+    EntrySource,
     EntryStatus,
     TransactionStatus,
     TransactionType,
@@ -57,6 +59,19 @@ class LedgerError(RuntimeError):
 
 
 _ZERO = money.quantize_credits(Decimal("0"))
+
+
+@dataclass(frozen=True)
+class Origin:
+    """What makes an entry: a caller (`manual`), or an automatic top-up rule and, for an
+    interval rule, the period it buys (unique per rule: one top-up per period)."""
+
+    source: EntrySource = EntrySource.MANUAL
+    rule_id: str | None = None
+    period_at: datetime | None = None
+
+
+MANUAL = Origin()
 
 
 def lock_wallet(session: Session, wallet_id: str) -> Wallet:
@@ -81,6 +96,7 @@ def _entry_values(
     credits: Decimal,
     now: datetime,
     created_by: str,
+    origin: Origin = MANUAL,
 ) -> dict[str, Any]:
     """The columns of one entry, all but its id."""
     credits = money.quantize_credits(credits)
@@ -97,6 +113,9 @@ def _entry_values(
         "failed_at": None,
         "created_at": now,
         "created_by": _author(created_by),
+        "source": origin.source,
+        "rule_id": origin.rule_id,
+        "rule_period_at": origin.period_at,
     }
 
 
@@ -116,6 +135,7 @@ def _entry(
     credits: Decimal,
     now: datetime,
     created_by: str,
+    origin: Origin = MANUAL,
 ) -> WalletTransaction:
     return WalletTransaction(
         **_entry_values(
@@ -126,12 +146,19 @@ def _entry(
             credits=credits,
             now=now,
             created_by=created_by,
+            origin=origin,
         )
     )
 
 
 def grant_credits(
-    session: Session, wallet: Wallet, credits: Decimal, now: datetime, *, created_by: str
+    session: Session,
+    wallet: Wallet,
+    credits: Decimal,
+    now: datetime,
+    *,
+    created_by: str,
+    origin: Origin = MANUAL,
 ) -> WalletTransaction:
     """Free credits: a settled inbound `granted` entry, balance raised at once."""
     entry = _entry(
@@ -142,6 +169,7 @@ def grant_credits(
         credits=credits,
         now=now,
         created_by=created_by,
+        origin=origin,
     )
     wallet.credits_balance += entry.credit_amount
     session.add(entry)
@@ -150,7 +178,13 @@ def grant_credits(
 
 
 def open_purchase_entry(
-    session: Session, wallet: Wallet, credits: Decimal, now: datetime, *, created_by: str
+    session: Session,
+    wallet: Wallet,
+    credits: Decimal,
+    now: datetime,
+    *,
+    created_by: str,
+    origin: Origin = MANUAL,
 ) -> WalletTransaction:
     """Purchased credits awaiting payment: a pending inbound entry; the balance waits."""
     entry = _entry(
@@ -161,6 +195,7 @@ def open_purchase_entry(
         credits=credits,
         now=now,
         created_by=created_by,
+        origin=origin,
     )
     session.add(entry)
     session.flush()
@@ -387,6 +422,21 @@ def ledger_balance(session: Session, wallet_id: str) -> Decimal:
             WalletTransaction.status == EntryStatus.SETTLED,
         )
     ).scalar_one()
+    return money.quantize_credits(Decimal(total))
+
+
+_PENDING_CREDITS = select(
+    func.coalesce(func.sum(_ENTRIES.c.credit_amount), 0).label("pending")
+).where(
+    _ENTRIES.c.wallet_id == bindparam("wallet_id"),
+    _ENTRIES.c.status == EntryStatus.PENDING,
+    _ENTRIES.c.transaction_status == TransactionStatus.PURCHASED,
+)
+
+
+def pending_credits(session: Session, wallet_id: str) -> Decimal:
+    """Credits bought for `wallet_id` and not paid yet (its pending purchase entries)."""
+    total = session.execute(_PENDING_CREDITS, {"wallet_id": wallet_id}).scalar_one()
     return money.quantize_credits(Decimal(total))
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from gateway.db import Base, ExactNumeric, UTCDateTime, WideExactNumeric, new_id, utcnow
+from gateway.intervals import Interval
 
 # Credits and rates: 5 decimal places. Transaction amounts: their exact product.
 # ExactNumeric keeps them exact on SQLite too (see gateway.db).
@@ -78,6 +79,29 @@ class PurchaseStatus(enum.StrEnum):
     FAILED = "failed"
     REFUND_REQUIRED = "refund_required"
     REVIEW_REQUIRED = "review_required"
+
+
+class EntrySource(enum.StrEnum):
+    """What made a ledger entry (`source` in the API): a caller, or an automatic rule."""
+
+    MANUAL = "manual"
+    THRESHOLD = "threshold"
+    INTERVAL = "interval"
+
+
+class RuleTrigger(enum.StrEnum):
+    THRESHOLD = "threshold"
+    INTERVAL = "interval"
+
+
+class RuleMethod(enum.StrEnum):
+    FIXED = "fixed"  # buys paid_credits, grants granted_credits
+    TARGET = "target"  # buys what brings balance + pending credits up to target_credits
+
+
+class RuleStatus(enum.StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
 
 
 class WebhookEventStatus(enum.StrEnum):
@@ -163,10 +187,16 @@ class Wallet(Base):
     consumed_amount_cents: Mapped[int] = mapped_column(BigInteger, default=0)
     expiration_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     terminated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Crossing it (downwards, then back up) is what `wallet.balance_low` /
+    # `wallet.balance_recovered` report; null: no such events.
+    low_balance_threshold_credits: Mapped[Decimal | None] = mapped_column(Credits)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     customer: Mapped[Customer] = relationship()
+    recurring_transaction_rules: Mapped[list[RecurringTransactionRule]] = relationship(
+        order_by="RecurringTransactionRule.trigger", viewonly=True
+    )
 
     def is_expired(self, now: datetime) -> bool:
         return self.expiration_at is not None and self.expiration_at <= now
@@ -191,7 +221,27 @@ class WalletTransaction(Base):
         CheckConstraint(f"transaction_status IN ({_enum_values(TransactionStatus)})", name="kind"),
         CheckConstraint(f"status IN ({_enum_values(EntryStatus)})", name="status"),
         CheckConstraint("credit_amount >= 0", name="credit_amount_not_negative"),
+        CheckConstraint(f"source IN ({_enum_values(EntrySource)})", name="source"),
         Index("ix_wallet_transactions_wallet_created", "wallet_id", "created_at", "id"),
+        # A wallet's pending credits (and whether a rule has an unpaid top-up) are read
+        # under its lock on every credit application that reaches a threshold.
+        Index(
+            "ix_wallet_transactions_pending",
+            "wallet_id",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        # One top-up per period of an interval rule: the constraint decides between
+        # workers, whatever they read (one purchased and one granted entry at most).
+        Index(
+            "uq_wallet_transactions_rule_period",
+            "rule_id",
+            "rule_period_at",
+            "transaction_status",
+            unique=True,
+            postgresql_where=text("rule_period_at IS NOT NULL"),
+            sqlite_where=text("rule_period_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("wtx"))
@@ -206,6 +256,13 @@ class WalletTransaction(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Who made it (`gateway.actors`): operator:NAME, api:LABEL or system.
     created_by: Mapped[str] = mapped_column(String(100))
+    source: Mapped[str] = mapped_column(
+        String(16), default=EntrySource.MANUAL, server_default=EntrySource.MANUAL.value
+    )
+    # The rule that made it (no foreign key: a rule removed by a PUT keeps its history)
+    # and, for an interval rule, the period it bought.
+    rule_id: Mapped[str | None] = mapped_column(String(40))
+    rule_period_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     wallet: Mapped[Wallet] = relationship()
     purchase: Mapped[Purchase | None] = relationship(back_populates="transaction", uselist=False)
@@ -249,6 +306,9 @@ class Purchase(Base):
     failure_message: Mapped[str | None] = mapped_column(Text)
     last_payment_error: Mapped[str | None] = mapped_column(Text)
     provider_void_pending: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The invoice's collection method when it is not the configured one: automatic
+    # top-ups are always `charge_automatically` (nobody is there to pay an emailed one).
+    collection_method: Mapped[str | None] = mapped_column(String(32))
     # The API request that created it (API-key hash, Idempotency-Key, position), so a
     # retry of that request resumes this purchase instead of starting another.
     request_key: Mapped[str | None] = mapped_column(String(400), unique=True)
@@ -258,6 +318,59 @@ class Purchase(Base):
     transaction: Mapped[WalletTransaction] = relationship(back_populates="purchase")
     wallet: Mapped[Wallet] = relationship()
     customer: Mapped[Customer] = relationship()
+
+
+_DUE_INTERVAL_RULES = "status = 'active' AND \"trigger\" = 'interval'"
+
+
+class RecurringTransactionRule(Base):
+    """A wallet's automatic top-up: when its balance runs low, or on a schedule."""
+
+    __tablename__ = "recurring_transaction_rules"
+    __table_args__ = (
+        # "trigger" and "interval" are SQL keywords: quoted wherever SQL is written by hand.
+        CheckConstraint(f'"trigger" IN ({_enum_values(RuleTrigger)})', name="trigger"),
+        CheckConstraint(f"method IN ({_enum_values(RuleMethod)})", name="method"),
+        CheckConstraint(
+            f""""interval" IS NULL OR "interval" IN ({_enum_values(Interval)})""", name="interval"
+        ),
+        CheckConstraint(f"status IN ({_enum_values(RuleStatus)})", name="status"),
+        CheckConstraint(
+            """"trigger" <> 'threshold' OR threshold_credits IS NOT NULL""", name="threshold_set"
+        ),
+        CheckConstraint(
+            """"trigger" <> 'interval' OR ("interval" IS NOT NULL """
+            "AND started_at IS NOT NULL AND next_run_at IS NOT NULL)",
+            name="interval_set",
+        ),
+        CheckConstraint("method <> 'target' OR target_credits IS NOT NULL", name="target_set"),
+        # At most one rule per trigger on a wallet.
+        UniqueConstraint("wallet_id", "trigger", name="uq_recurring_transaction_rules_trigger"),
+        # The worker's scan for interval rules that are due.
+        Index(
+            "ix_recurring_transaction_rules_due",
+            "next_run_at",
+            postgresql_where=text(_DUE_INTERVAL_RULES),
+            sqlite_where=text(_DUE_INTERVAL_RULES),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("rtr"))
+    wallet_id: Mapped[str] = mapped_column(ForeignKey("wallets.id"))
+    trigger: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=RuleStatus.ACTIVE)
+    paused_reason: Mapped[str | None] = mapped_column(Text)
+    threshold_credits: Mapped[Decimal | None] = mapped_column(Credits)
+    interval: Mapped[str | None] = mapped_column(String(16))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Interval rules: the next date not yet bought (the worker's due scan).
+    next_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    paid_credits: Mapped[Decimal | None] = mapped_column(Credits)
+    granted_credits: Mapped[Decimal | None] = mapped_column(Credits)
+    target_credits: Mapped[Decimal | None] = mapped_column(Credits)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 class CreditApplication(Base):

@@ -51,6 +51,7 @@ from gateway.errors import (
 )
 from gateway.models import (
     Customer,
+    EntrySource,
     Purchase,
     PurchaseStatus,
     TransactionStatus,
@@ -78,6 +79,10 @@ Clock = Callable[[], datetime]
 PROVIDER_IDEMPOTENCY_WINDOW = timedelta(hours=23)
 # One request opens at most this many purchases (today: one, `paid_credits`).
 MAX_PURCHASES_PER_REQUEST = 4
+# Nobody is there to pay an emailed invoice for a top-up nobody asked for just now:
+# automatic top-ups charge the customer's default payment method.
+AUTOMATIC_COLLECTION_METHOD = "charge_automatically"
+
 
 _shown = money.format_minor
 
@@ -144,6 +149,7 @@ class _PurchaseWork:
     provider_customer_id: str | None
     customer: CustomerRequest | None
     invoice_id: str | None
+    collection_method: str | None = None  # None: the configured one
     resumed: bool = False  # an earlier attempt may have called the provider already
 
     @classmethod
@@ -175,6 +181,7 @@ class _PurchaseWork:
                 )
             ),
             invoice_id=purchase.provider_invoice_id,
+            collection_method=purchase.collection_method,
         )
 
     def invoice_request(self, provider_customer_id: str) -> PurchaseInvoiceRequest:
@@ -188,6 +195,7 @@ class _PurchaseWork:
             credits=self.credits,
             rate_amount=self.rate_amount,
             description=invoice_description(self.credits, self.rate_amount, self.currency),
+            collection_method=self.collection_method,
         )
 
     def error_details(self) -> dict[str, Any]:
@@ -196,6 +204,17 @@ class _PurchaseWork:
             "wallet_id": self.wallet_id,
             "wallet_transaction_id": self.transaction_id,
         }
+
+
+def configured_provider() -> PaymentProvider:
+    """The app's provider; `payment_provider_unavailable` naming the setting if none."""
+    try:
+        return get_provider()
+    except ProviderNotConfigured as exc:
+        raise PaymentProviderUnavailable(
+            f"paid credits need a payment provider: set {exc.setting}",
+            details={"setting": exc.setting},
+        ) from exc
 
 
 class PurchaseBatch:
@@ -222,13 +241,7 @@ class PurchaseBatch:
     def provider(self) -> PaymentProvider:
         """The configured provider; `payment_provider_unavailable` naming the setting if none."""
         if self._provider is None:
-            try:
-                self._provider = get_provider()
-            except ProviderNotConfigured as exc:
-                raise PaymentProviderUnavailable(
-                    f"paid credits need a payment provider: set {exc.setting}",
-                    details={"setting": exc.setting},
-                ) from exc
+            self._provider = configured_provider()
         return self._provider
 
     def request_key(self, position: int) -> str | None:
@@ -237,15 +250,25 @@ class PurchaseBatch:
         return f"{self.request_scope}:purchase:{position}"
 
     def open(
-        self, session: Session, wallet: Wallet, credits: Decimal, now: datetime, *, created_by: str
+        self,
+        session: Session,
+        wallet: Wallet,
+        credits: Decimal,
+        now: datetime,
+        *,
+        created_by: str,
+        origin: ledger.Origin = ledger.MANUAL,
     ) -> WalletTransaction:
         """Phase 1 for `credits` bought into `wallet` (locked or new): entry and row, written.
 
         The purchase row is one INSERT that also answers the customer's provider id; the
-        customer itself is read only when it has none yet (its first purchase).
+        customer itself is read only when it has none yet (its first purchase). A
+        purchase an automatic rule makes (`origin`) is always charged automatically.
         """
         amount = check_purchase_amount(self.provider, credits, wallet.rate_amount, wallet.currency)
-        entry = ledger.open_purchase_entry(session, wallet, credits, now, created_by=created_by)
+        entry = ledger.open_purchase_entry(
+            session, wallet, credits, now, created_by=created_by, origin=origin
+        )
         request_key = self.request_key(len(self._work))
         purchase = Purchase(
             id=new_id("pur"),
@@ -259,6 +282,9 @@ class PurchaseBatch:
             provider=self.provider.name,
             **dict.fromkeys(_NOT_YET_KNOWN),
             provider_void_pending=False,
+            collection_method=(
+                None if origin.source == EntrySource.MANUAL else AUTOMATIC_COLLECTION_METHOD
+            ),
             request_key=request_key,
             created_at=now,
             updated_at=now,
@@ -417,7 +443,12 @@ def create_wallet(
         batch.resume(session, earlier)
     else:
         result = wallets.create_wallet(
-            session, data, now, created_by=created_by, open_purchase=batch.open
+            session,
+            data,
+            now,
+            created_by=created_by,
+            open_purchase=batch.open,
+            provider=configured_provider,
         )
     batch.complete(session)
     return result

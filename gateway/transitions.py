@@ -29,7 +29,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from gateway import ledger
+from gateway import ledger, rules
 from gateway.models import EntryStatus, Purchase, PurchaseStatus, WalletTransaction
 
 # Failure texts are kept, but not without bound.
@@ -178,6 +178,8 @@ def fail(
         failure_message=message[:MESSAGE_LIMIT],
         provider_void_pending=void_pending,
     )
+    # An automatic top-up that failed is not bought again and again: its rule pauses.
+    rules.pause_rule_of_entry(conn, purchase.transaction_id, f"{code}: {message}", now)
 
 
 def require_refund(

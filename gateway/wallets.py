@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway import actors, ledger
+from gateway import actors, ledger, rules
 from gateway.customers import get_customer, has_active_subscription
 from gateway.errors import (
     CurrencyMismatch,
@@ -28,6 +28,7 @@ from gateway.errors import (
     WalletIsTerminated,
 )
 from gateway.models import Customer, Wallet, WalletStatus, WalletTransaction
+from gateway.providers.base import PaymentProvider
 
 UNSET: object = object()
 
@@ -41,6 +42,8 @@ class WalletInput:
     paid_credits: Decimal | None = None
     granted_credits: Decimal | None = None
     expiration_at: datetime | None = None
+    recurring_transaction_rules: Sequence[rules.RuleInput] = ()
+    low_balance_threshold_credits: Decimal | None = None
 
 
 @dataclass
@@ -64,6 +67,24 @@ class PurchaseOpener(Protocol):
         *,
         created_by: str,
     ) -> WalletTransaction: ...
+
+
+# The payment provider, asked for only when a top-up rule buys credits (its amounts are
+# checked against the provider's limits). Without one: `payment_provider_unavailable`.
+ProviderSource = Callable[[], PaymentProvider]
+
+
+def provider_unavailable() -> PaymentProvider:
+    raise PaymentProviderUnavailable(
+        "automatic top-ups that buy credits need a payment provider: set STRIPE_SECRET_KEY",
+        details={"setting": "STRIPE_SECRET_KEY"},
+    )
+
+
+def _check_rules(
+    given: Sequence[rules.RuleInput], rate: Decimal, currency: str, provider: ProviderSource
+) -> None:
+    rules.validate_rules(given, rate, currency, provider() if rules.needs_provider(given) else None)
 
 
 def paid_credits_unavailable(
@@ -135,9 +156,11 @@ def create_wallet(
     *,
     created_by: str,
     open_purchase: PurchaseOpener = paid_credits_unavailable,
+    provider: ProviderSource = provider_unavailable,
 ) -> WalletResult:
     """A new active wallet for a customer with an active subscription, with its credits
-    (ledger entries made by `created_by`)."""
+    (ledger entries made by `created_by`) and its automatic top-up rules (all checked
+    before anything is stored)."""
     customer = get_customer(session, data.external_customer_id)
     if data.currency is not None and data.currency != customer.currency:
         raise CurrencyMismatch(
@@ -150,6 +173,7 @@ def create_wallet(
             details={"external_customer_id": ["no active subscription"]},
         )
     _check_expiration(data.expiration_at, now)
+    _check_rules(data.recurring_transaction_rules, data.rate_amount, customer.currency, provider)
     active_id = _active_wallet_id(session, customer)
     if active_id is not None:
         active = ledger.lock_wallet(session, active_id)
@@ -170,6 +194,7 @@ def create_wallet(
         consumed_credits=Decimal("0"),
         consumed_amount_cents=0,
         expiration_at=data.expiration_at,
+        low_balance_threshold_credits=data.low_balance_threshold_credits,
         created_at=now,
     )
     try:
@@ -178,6 +203,8 @@ def create_wallet(
             session.add(wallet)
     except IntegrityError as exc:
         raise _already_exists(customer) from exc
+    if data.recurring_transaction_rules:
+        rules.replace_rules(session, wallet, data.recurring_transaction_rules, now)
     if not data.granted_credits and not data.paid_credits:
         return WalletResult(wallet)
     transactions = _add_credits(
@@ -222,11 +249,25 @@ def update_wallet(
     *,
     name: str | object | None = UNSET,
     expiration_at: datetime | object | None = UNSET,
+    low_balance_threshold_credits: Decimal | object | None = UNSET,
+    recurring_transaction_rules: Sequence[rules.RuleInput] | object = UNSET,
     now: datetime,
+    provider: ProviderSource = provider_unavailable,
 ) -> Wallet:
-    """Change the name and/or expiration (null removes it) of an active wallet."""
+    """Change the name, expiration, low-balance threshold (null removes them) and the
+    automatic top-up rules (the list replaces the wallet's; [] removes them all, and a
+    paused rule given again resumes) of an active wallet."""
     wallet = ledger.lock_wallet(session, wallet_id)
     _ensure_usable(wallet, now)
+    if recurring_transaction_rules is not UNSET:
+        assert isinstance(recurring_transaction_rules, Sequence)
+        _check_rules(recurring_transaction_rules, wallet.rate_amount, wallet.currency, provider)
+        rules.replace_rules(session, wallet, recurring_transaction_rules, now)
+    if low_balance_threshold_credits is not UNSET:
+        assert low_balance_threshold_credits is None or isinstance(
+            low_balance_threshold_credits, Decimal
+        )
+        wallet.low_balance_threshold_credits = low_balance_threshold_credits
     if expiration_at is not UNSET:
         assert expiration_at is None or isinstance(expiration_at, datetime)
         _check_expiration(expiration_at, now)
@@ -272,10 +313,12 @@ def _end_wallets(
         hook(session, ended)
 
 
-# Called in the transaction that ends wallets, with the wallets it ended (the
-# settlement module registers one that fails their unpaid purchases and voids the
-# invoices at the provider once the transaction has committed).
-WALLET_ENDED_HOOKS: list[Callable[[Session, Sequence[Wallet]], None]] = []
+# Called in the transaction that ends wallets, with the wallets it ended: their
+# automatic top-up rules pause, and (registered by the settlement module) their unpaid
+# purchases fail and the invoices are voided at the provider once it has committed.
+WALLET_ENDED_HOOKS: list[Callable[[Session, Sequence[Wallet]], None]] = [
+    rules.pause_rules_of_ended_wallets
+]
 
 
 def expire_due_wallets(session: Session, now: datetime, batch_size: int) -> list[str]:

@@ -20,6 +20,7 @@ TABLES = {
     "credit_applications",
     "idempotency_keys",
     "webhook_events",
+    "recurring_transaction_rules",
 }
 
 

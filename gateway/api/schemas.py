@@ -9,18 +9,24 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, pre_load, validate
+from marshmallow import Schema, ValidationError, fields, post_load, pre_load, validate
+from sqlalchemy.orm import object_session
 
-from gateway import money
+from gateway import ledger, money
 from gateway.api.fields import DecimalString, UTCDateTimeField
 from gateway.errors import CouponsNotApplicable
+from gateway.intervals import Interval
 from gateway.models import (
+    EntrySource,
     EntryStatus,
+    RuleMethod,
+    RuleTrigger,
     TransactionStatus,
     Wallet,
     WalletStatus,
     WalletTransaction,
 )
+from gateway.rules import RuleInput
 
 _currency = validate.OneOf(
     sorted(money.SUPPORTED_CURRENCIES), error="must be a supported ISO 4217 currency code"
@@ -161,6 +167,50 @@ class _RefusesCoupons(Schema):
         return data
 
 
+def _threshold_field(**kwargs: Any) -> DecimalString:
+    """Credits a balance is compared with: 0 or more."""
+    return DecimalString(
+        places=money.CREDIT_PLACES,
+        minimum=Decimal(0),
+        maximum=money.MAX_CREDITS,
+        formatter=money.format_credits,
+        **kwargs,
+    )
+
+
+class RecurringTransactionRuleInputSchema(_RefusesCoupons):
+    """One automatic top-up rule; which fields go with which trigger and method is
+    checked by the use case (`gateway.rules.validate_rules`)."""
+
+    trigger = fields.String(
+        required=True, validate=validate.OneOf([trigger.value for trigger in RuleTrigger])
+    )
+    method = fields.String(
+        load_default=RuleMethod.FIXED.value,
+        validate=validate.OneOf([method.value for method in RuleMethod]),
+    )
+    threshold_credits = _threshold_field(allow_none=True)
+    interval = fields.String(
+        allow_none=True, validate=validate.OneOf([interval.value for interval in Interval])
+    )
+    started_at = UTCDateTimeField(allow_none=True)
+    paid_credits = credits_field(allow_none=True)
+    granted_credits = credits_field(allow_none=True)
+    target_credits = credits_field(allow_none=True)
+
+    @post_load
+    def _rule(self, data: dict[str, Any], **_kwargs: Any) -> RuleInput:
+        return RuleInput(**data)
+
+
+def _rules_field(**kwargs: Any) -> fields.List[Any]:
+    return fields.List(
+        fields.Nested(RecurringTransactionRuleInputSchema),
+        validate=validate.Length(max=len(RuleTrigger)),
+        **kwargs,
+    )
+
+
 class WalletCreateSchema(_RefusesCoupons):
     external_customer_id = fields.String(required=True, validate=_identifier)
     rate_amount = DecimalString(
@@ -175,6 +225,8 @@ class WalletCreateSchema(_RefusesCoupons):
     paid_credits = credits_field(allow_none=True)
     granted_credits = credits_field(allow_none=True)
     expiration_at = UTCDateTimeField(allow_none=True)
+    recurring_transaction_rules = _rules_field(load_default=())
+    low_balance_threshold_credits = _threshold_field(allow_none=True)
 
 
 class WalletCreateRequest(_RefusesCoupons):
@@ -184,6 +236,8 @@ class WalletCreateRequest(_RefusesCoupons):
 class WalletUpdateSchema(_RefusesCoupons):
     name = fields.String(allow_none=True, validate=validate.Length(max=255))
     expiration_at = UTCDateTimeField(allow_none=True)
+    recurring_transaction_rules = _rules_field()
+    low_balance_threshold_credits = _threshold_field(allow_none=True)
 
 
 class WalletUpdateRequest(Schema):
@@ -202,6 +256,27 @@ def _wallet_amount(attribute: str) -> Any:
     return dump
 
 
+class RecurringTransactionRuleSchema(Schema):
+    id = fields.String()
+    trigger = fields.String()
+    method = fields.String()
+    status = fields.String()
+    paused_reason = fields.String(allow_none=True)
+    threshold_credits = DecimalString(places=5, formatter=money.format_credits, allow_none=True)
+    interval = fields.String(allow_none=True)
+    started_at = UTCDateTimeField(allow_none=True)
+    paid_credits = DecimalString(places=5, formatter=money.format_credits, allow_none=True)
+    granted_credits = DecimalString(places=5, formatter=money.format_credits, allow_none=True)
+    target_credits = DecimalString(places=5, formatter=money.format_credits, allow_none=True)
+    created_at = UTCDateTimeField()
+
+
+def _pending_credits(wallet: Wallet) -> str:
+    session = object_session(wallet)
+    assert session is not None, "a wallet is answered while its session is open"
+    return money.format_credits(ledger.pending_credits(session, wallet.id))
+
+
 class WalletSchema(Schema):
     id = fields.String()
     external_customer_id = fields.Function(lambda wallet: wallet.customer.external_id)
@@ -217,6 +292,14 @@ class WalletSchema(Schema):
     )
     consumed_credits = DecimalString(places=5, formatter=money.format_credits)
     consumed_amount_cents = fields.Integer()
+    pending_credits = fields.Function(
+        _pending_credits,
+        metadata={"type": "string", "description": "purchased credits not paid yet"},
+    )
+    low_balance_threshold_credits = DecimalString(
+        places=5, formatter=money.format_credits, allow_none=True
+    )
+    recurring_transaction_rules = fields.List(fields.Nested(RecurringTransactionRuleSchema))
     expiration_at = UTCDateTimeField(allow_none=True)
     terminated_at = UTCDateTimeField(allow_none=True)
     created_at = UTCDateTimeField()
@@ -263,6 +346,7 @@ class WalletTransactionSchema(Schema):
     created_by = fields.String(
         metadata={"description": "who made it: operator:NAME, api:LABEL or system"}
     )
+    source = fields.String(metadata={"enum": [source.value for source in EntrySource]})
     invoice = fields.Function(_invoice_of, metadata={"type": "object", "nullable": True})
 
 

@@ -77,11 +77,20 @@ def list_wallets(query: dict[str, Any]) -> Reply:
 
 @endpoint(
     api_v1, "/wallets/<wallet_id>", "PUT",
-    summary="Change a wallet's name or expiration (null removes it)",
-    body=WalletUpdateRequest, response=WalletResponse, errors=WALLET_WRITE_ERRORS,
+    summary="Change a wallet's name, expiration, low-balance threshold (null removes "
+            "them) or automatic top-up rules (the list replaces them; [] removes them)",
+    body=WalletUpdateRequest, response=WalletResponse,
+    errors=[*WALLET_WRITE_ERRORS, "amount_too_small", "amount_too_large",
+            "payment_provider_unavailable"],
 )  # fmt: skip
 def update_wallet(wallet_id: str, body: dict[str, Any]) -> Reply:
-    wallet = wallets.update_wallet(get_session(), wallet_id, now=utcnow(), **body["wallet"])
+    wallet = wallets.update_wallet(
+        get_session(),
+        wallet_id,
+        now=utcnow(),
+        provider=purchases.configured_provider,
+        **body["wallet"],
+    )
     return Reply({"wallet": wallet})
 
 

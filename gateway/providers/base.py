@@ -198,6 +198,8 @@ class PurchaseInvoiceRequest:
     credits: Decimal
     rate_amount: Decimal
     description: str
+    # `charge_automatically` or `send_invoice`; None: the configured method.
+    collection_method: str | None = None
 
 
 @dataclass(frozen=True)

@@ -288,10 +288,13 @@ class StripeProvider:
             # Only the line we attach below, never the customer's other pending items.
             "pending_invoice_items_behavior": "exclude",
             "auto_advance": False,
-            "collection_method": self._collection_method,
         }
-        if self._collection_method == "send_invoice":
+        collection_method = request.collection_method or self._collection_method
+        if collection_method == "send_invoice":
+            params["collection_method"] = "send_invoice"
             params["days_until_due"] = self._days_until_due
+        else:
+            params["collection_method"] = "charge_automatically"
         if self._tax_mode == "automatic":
             params["automatic_tax"] = {"enabled": True}
         elif self._tax_mode == "rates":
