@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway import ledger, money
+from gateway import ledger, money, topups
 from gateway.customers import get_customer
 from gateway.errors import CurrencyMismatch, DomainError
 from gateway.models import CreditApplication, Customer, Wallet, WalletStatus
@@ -279,6 +279,9 @@ def _answer(
         )
         application.transaction_id = entry.id
         session.flush()
+        # Still under the wallet's lock: a threshold reached starts its top-up here,
+        # committed with this answer (the provider is called later, by the worker).
+        topups.after_balance_lowered(session, wallet, now)
     return ApplicationResult(application, created=True)
 
 

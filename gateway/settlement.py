@@ -41,7 +41,7 @@ from sqlalchemy import ColumnElement, Select, Table, bindparam, event, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction
 
-from gateway import metrics, transitions
+from gateway import metrics, rules, transitions
 from gateway.db import utcnow
 from gateway.models import (
     EntryStatus,
@@ -262,6 +262,11 @@ def record_payment_failure(
         locked.changes.update(invoice_columns(invoice))
         transitions.open_invoice(conn, locked.ref, now, locked.take_changes())
     transitions.record(conn, purchase.id, locked.changes)
+    if purchase.status in transitions.UNPAID_STATUSES:
+        # An automatic top-up is not charged again and again: its rule pauses.
+        rules.pause_rule_of_entry(
+            conn, purchase.transaction_id, f"{rules.PausedReason.PAYMENT_FAILED}: {message}", now
+        )
     log.info("%s: purchase %s payment failed: %s", source, purchase.id, message)
     return SettlementOutcome(SettlementAction.PAYMENT_FAILURE_RECORDED, purchase.id, message)
 

@@ -1,0 +1,328 @@
+"""Automatic top-ups: the purchases recurring transaction rules make by themselves.
+
+Two ways in, both inside a transaction that holds the wallet's lock, so the top-up is
+committed together with what caused it, or not at all:
+
+- `after_balance_lowered`: called by every change that lowers a balance (a credit
+  application, a refund take-back) once the balance has moved. If the wallet's
+  threshold rule is reached (`credits_balance + pending_credits <= threshold_credits`)
+  and the rule has no unpaid top-up, the top-up's purchase row is written in that same
+  transaction. Racing requests are served one after the other by the wallet's lock,
+  and the second one sees the first one's pending credits: one crossing, one top-up.
+- `buy_due_interval_top_ups`: the worker's duty for interval rules. Due rules are
+  locked with their wallets (`SKIP LOCKED`: several workers share the work); each buys
+  the latest period that is due (after downtime, not every missed one), and a unique
+  index on (rule, period) decides if two workers ever got to the same period.
+
+Neither calls the payment provider: the purchase is left `creating` and
+`complete_automatic_purchases` (the worker) makes its invoice afterwards, with the
+usual idempotency keys and `charge_automatically` (reconciliation also completes a
+purchase left `creating`). A rule never has two unpaid top-ups: one that has an
+unpaid top-up starts no other until it is paid or has failed, and a failure pauses
+the rule (`gateway.rules`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, case, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from gateway import actors, intervals, ledger, money, purchases, rules
+from gateway.db import utcnow
+from gateway.errors import (
+    AmountTooSmall,
+    DomainError,
+    PaymentProviderRejected,
+    PaymentProviderUnavailable,
+)
+from gateway.models import (
+    EntrySource,
+    EntryStatus,
+    Purchase,
+    PurchaseStatus,
+    RecurringTransactionRule,
+    RuleMethod,
+    RuleStatus,
+    RuleTrigger,
+    TransactionStatus,
+    Wallet,
+    WalletStatus,
+    WalletTransaction,
+)
+from gateway.providers.base import PaymentProvider
+
+log = logging.getLogger(__name__)
+
+_rules = cast(Table, RecurringTransactionRule.__table__)
+_entries = cast(Table, WalletTransaction.__table__)
+
+# Read on every credit application of a wallet: its active threshold rule, if any
+# (the unique (wallet, trigger) index finds it).
+_THRESHOLD_RULE = select(
+    _rules.c.id,
+    _rules.c.method,
+    _rules.c.threshold_credits,
+    _rules.c.paid_credits,
+    _rules.c.granted_credits,
+    _rules.c.target_credits,
+).where(
+    _rules.c.wallet_id == bindparam("wallet_id"),
+    _rules.c.trigger == RuleTrigger.THRESHOLD,
+    _rules.c.status == RuleStatus.ACTIVE,
+)
+# Only once a threshold is reached: the wallet's pending credits, and how many of its
+# pending entries this rule made (its unpaid top-ups), in one statement.
+_PENDING = select(
+    func.coalesce(func.sum(_entries.c.credit_amount), 0).label("pending"),
+    func.coalesce(
+        func.sum(case((_entries.c.rule_id == bindparam("rule_id"), 1), else_=0)), 0
+    ).label("unpaid_of_rule"),
+).where(
+    _entries.c.wallet_id == bindparam("wallet_id"),
+    _entries.c.status == EntryStatus.PENDING,
+    _entries.c.transaction_status == TransactionStatus.PURCHASED,
+)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """What firing a rule needs, read under the wallet's lock."""
+
+    id: str
+    method: str
+    paid_credits: Decimal | None
+    granted_credits: Decimal | None
+    target_credits: Decimal | None
+
+
+def _pending(session: Session, wallet_id: str, rule_id: str) -> tuple[Decimal, int]:
+    row = session.execute(_PENDING, {"wallet_id": wallet_id, "rule_id": rule_id}).one()
+    return money.quantize_credits(Decimal(row.pending)), int(row.unpaid_of_rule)
+
+
+def after_balance_lowered(
+    session: Session,
+    wallet: Wallet,
+    now: datetime,
+    *,
+    provider: PaymentProvider | None = None,
+) -> list[WalletTransaction]:
+    """The wallet's balance went down (its row locked, its new balance flushed): start
+    its threshold rule's top-up if the threshold is reached. Returns the entries made.
+
+    Never calls the provider and never fails the caller's change: a top-up that cannot
+    be bought (no provider configured, an amount it cannot charge) pauses its rule.
+    """
+    row = session.execute(_THRESHOLD_RULE, {"wallet_id": wallet.id}).first()
+    if row is None or wallet.credits_balance > row.threshold_credits:
+        return []
+    pending, unpaid_of_rule = _pending(session, wallet.id, row.id)
+    if wallet.credits_balance + pending > row.threshold_credits or unpaid_of_rule:
+        return []
+    rule = _Rule(row.id, row.method, row.paid_credits, row.granted_credits, row.target_credits)
+    origin = ledger.Origin(EntrySource.THRESHOLD, rule.id)
+    return _top_up(session, wallet, rule, origin, pending=pending, now=now, provider=provider)
+
+
+def _top_up(
+    session: Session,
+    wallet: Wallet,
+    rule: _Rule,
+    origin: ledger.Origin,
+    *,
+    pending: Decimal,
+    now: datetime,
+    provider: PaymentProvider | None,
+) -> list[WalletTransaction]:
+    """One top-up of `rule` into the (locked) wallet: its purchase row (left `creating`
+    for the worker) and granted credits, in the caller's transaction."""
+    paid: Decimal | None
+    granted: Decimal | None
+    if rule.method == RuleMethod.TARGET:
+        assert rule.target_credits is not None
+        paid = money.quantize_credits(rule.target_credits - wallet.credits_balance - pending)
+        granted = None
+        if paid <= 0:
+            return []
+    else:
+        paid, granted = rule.paid_credits, rule.granted_credits
+    entries: list[WalletTransaction] = []
+    if paid:
+        try:
+            # Checks the amount before it writes anything; completed by the worker.
+            batch = purchases.PurchaseBatch(provider=provider)
+            entries.append(
+                batch.open(session, wallet, paid, now, created_by=actors.SYSTEM, origin=origin)
+            )
+        except PaymentProviderUnavailable as exc:
+            _pause(session, rule.id, rules.PausedReason.PROVIDER_NOT_CONFIGURED, exc, now)
+            return []
+        except DomainError as exc:  # an amount the provider cannot charge
+            if rule.method == RuleMethod.TARGET and isinstance(exc, AmountTooSmall):
+                # What is missing to the target is too little to charge: nothing to do.
+                return []
+            _pause(session, rule.id, rules.PausedReason.AMOUNT_NOT_CHARGEABLE, exc, now)
+            return []
+    if granted:
+        entries.append(
+            ledger.grant_credits(
+                session, wallet, granted, now, created_by=actors.SYSTEM, origin=origin
+            )
+        )
+    log.info(
+        "wallet %s: %s top-up of rule %s started (%s)",
+        wallet.id,
+        origin.source,
+        rule.id,
+        ", ".join(f"{entry.transaction_status} {entry.credit_amount}" for entry in entries),
+    )
+    return entries
+
+
+def _pause(session: Session, rule_id: str, code: str, exc: Exception, now: datetime) -> None:
+    log.warning("automatic top-up rule %s paused: %s: %s", rule_id, code, exc)
+    rules.pause_rule(session.connection(), rule_id, f"{code}: {exc}", now)
+
+
+# --- interval rules: the worker's duty ---------------------------------------------
+
+
+@dataclass
+class IntervalRun:
+    """What one batch of due interval rules did."""
+
+    rules: int = 0  # due rules handled (their next date moved on)
+    started: int = 0  # top-ups started
+    skipped: list[str] = field(default_factory=list)  # rule ids: why is logged
+
+
+def _due_rules(session: Session, now: datetime, batch_size: int) -> list[Any]:
+    return list(
+        session.execute(
+            select(RecurringTransactionRule, Wallet)
+            .join(Wallet, Wallet.id == RecurringTransactionRule.wallet_id)
+            .where(
+                RecurringTransactionRule.status == RuleStatus.ACTIVE,
+                RecurringTransactionRule.trigger == RuleTrigger.INTERVAL,
+                RecurringTransactionRule.next_run_at <= now,
+            )
+            .order_by(RecurringTransactionRule.next_run_at, RecurringTransactionRule.id)
+            .limit(batch_size)
+            # Wallet, then rule: the order every writer of a rule locks them in.
+            .with_for_update(of=[Wallet, RecurringTransactionRule], skip_locked=True)
+            .execution_options(populate_existing=True)
+        ).all()
+    )
+
+
+def buy_due_interval_top_ups(
+    session: Session,
+    now: datetime,
+    batch_size: int,
+    *,
+    provider: PaymentProvider | None = None,
+) -> IntervalRun:
+    """One batch of interval rules due at `now`: each buys its latest due period (the
+    caller commits, then calls again until `rules` is 0).
+
+    Rules another worker holds are skipped (SKIP LOCKED). A rule whose wallet has
+    ended or expired, or that still has an unpaid top-up, buys nothing this period. A
+    period already bought (the unique (rule, period) index, should two workers ever
+    meet on one) is not bought again.
+    """
+    run = IntervalRun()
+    for rule, wallet in _due_rules(session, now, batch_size):
+        run.rules += 1
+        assert rule.interval is not None and rule.started_at is not None
+        interval = intervals.Interval(rule.interval)
+        latest = intervals.latest_run_at_or_before(rule.started_at, interval, now)
+        assert latest is not None, "a due rule has a date at or before now"
+        period_at = latest[1]
+        rule.next_run_at = intervals.run_after(rule.started_at, interval, now)
+        if wallet.status != WalletStatus.ACTIVE or not wallet.is_usable(now):
+            run.skipped.append(rule.id)
+            log.info("rule %s: wallet %s has ended; period %s not bought",
+                     rule.id, wallet.id, period_at)  # fmt: skip
+            continue
+        pending, unpaid_of_rule = _pending(session, wallet.id, rule.id)
+        if unpaid_of_rule:
+            run.skipped.append(rule.id)
+            log.warning("rule %s: its last top-up is still unpaid; period %s not bought",
+                        rule.id, period_at)  # fmt: skip
+            continue
+        fired = _Rule(rule.id, rule.method, rule.paid_credits, rule.granted_credits,
+                      rule.target_credits)  # fmt: skip
+        origin = ledger.Origin(EntrySource.INTERVAL, rule.id, period_at)
+        try:
+            with session.begin_nested():
+                entries = _top_up(
+                    session, wallet, fired, origin, pending=pending, now=now, provider=provider
+                )
+        except IntegrityError:
+            run.skipped.append(rule.id)
+            log.info("rule %s: period %s was already bought", rule.id, period_at)
+            continue
+        if entries:
+            run.started += 1
+    session.flush()
+    return run
+
+
+# --- completing automatic purchases: the worker's duty -------------------------------
+
+_AUTOMATIC_CREATING = (
+    select(Purchase.id)
+    .where(
+        Purchase.status == PurchaseStatus.CREATING,
+        Purchase.collection_method.is_not(None),
+    )
+    .order_by(Purchase.created_at, Purchase.id)
+)
+
+
+@dataclass
+class CompletionRun:
+    completed: int = 0  # invoices made and finalized (or found made)
+    rejected: int = 0  # refused by the provider: purchase failed, rule paused
+    unavailable: bool = False  # the provider could not be reached: the rest waits
+
+
+def complete_automatic_purchases(
+    session: Session,
+    provider: PaymentProvider,
+    *,
+    limit: int,
+    clock: Callable[[], datetime] = utcnow,
+) -> CompletionRun:
+    """Make the invoices of automatic top-ups still `creating`, oldest first.
+
+    Phases 2 and 3 of `gateway.purchases` (no transaction open while the provider is
+    called; idempotency keys from our ids, so a purchase completed twice, by two
+    workers or by reconciliation, still has one invoice). Stops at the first
+    `payment_provider_unavailable`: the provider is down, the next run resumes.
+    """
+    run = CompletionRun()
+    purchase_ids = list(session.execute(_AUTOMATIC_CREATING.limit(limit)).scalars())
+    session.commit()
+    for purchase_id in purchase_ids:
+        try:
+            purchases.complete_purchase(session, purchase_id, provider=provider, clock=clock)
+        except PaymentProviderUnavailable as exc:
+            log.warning("automatic top-ups wait for the provider: %s", exc)
+            session.rollback()
+            run.unavailable = True
+            break
+        except PaymentProviderRejected as exc:
+            log.warning("automatic top-up %s rejected: %s", purchase_id, exc)
+            run.rejected += 1
+            continue
+        run.completed += 1
+    return run
