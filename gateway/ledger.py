@@ -99,16 +99,41 @@ def _entry_values(
     origin: Origin = MANUAL,
 ) -> dict[str, Any]:
     """The columns of one entry, all but its id."""
+    return _entry_columns(
+        wallet.id,
+        wallet.rate_amount,
+        direction=direction,
+        kind=kind,
+        status=status,
+        credits=credits,
+        now=now,
+        created_by=created_by,
+        origin=origin,
+    )
+
+
+def _entry_columns(
+    wallet_id: str,
+    rate_amount: Decimal,
+    *,
+    direction: TransactionType,
+    kind: TransactionStatus,
+    status: EntryStatus,
+    credits: Decimal,
+    now: datetime,
+    created_by: str,
+    origin: Origin = MANUAL,
+) -> dict[str, Any]:
     credits = money.quantize_credits(credits)
     if credits <= 0:
         raise LedgerError(f"a ledger entry moves a positive number of credits, not {credits}")
     return {
-        "wallet_id": wallet.id,
+        "wallet_id": wallet_id,
         "transaction_type": direction,
         "transaction_status": kind,
         "status": status,
         "credit_amount": credits,
-        "amount": money.credits_value(credits, wallet.rate_amount),
+        "amount": money.credits_value(credits, rate_amount),
         "settled_at": now if status == EntryStatus.SETTLED else None,
         "failed_at": None,
         "created_at": now,
@@ -515,3 +540,86 @@ def fail_pending_purchase(conn: Connection, wallet_id: str, entry_id: str, now: 
         _FAIL_PURCHASE_ENTRY, {"b_entry_id": entry_id, "b_wallet_id": wallet_id, "b_now": now}
     )
     return bool(result.rowcount == 1)
+
+
+# --- credits following money back out (refunds, credit notes, disputes) -------------
+
+_WALLET_HOLDING = select(_WALLETS.c.credits_balance, _WALLETS.c.rate_amount).where(
+    _WALLETS.c.id == bindparam("b_wallet_id")
+)
+_MOVE_BALANCE = (
+    update(_WALLETS)
+    .where(_WALLETS.c.id == bindparam("b_wallet_id"))
+    .values(
+        credits_balance=_WALLETS.c.credits_balance
+        + bindparam("b_delta", type_=_WALLETS.c.credits_balance.type),
+        updated_at=bindparam("b_now"),
+    )
+)
+_TAKEN_BACK = frozenset({TransactionStatus.REFUNDED, TransactionStatus.DISPUTED})
+
+
+def _write_settled_entry(
+    conn: Connection,
+    wallet_id: str,
+    rate_amount: Decimal,
+    *,
+    direction: TransactionType,
+    kind: TransactionStatus,
+    credits: Decimal,
+    now: datetime,
+) -> None:
+    entry = _entry_columns(
+        wallet_id,
+        rate_amount,
+        direction=direction,
+        kind=kind,
+        status=EntryStatus.SETTLED,
+        credits=credits,
+        now=now,
+        # Money going back is Stripe's doing, applied by the service on its own.
+        created_by=actors.SYSTEM,
+    )
+    conn.execute(insert(_ENTRIES), {"id": new_id("wtx"), **entry})
+    credited = entry["credit_amount"]
+    delta = credited if direction == TransactionType.INBOUND else -credited
+    conn.execute(_MOVE_BALANCE, {"b_wallet_id": wallet_id, "b_delta": delta, "b_now": now})
+
+
+def take_back(
+    conn: Connection, wallet_id: str, credits: Decimal, kind: TransactionStatus, now: datetime
+) -> Decimal:
+    """Credits following money back out of (locked) `wallet_id`: a settled outbound
+    `refunded` or `disputed` entry of `credits`, or of the whole balance if that is
+    smaller (never below zero). Returns the credits taken (0: no entry)."""
+    if kind not in _TAKEN_BACK:
+        raise LedgerError(f"credits are taken back as refunded or disputed, not {kind}")
+    balance, rate = conn.execute(_WALLET_HOLDING, {"b_wallet_id": wallet_id}).one()
+    taken = min(money.quantize_credits(credits), Decimal(balance))
+    if taken <= 0:
+        return _ZERO
+    _write_settled_entry(
+        conn,
+        wallet_id,
+        Decimal(rate),
+        direction=TransactionType.OUTBOUND,
+        kind=kind,
+        credits=taken,
+        now=now,
+    )
+    return money.quantize_credits(taken)
+
+
+def reinstate(conn: Connection, wallet_id: str, credits: Decimal, now: datetime) -> None:
+    """Held credits come back to (locked, usable) `wallet_id` after a dispute was won:
+    a settled inbound `reinstated` entry."""
+    _, rate = conn.execute(_WALLET_HOLDING, {"b_wallet_id": wallet_id}).one()
+    _write_settled_entry(
+        conn,
+        wallet_id,
+        Decimal(rate),
+        direction=TransactionType.INBOUND,
+        kind=TransactionStatus.REINSTATED,
+        credits=credits,
+        now=now,
+    )

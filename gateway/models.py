@@ -54,6 +54,9 @@ class TransactionStatus(enum.StrEnum):
     GRANTED = "granted"
     VOIDED = "voided"
     INVOICED = "invoiced"
+    REFUNDED = "refunded"  # outbound: credits following a refund or credit note out
+    DISPUTED = "disputed"  # outbound: credits held while the payment is disputed
+    REINSTATED = "reinstated"  # inbound: held credits back after a dispute was won
 
 
 class EntryStatus(enum.StrEnum):
@@ -70,7 +73,8 @@ class PurchaseStatus(enum.StrEnum):
     creating: row committed, invoice not (yet) stored; open: invoice finalized at the
     provider; settled: paid and credited; failed: voided, uncollectible, rejected or
     abandoned; refund_required: paid, but the wallet was terminated, so not credited;
-    review_required: paid in a way we cannot accept (currency, amount, discount).
+    review_required: paid in a way we cannot accept (currency, amount, discount);
+    refunded: everything paid went back (refunds, credit notes), its credits with it.
     """
 
     CREATING = "creating"
@@ -79,6 +83,23 @@ class PurchaseStatus(enum.StrEnum):
     FAILED = "failed"
     REFUND_REQUIRED = "refund_required"
     REVIEW_REQUIRED = "review_required"
+    REFUNDED = "refunded"
+
+
+class ReturnKind(enum.StrEnum):
+    """What gave a payment's money back (`payment_returns.kind`)."""
+
+    REFUND = "refund"
+    CREDIT_NOTE = "credit_note"
+    DISPUTE = "dispute"
+
+
+class DisputeStatus(enum.StrEnum):
+    """`dispute_status` of a purchase."""
+
+    OPEN = "open"
+    WON = "won"
+    LOST = "lost"
 
 
 class EntrySource(enum.StrEnum):
@@ -309,6 +330,20 @@ class Purchase(Base):
     # The invoice's collection method when it is not the configured one: automatic
     # top-ups are always `charge_automatically` (nobody is there to pay an emailed one).
     collection_method: Mapped[str | None] = mapped_column(String(32))
+    # The payment (Stripe payment intent) that paid the invoice: refunds and disputes
+    # name it. Stored at settlement when the invoice says, else on the first lookup.
+    payment_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    # Money given back (refunds and post-payment credit notes, each counted once) and
+    # the credits that followed it out: `reclaimed_credits` is what should be out of the
+    # wallet, `shortfall_credits` the part of it that was already spent.
+    returned_cents: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    dispute_status: Mapped[str | None] = mapped_column(String(8))
+    reclaimed_credits: Mapped[Decimal] = mapped_column(
+        Credits, default=Decimal("0"), server_default="0"
+    )
+    shortfall_credits: Mapped[Decimal] = mapped_column(
+        Credits, default=Decimal("0"), server_default="0"
+    )
     # The API request that created it (API-key hash, Idempotency-Key, position), so a
     # retry of that request resumes this purchase instead of starting another.
     request_key: Mapped[str | None] = mapped_column(String(400), unique=True)
@@ -369,6 +404,32 @@ class RecurringTransactionRule(Base):
     paid_credits: Mapped[Decimal | None] = mapped_column(Credits)
     granted_credits: Mapped[Decimal | None] = mapped_column(Credits)
     target_credits: Mapped[Decimal | None] = mapped_column(Credits)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class PaymentReturn(Base):
+    """One provider object that gives a purchase's money back, recorded once by its id:
+    a refund, a credit note or a dispute. The purchase's returned amount is computed
+    from these rows, so each object counts once whatever the order or repeats."""
+
+    __tablename__ = "payment_returns"
+    __table_args__ = (
+        CheckConstraint(f"kind IN ({_enum_values(ReturnKind)})", name="kind"),
+        CheckConstraint("amount_cents >= 0", name="amount_not_negative"),
+        Index("ix_payment_returns_purchase", "purchase_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ret"))
+    provider_object_id: Mapped[str] = mapped_column(String(255), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    purchase_id: Mapped[str] = mapped_column(ForeignKey("purchases.id"))
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    # A refund's status (succeeded, pending…; `unseen` for one a credit note named
+    # before its own event arrived), a credit note's (issued, void), a dispute's outcome.
+    status: Mapped[str] = mapped_column(String(32))
+    # For a refund made through a credit note: the note, which counts it instead.
+    credit_note_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

@@ -7,7 +7,14 @@ module either as a `Decimal` in currency units or as an `int` of minor units.
 from __future__ import annotations
 
 import re
-from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import (
+    ROUND_CEILING,
+    ROUND_FLOOR,
+    ROUND_HALF_UP,
+    Decimal,
+    InvalidOperation,
+    localcontext,
+)
 
 CREDIT_PLACES = 5
 CREDIT_QUANTUM = Decimal(1).scaleb(-CREDIT_PLACES)  # 0.00001
@@ -98,6 +105,19 @@ def quantize_credits(credits: Decimal) -> Decimal:
     if quantized != credits:
         raise MoneyError(f"credits have at most {CREDIT_PLACES} decimal places")
     return quantized
+
+
+def returned_credits(purchased: Decimal, returned_cents: int, paid_cents: int) -> Decimal:
+    """Credits that follow `returned_cents` of a `paid_cents` payment back out:
+    round_half_up(purchased x returned / paid, 5), on the running total of what was
+    returned (capped at what was paid), so partial returns add up to exactly the
+    purchased credits once everything went back."""
+    if paid_cents <= 0 or returned_cents <= 0:
+        return Decimal("0").quantize(CREDIT_QUANTUM)
+    with localcontext() as context:
+        context.prec = 60  # no rounding before the last step, for any balance
+        exact = purchased * Decimal(min(returned_cents, paid_cents)) / Decimal(paid_cents)
+    return exact.quantize(CREDIT_QUANTUM, rounding=ROUND_HALF_UP)
 
 
 def quantize_rate(rate: Decimal) -> Decimal:

@@ -285,6 +285,9 @@ class PurchaseBatch:
             collection_method=(
                 None if origin.source == EntrySource.MANUAL else AUTOMATIC_COLLECTION_METHOD
             ),
+            returned_cents=0,
+            reclaimed_credits=Decimal(0),
+            shortfall_credits=Decimal(0),
             request_key=request_key,
             created_at=now,
             updated_at=now,
@@ -384,6 +387,8 @@ _NOT_YET_KNOWN = (
     "failure_code",
     "failure_message",
     "last_payment_error",
+    "payment_id",
+    "dispute_status",
 )
 # Built once per dialect. A request key already taken makes no row and no error (no
 # savepoint needed). The customer's provider id comes back with the row (a scalar

@@ -35,13 +35,14 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Select, Table, bindparam, event, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction
 
-from gateway import metrics, rules, transitions
+from gateway import metrics, returns, rules, transitions
 from gateway.db import utcnow
 from gateway.models import (
     EntryStatus,
@@ -112,6 +113,14 @@ def _lock_purchase_where(condition: ColumnElement[bool]) -> Select[Any]:
             _purchases.c.invoice_status,
             _purchases.c.provider_void_pending,
             _purchases.c.transaction_id,
+            _purchases.c.credit_amount,
+            _purchases.c.amount_paid_cents,
+            _purchases.c.payment_id,
+            _purchases.c.returned_cents,
+            _purchases.c.dispute_status,
+            _purchases.c.reclaimed_credits,
+            _purchases.c.shortfall_credits,
+            _purchases.c.attention_reason,
             _entries.c.status.label("entry_status"),
         )
         .join_from(_wallets, _purchases, _purchases.c.wallet_id == _wallets.c.id)
@@ -126,10 +135,11 @@ _LOCK_PURCHASE_BY_INVOICE = _lock_purchase_where(
     _purchases.c.provider_invoice_id == bindparam("invoice_id")
 )
 _LOCK_PURCHASE_BY_ID = _lock_purchase_where(_purchases.c.id == bindparam("purchase_id"))
+_LOCK_PURCHASE_BY_PAYMENT = _lock_purchase_where(_purchases.c.payment_id == bindparam("payment_id"))
 
 
 @dataclass(frozen=True)
-class _LockedWallet:
+class LockedWallet:
     id: str
     status: str
     expiration_at: datetime | None
@@ -148,12 +158,22 @@ class LockedPurchase:
     invoice_status: str | None
     provider_void_pending: bool
     transaction_id: str
+    credit_amount: Decimal
+    amount_paid_cents: int | None
+    payment_id: str | None
+    returned_cents: int
+    dispute_status: str | None
+    reclaimed_credits: Decimal
+    shortfall_credits: Decimal
+    attention_reason: str | None
     entry_status: str
 
 
 @dataclass(frozen=True)
-class _Locked:
-    wallet: _LockedWallet
+class LockedRows:
+    """A purchase with its wallet and entry, locked, and the changes to write to it."""
+
+    wallet: LockedWallet
     purchase: LockedPurchase
     # Columns of the purchase to write with the transition the invoice makes (one
     # UPDATE), or on their own if it makes none.
@@ -172,7 +192,7 @@ class _Locked:
         return taken
 
 
-def _lock_purchase_of(conn: Connection, invoice: InvoiceSnapshot) -> _Locked | SettlementOutcome:
+def _lock_purchase_of(conn: Connection, invoice: InvoiceSnapshot) -> LockedRows | SettlementOutcome:
     """Locks the purchase of `invoice` (wallet, purchase and entry, in one statement):
     found by its stored invoice id, or by the purchase id in the invoice's metadata (an
     event can arrive before the create call stored the invoice id, which is then linked).
@@ -194,12 +214,40 @@ def _lock_purchase_of(conn: Connection, invoice: InvoiceSnapshot) -> _Locked | S
                 reason=f"invoice {invoice.id} names purchase {purchase_id}, "
                 "which does not exist here",
             )
+    return _locked(row, invoice)
+
+
+def lock_purchase_rows(
+    conn: Connection,
+    *,
+    purchase_id: str | None = None,
+    payment_id: str | None = None,
+    invoice_id: str | None = None,
+) -> LockedRows | None:
+    """The purchase with `purchase_id` (else paid by `payment_id`, else billed by
+    `invoice_id`), its wallet and entry, locked in the ledger's order; None if none."""
+    if purchase_id is not None:
+        row = conn.execute(_LOCK_PURCHASE_BY_ID, {"purchase_id": purchase_id}).first()
+    elif payment_id is not None:
+        row = conn.execute(_LOCK_PURCHASE_BY_PAYMENT, {"payment_id": payment_id}).first()
+    else:
+        row = conn.execute(_LOCK_PURCHASE_BY_INVOICE, {"invoice_id": invoice_id}).first()
+    if row is None:
+        return None
+    locked = _locked(row, None)
+    assert isinstance(locked, LockedRows)
+    return locked
+
+
+def _locked(row: Any, invoice: InvoiceSnapshot | None) -> LockedRows | SettlementOutcome:
     values = row._asdict()
-    wallet = _LockedWallet(
+    wallet = LockedWallet(
         values.pop("wallet_id"), values.pop("wallet_status"), values.pop("wallet_expiration_at")
     )
     purchase = LockedPurchase(**values)
     changes: dict[str, Any] = {}
+    if invoice is None:
+        return LockedRows(wallet, purchase, changes)
     if purchase.provider_invoice_id is None:
         # The event beat the create call: store the id now; the create call finds it set.
         changes["provider_invoice_id"] = invoice.id
@@ -210,7 +258,7 @@ def _lock_purchase_of(conn: Connection, invoice: InvoiceSnapshot) -> _Locked | S
         )
         log.warning("%s; left for reconciliation", reason)
         return SettlementOutcome(SettlementAction.NOT_OURS, purchase.id, reason)
-    return _Locked(wallet, purchase, changes)
+    return LockedRows(wallet, purchase, changes)
 
 
 # --- applying an invoice -----------------------------------------------------------
@@ -283,6 +331,8 @@ def invoice_columns(invoice: InvoiceSnapshot) -> dict[str, Any]:
     }
     if invoice.hosted_invoice_url:
         columns["hosted_invoice_url"] = invoice.hosted_invoice_url
+    if invoice.payment_id:
+        columns["payment_id"] = invoice.payment_id
     return columns
 
 
@@ -308,7 +358,7 @@ def payment_problem(purchase: LockedPurchase, invoice: InvoiceSnapshot) -> str |
 
 
 def _apply_payment(
-    conn: Connection, locked: _Locked, invoice: InvoiceSnapshot, now: datetime
+    conn: Connection, locked: LockedRows, invoice: InvoiceSnapshot, now: datetime
 ) -> SettlementOutcome:
     wallet, purchase = locked.wallet, locked.purchase
     if purchase.status in transitions.FINAL_STATUSES:
@@ -334,11 +384,13 @@ def _apply_payment(
         conn, locked.ref, EntryStatus(purchase.entry_status), now, locked.take_changes()
     )
     metrics.CREDITS_MOVED.labels("purchased").inc(float(credited))
+    # Money that went back before the payment was seen here (events in any order).
+    returns.follow_after_settlement(conn, purchase.id, now)
     return SettlementOutcome(SettlementAction.SETTLED, purchase.id)
 
 
 def _apply_failure(
-    conn: Connection, locked: _Locked, invoice: InvoiceSnapshot, now: datetime
+    conn: Connection, locked: LockedRows, invoice: InvoiceSnapshot, now: datetime
 ) -> SettlementOutcome:
     purchase, changes = locked.purchase, locked.changes
     if purchase.status == PurchaseStatus.FAILED:
@@ -391,7 +443,7 @@ def _is_later(status: str, than: str | None) -> bool:
 
 
 def _apply_open(
-    conn: Connection, locked: _Locked, invoice: InvoiceSnapshot, now: datetime, *, linked: bool
+    conn: Connection, locked: LockedRows, invoice: InvoiceSnapshot, now: datetime, *, linked: bool
 ) -> SettlementOutcome:
     purchase = locked.purchase
     if purchase.status == PurchaseStatus.CREATING and invoice.status == InvoiceStatus.OPEN:

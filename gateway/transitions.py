@@ -50,12 +50,14 @@ class InvoiceStatus(enum.StrEnum):
 # An invoice in one of these will not be paid as it stands: its purchase fails.
 FAILED_INVOICE_STATUSES = frozenset({InvoiceStatus.VOID, InvoiceStatus.UNCOLLECTIBLE})
 
-# Statuses a later invoice event may no longer change: credited, or waiting for a person.
+# Statuses a later invoice event may no longer change: credited, waiting for a person,
+# or its money gone back.
 FINAL_STATUSES = frozenset(
     {
         PurchaseStatus.SETTLED,
         PurchaseStatus.REFUND_REQUIRED,
         PurchaseStatus.REVIEW_REQUIRED,
+        PurchaseStatus.REFUNDED,
     }
 )
 UNPAID_STATUSES = frozenset({PurchaseStatus.CREATING, PurchaseStatus.OPEN})
@@ -219,6 +221,18 @@ def require_review(
         changes,
         attention_reason=reason[:MESSAGE_LIMIT],
     )
+
+
+def mark_refunded(
+    conn: Connection,
+    purchase: PurchaseRef,
+    now: datetime,
+    changes: dict[str, Any] | None = None,
+) -> None:
+    """settled / refund_required → refunded: everything that was paid went back. The
+    credits that followed the money out moved through `gateway.returns` and the
+    ledger; a `refund_required` purchase never had any."""
+    _write(conn, purchase.purchase_id, PurchaseStatus.REFUNDED, now, changes)
 
 
 def sync_purchase(session: Session, purchase: Purchase) -> None:

@@ -31,12 +31,20 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
-from gateway import metrics, settlement
+from gateway import metrics, returns, settlement
 from gateway.db import Database
 from gateway.errors import DomainError, NotFound
-from gateway.models import WebhookEvent, WebhookEventStatus
-from gateway.providers import read_event
-from gateway.providers.base import InvoiceChanged, InvoicePaymentFailed
+from gateway.models import Purchase, WebhookEvent, WebhookEventStatus
+from gateway.providers import get_provider, read_event
+from gateway.providers.base import (
+    CreditNoteIssued,
+    DisputeChanged,
+    InvoiceChanged,
+    InvoicePaymentFailed,
+    ProviderEvent,
+    Refund,
+    RefundsChanged,
+)
 
 log = logging.getLogger(__name__)
 
@@ -209,22 +217,16 @@ def _process(
     event: Mapping[str, Any] | None = None,
 ) -> EventResult:
     try:
+        payload = event if event is not None else _stored_payload(db, event_id, force=force)
+        meaning = read_event("stripe", payload)
+        # What only the provider can tell (which invoice a payment paid), asked with
+        # no transaction open.
+        lookup = _look_up_payment(db, meaning)
         with db.begin() as conn:
-            payload = event
-            if payload is None:  # a replay of the stored event
-                stored = _read_event(conn, event_id)
-                if stored is None:
-                    raise NotFound(
-                        f"webhook event {event_id} is not stored",
-                        details={"event": ["not_found"]},
-                    )
-                if stored.status in _DONE and not force:
-                    raise _Repeat
-                payload = stored.payload
             # A delivery is applied before its row is looked at (no read on the common
             # path): the guarded write tells a repeat apart, and a repeat's work is
             # rolled back with its transaction, so a repeat changes nothing.
-            status, detail, purchase_id = apply_event(conn, payload, now)
+            status, detail, purchase_id = apply_event(conn, payload, now, lookup=lookup)
             if not _write_outcome(
                 conn,
                 payload,
@@ -248,6 +250,62 @@ def _process(
         raise EventProcessingFailed(event_id, error) from exc
     metrics.WEBHOOK_EVENTS.labels(result.type, result.status).inc()
     return result
+
+
+def _stored_payload(db: Database, event_id: str, *, force: bool) -> Mapping[str, Any]:
+    """A replay's event, as stored (`_Repeat` if it is done and not forced)."""
+    with db.begin() as conn:
+        stored = _read_event(conn, event_id)
+    if stored is None:
+        raise NotFound(f"webhook event {event_id} is not stored", details={"event": ["not_found"]})
+    if stored.status in _DONE and not force:
+        raise _Repeat
+    return stored.payload
+
+
+@dataclass(frozen=True)
+class PaymentLookup:
+    """What the provider said about a payment an event names, asked before the event's
+    transaction: the purchase it paid (when no purchase stored its id yet), and its
+    refunds (when the event did not list them)."""
+
+    purchase_id: str | None = None
+    refunds: tuple[Refund, ...] | None = None
+
+
+_PURCHASE_OF_PAYMENT = select(Purchase.id).where(Purchase.payment_id == bindparam("payment_id"))
+_PURCHASE_OF_INVOICE = select(Purchase.id).where(
+    Purchase.provider_invoice_id == bindparam("invoice_id")
+)
+
+
+def _look_up_payment(db: Database, meaning: ProviderEvent) -> PaymentLookup | None:
+    """For refunds and disputes: map their payment to our purchase. A purchase stores
+    its payment when it settles (or on the first lookup), so this reads one row; for
+    one settled before that, the provider is asked once (Invoice Payments)."""
+    if isinstance(meaning, RefundsChanged):
+        payment_id = meaning.payment_id
+    elif isinstance(meaning, DisputeChanged):
+        payment_id = meaning.dispute.payment_id
+    else:
+        return None
+    if payment_id is None:
+        return None
+    with db.begin() as conn:
+        known = conn.execute(_PURCHASE_OF_PAYMENT, {"payment_id": payment_id}).scalar()
+    purchase_id = None
+    if known is None:
+        invoice_id = get_provider().invoice_paid_by(payment_id)
+        if invoice_id is None:
+            return PaymentLookup()
+        with db.begin() as conn:
+            purchase_id = conn.execute(_PURCHASE_OF_INVOICE, {"invoice_id": invoice_id}).scalar()
+        if purchase_id is None:
+            return PaymentLookup()
+    refunds = None
+    if isinstance(meaning, RefundsChanged) and not meaning.complete:
+        refunds = tuple(get_provider().list_payment_refunds(payment_id))
+    return PaymentLookup(purchase_id, refunds)
 
 
 def _stored_outcome(db: Database, event_id: str) -> EventResult:
@@ -294,10 +352,14 @@ def _record_failure(
 
 
 def apply_event(
-    conn: Connection, event: Mapping[str, Any], now: datetime
+    conn: Connection,
+    event: Mapping[str, Any],
+    now: datetime,
+    *,
+    lookup: PaymentLookup | None = None,
 ) -> tuple[WebhookEventStatus, str | None, str | None]:
     """What one event does: (status for the log, detail, purchase id), in the caller's
-    transaction on `conn`."""
+    transaction on `conn`. `lookup` is what the provider said of the event's payment."""
     meaning = read_event("stripe", event)
     source = f"webhook {event['id']}"
     if isinstance(meaning, InvoicePaymentFailed):
@@ -306,9 +368,40 @@ def apply_event(
         )
     elif isinstance(meaning, InvoiceChanged):
         outcome = settlement.apply_invoice(conn, meaning.invoice, now, source)
+    elif isinstance(meaning, RefundsChanged | CreditNoteIssued | DisputeChanged):
+        return _returned(conn, meaning, lookup or PaymentLookup(), now, source)
     else:
         return WebhookEventStatus.IGNORED, f"{event['type']} events are not used", None
     if outcome.action == settlement.SettlementAction.NOT_OURS:
         return WebhookEventStatus.IGNORED, outcome.reason, outcome.purchase_id
+    detail = outcome.action.value + (f": {outcome.reason}" if outcome.reason else "")
+    return WebhookEventStatus.PROCESSED, detail, outcome.purchase_id
+
+
+def _returned(
+    conn: Connection,
+    meaning: RefundsChanged | CreditNoteIssued | DisputeChanged,
+    lookup: PaymentLookup,
+    now: datetime,
+    source: str,
+) -> tuple[WebhookEventStatus, str | None, str | None]:
+    """Money going back: a refund, a credit note or a dispute (`gateway.returns`)."""
+    if isinstance(meaning, RefundsChanged):
+        outcome = returns.apply_refunds(
+            conn,
+            lookup.refunds if lookup.refunds is not None else meaning.refunds,
+            now,
+            source,
+            payment_id=meaning.payment_id,
+            purchase_id=lookup.purchase_id,
+        )
+    elif isinstance(meaning, CreditNoteIssued):
+        outcome = returns.apply_credit_note(conn, meaning.credit_note, now, source)
+    else:
+        outcome = returns.apply_dispute(
+            conn, meaning.dispute, now, source, purchase_id=lookup.purchase_id
+        )
+    if outcome.action == returns.ReturnAction.NOT_OURS:
+        return WebhookEventStatus.IGNORED, outcome.reason, None
     detail = outcome.action.value + (f": {outcome.reason}" if outcome.reason else "")
     return WebhookEventStatus.PROCESSED, detail, outcome.purchase_id

@@ -184,6 +184,8 @@ def test_paid_credits_open_a_finalized_stripe_invoice(
         "tax_cents": 0,
         "total_cents": cents,
         "hosted_invoice_url": f"https://invoice.stripe.test/i/{invoice_id}",
+        "returned_cents": 0,
+        "dispute_status": None,
     }
     assert wallet["credits_balance"] == "0.00000"
     assert purchase.status == "open"

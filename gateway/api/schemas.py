@@ -17,16 +17,20 @@ from gateway.api.fields import DecimalString, UTCDateTimeField
 from gateway.errors import CouponsNotApplicable
 from gateway.intervals import Interval
 from gateway.models import (
+    DisputeStatus,
     EntrySource,
     EntryStatus,
+    Purchase,
+    PurchaseStatus,
     RuleMethod,
     RuleTrigger,
     TransactionStatus,
+    TransactionType,
     Wallet,
     WalletStatus,
-    WalletTransaction,
 )
 from gateway.rules import RuleInput
+from gateway.transitions import InvoiceStatus
 
 _currency = validate.OneOf(
     sorted(money.SUPPORTED_CURRENCIES), error="must be a supported ISO 4217 currency code"
@@ -305,39 +309,47 @@ class WalletSchema(Schema):
     created_at = UTCDateTimeField()
 
 
+# The invoice block's status: the provider invoice's, or `refunded` once everything
+# paid for the purchase went back.
+INVOICE_BLOCK_STATUSES = [*(s.value for s in InvoiceStatus), PurchaseStatus.REFUNDED.value]
+
+
+def _invoice_status(purchase: Purchase) -> str | None:
+    if purchase.status == PurchaseStatus.REFUNDED:
+        return PurchaseStatus.REFUNDED.value
+    return purchase.invoice_status
+
+
 class InvoiceSchema(Schema):
+    """A purchase's invoice (the `invoice` block of a purchased entry)."""
+
     provider = fields.String()
     provider_invoice_id = fields.String(allow_none=True)
-    status = fields.String(allow_none=True)
+    status = fields.Function(
+        _invoice_status,
+        validate=validate.OneOf(INVOICE_BLOCK_STATUSES),
+        metadata={"type": "string", "nullable": True},
+    )
     currency = fields.String()
     subtotal_cents = fields.Integer(allow_none=True)
     tax_cents = fields.Integer(allow_none=True)
     total_cents = fields.Integer(allow_none=True)
     hosted_invoice_url = fields.String(allow_none=True)
-
-
-def _invoice_of(entry: WalletTransaction) -> dict[str, Any] | None:
-    purchase = entry.purchase
-    if purchase is None:
-        return None
-    return {
-        "provider": purchase.provider,
-        "provider_invoice_id": purchase.provider_invoice_id,
-        "status": purchase.invoice_status,
-        "currency": purchase.currency,
-        "subtotal_cents": purchase.subtotal_cents,
-        "tax_cents": purchase.tax_cents,
-        "total_cents": purchase.total_cents,
-        "hosted_invoice_url": purchase.hosted_invoice_url,
-    }
+    # Refunds and post-payment credit notes, each counted once, at most what was paid.
+    returned_cents = fields.Integer()
+    dispute_status = fields.String(
+        allow_none=True, validate=validate.OneOf([s.value for s in DisputeStatus])
+    )
 
 
 class WalletTransactionSchema(Schema):
     id = fields.String()
     wallet_id = fields.String()
-    transaction_type = fields.String()
-    transaction_status = fields.String()
-    status = fields.String()
+    transaction_type = fields.String(validate=validate.OneOf([s.value for s in TransactionType]))
+    transaction_status = fields.String(
+        validate=validate.OneOf([s.value for s in TransactionStatus])
+    )
+    status = fields.String(validate=validate.OneOf([s.value for s in EntryStatus]))
     credit_amount = DecimalString(places=5, formatter=money.format_credits)
     amount = fields.Function(lambda entry: money.format_amount(entry.amount, entry.wallet.currency))
     settled_at = UTCDateTimeField(allow_none=True)
@@ -347,7 +359,8 @@ class WalletTransactionSchema(Schema):
         metadata={"description": "who made it: operator:NAME, api:LABEL or system"}
     )
     source = fields.String(metadata={"enum": [source.value for source in EntrySource]})
-    invoice = fields.Function(_invoice_of, metadata={"type": "object", "nullable": True})
+    # Null except for purchased entries.
+    invoice = fields.Nested(InvoiceSchema, attribute="purchase", allow_none=True)
 
 
 class WalletResponse(Schema):

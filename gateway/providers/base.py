@@ -62,6 +62,8 @@ class InvoiceSnapshot:
     # Credited back after payment (refund or customer-balance credit notes), minor units.
     # The invoice stays `paid` at the provider; this is how a refund shows on it.
     credited_after_payment_cents: int = 0
+    # The payment (payment intent) that paid it, when the provider's object says.
+    payment_id: str | None = None
 
     @property
     def purchase_id(self) -> str | None:
@@ -267,6 +269,14 @@ class PaymentProvider(Protocol):
         self, *, created_since: datetime | None = None, status: str | None = None
     ) -> Iterator[InvoiceSnapshot]:
         """Every invoice carrying our purchase metadata, read in pages."""
+        ...
+
+    def invoice_paid_by(self, payment_id: str) -> str | None:
+        """The invoice `payment_id` paid, if any (looked up once, then remembered)."""
+        ...
+
+    def list_payment_refunds(self, payment_id: str) -> list[Refund]:
+        """Every refund of the payment `payment_id`, whatever its status."""
         ...
 
     def iter_invoice_refunds(

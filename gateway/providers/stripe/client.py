@@ -23,6 +23,7 @@ import hashlib
 import http.cookiejar
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -54,8 +55,10 @@ from gateway.providers.base import (
     ProviderRejected,
     ProviderUnavailable,
     PurchaseInvoiceRequest,
+    Refund,
 )
 from gateway.providers.stripe import limits
+from gateway.providers.stripe.events import read_refund
 from gateway.providers.stripe.objects import int_field as _int
 from gateway.providers.stripe.objects import invoice_snapshot, object_id
 from gateway.settings import Settings
@@ -73,6 +76,8 @@ REFUND_STATUSES = frozenset({"succeeded", "pending"})
 # or an exponential backoff with jitter, never waiting more than RATE_LIMIT_MAX_DELAY.
 RATE_LIMIT_RETRIES = 5
 RATE_LIMIT_MAX_DELAY = 30.0
+# Payment intents whose invoice is remembered (`invoice_paid_by`).
+PAYMENT_CACHE_SIZE = 10_000
 
 T = TypeVar("T")
 
@@ -223,6 +228,8 @@ class StripeProvider:
         self._tax_rate_ids = tax_rate_ids
         self._collection_method = collection_method
         self._days_until_due = days_until_due
+        self._invoice_of: dict[str, str | None] = {}
+        self._cache_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StripeProvider:
@@ -442,7 +449,6 @@ class StripeProvider:
         params: RefundListParams = {"limit": PAGE_SIZE}
         if created_since is not None:
             params["created"] = {"gte": int(created_since.timestamp())}
-        invoice_of: dict[str, str | None] = {}
         while True:
             with _boundary("list refunds"):
                 page = _rate_limited(lambda: self._client.v1.refunds.list(params))
@@ -451,9 +457,7 @@ class StripeProvider:
                 payment_intent = object_id(data.get("payment_intent"))
                 if data.get("status") not in REFUND_STATUSES or payment_intent is None:
                     continue
-                if payment_intent not in invoice_of:
-                    invoice_of[payment_intent] = self._invoice_paid_by(payment_intent)
-                invoice_id = invoice_of[payment_intent]
+                invoice_id = self.invoice_paid_by(payment_intent)
                 if invoice_id is None:
                     continue
                 created = data.get("created")
@@ -473,8 +477,35 @@ class StripeProvider:
                 return
             params["starting_after"] = page.data[-1].id
 
-    def _invoice_paid_by(self, payment_intent: str) -> str | None:
-        """The invoice `payment_intent` paid, if any (the first one Stripe lists)."""
+    def invoice_paid_by(self, payment_intent: str) -> str | None:
+        """The invoice `payment_intent` paid, if any (the first one Stripe lists).
+
+        One Invoice Payments lookup per payment intent for the life of the provider: a
+        paid payment's invoice never changes, so the answer is kept (up to
+        `PAYMENT_CACHE_SIZE` payments, the oldest forgotten first).
+        """
+        if payment_intent in self._invoice_of:
+            return self._invoice_of[payment_intent]
+        found = self._look_up_invoice_payment(payment_intent)
+        with self._cache_lock:
+            self._invoice_of[payment_intent] = found
+            while len(self._invoice_of) > PAYMENT_CACHE_SIZE:
+                self._invoice_of.pop(next(iter(self._invoice_of)))
+        return found
+
+    def list_payment_refunds(self, payment_intent: str) -> list[Refund]:
+        """Every refund of `payment_intent`, newest first."""
+        params: RefundListParams = {"limit": PAGE_SIZE, "payment_intent": payment_intent}
+        refunds: list[Refund] = []
+        while True:
+            with _boundary("list the payment's refunds"):
+                page = _rate_limited(lambda: self._client.v1.refunds.list(params))
+            refunds.extend(read_refund(refund.to_dict()) for refund in page.data)
+            if not page.has_more or not page.data:
+                return refunds
+            params["starting_after"] = page.data[-1].id
+
+    def _look_up_invoice_payment(self, payment_intent: str) -> str | None:
         params: InvoicePaymentListParams = {
             "payment": {"type": "payment_intent", "payment_intent": payment_intent},
             "limit": 10,

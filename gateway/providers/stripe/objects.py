@@ -84,4 +84,23 @@ def invoice_snapshot(invoice: Mapping[str, Any]) -> InvoiceSnapshot:
             else {}
         ),
         credited_after_payment_cents=int_field(invoice, "post_payment_credit_notes_amount"),
+        payment_id=_payment_of(invoice),
     )
+
+
+def _payment_of(invoice: Mapping[str, Any]) -> str | None:
+    """The payment intent that paid the invoice: `payment_intent` in API versions
+    before 2025-03-31, else the paid entry of `payments` when it is included."""
+    legacy = object_id(invoice.get("payment_intent"))
+    if legacy is not None:
+        return legacy
+    payments = invoice.get("payments")
+    entries = payments.get("data") if isinstance(payments, Mapping) else None
+    for entry in entries if isinstance(entries, list) else ():
+        if isinstance(entry, Mapping) and entry.get("status") in ("paid", None):
+            payment = entry.get("payment")
+            if isinstance(payment, Mapping):
+                found = object_id(payment.get("payment_intent"))
+                if found is not None:
+                    return found
+    return None

@@ -1,5 +1,5 @@
 """A small Stripe-compatible API for tests, benchmarks and the development sandbox:
-customers, invoices, items, refunds and invoice payments.
+customers, invoices, items, refunds, invoice payments, credit notes and disputes.
 
 It keeps its objects in memory and answers the way Stripe's v1 API does for the calls
 this service makes, in Stripe's JSON shapes (API version of the installed stripe
@@ -30,6 +30,8 @@ Endpoints
                                         payment_intent, charge, created / created[...]
     GET  /v1/invoice_payments           limit, starting_after, ending_before, invoice,
                                         payment[type], payment[payment_intent], status
+    GET  /v1/credit_notes               limit, starting_after, ending_before, invoice,
+                                        customer, created / created[...]
 
 Behaviour kept from Stripe
     - `Authorization: Bearer sk_test_...` is required (401 otherwise); `api_key=`
@@ -60,7 +62,19 @@ Controls for tests
     stub.refund_payment(invoice_id)         a refund made on the payment alone (Dashboard
                                             "Refund"): the invoice shows nothing
     stub.refund_payment_intent(pi, amount)  a refund of any payment intent
+    stub.credit_note(invoice_id, amount, refund=False)
+                                            a post-payment credit note crediting the
+                                            customer's balance (or, refund=True,
+                                            refunding the payment: `refund` does that)
+    stub.last_credit_note(invoice_id)       the newest credit note of an invoice
+    stub.dispute(invoice_id)                a dispute of the invoice's payment (needs
+                                            response); stub.close_dispute(id, "won")
+                                            closes it (won, lost, warning_closed)
     stub.event(invoice_id, "invoice.paid")  a Stripe event carrying the invoice
+    stub.object_event(obj, "refund.created")
+                                            a Stripe event carrying any object (a refund,
+                                            credit note, dispute, charge)
+    stub.charge_of(payment_intent)          the charge of a payment, its refunds listed
     stub.invoices_with(purchase_id=...)     invoices whose metadata matches
     stub.search_delay = 30.0                invoices become searchable only this long
                                             after they change, as at Stripe
@@ -320,6 +334,9 @@ _REFUND_LIST_PARAMS = {
     "limit", "starting_after", "ending_before", "payment_intent", "charge", "created",
     "expand",
 }  # fmt: skip
+_CREDIT_NOTE_LIST_PARAMS = {
+    "limit", "starting_after", "ending_before", "invoice", "customer", "created", "expand",
+}  # fmt: skip
 _INVOICE_PAYMENT_LIST_PARAMS = {
     "limit", "starting_after", "ending_before", "invoice", "payment", "status", "created",
     "expand",
@@ -350,6 +367,8 @@ class StripeStub:
         self.items: dict[str, Json] = {}
         self.refunds: dict[str, Json] = {}
         self.invoice_payments: dict[str, Json] = {}
+        self.credit_notes: dict[str, Json] = {}
+        self.disputes: dict[str, Json] = {}
         self.requests: list[RecordedRequest] = []
         self._lock = threading.RLock()
         self._sequence = itertools.count(1)
@@ -524,19 +543,148 @@ class StripeStub:
 
     def refund(self, invoice_id: str, amount: int | None = None) -> Json:
         """A credit note refunding `amount` (default: all) of a paid invoice, as Stripe
-        records it: the invoice stays `paid`, post_payment_credit_notes_amount grows."""
+        records it: the invoice stays `paid`, post_payment_credit_notes_amount grows, and
+        the note's refund of the payment is listed in its `refunds`."""
+        with self._lock:
+            self.credit_note(invoice_id, amount, refund=True)
+            return _copy(self._invoice(invoice_id))
+
+    def credit_note(
+        self, invoice_id: str, amount: int | None = None, *, refund: bool = False
+    ) -> Json:
+        """A post-payment credit note of `amount` (default: all that was paid): it
+        refunds the payment (`refund=True`) or credits the customer's balance."""
         with self._lock:
             invoice = self._invoice(invoice_id)
             if invoice["status"] != "paid":
                 raise ValueError(f"invoice {invoice_id} is {invoice['status']}, not paid")
-            refunded = invoice["amount_paid"] if amount is None else amount
-            credited = invoice.get("post_payment_credit_notes_amount", 0)
-            invoice["post_payment_credit_notes_amount"] = credited + refunded
+            credited = invoice["amount_paid"] if amount is None else amount
+            invoice["post_payment_credit_notes_amount"] = (
+                invoice.get("post_payment_credit_notes_amount", 0) + credited
+            )
+            refunds: list[Json] = []
             payment_intent = self.payment_intent_of(invoice_id)
-            if payment_intent is not None:
-                self.refund_payment_intent(payment_intent, refunded, invoice["currency"])
+            if refund and payment_intent is not None:
+                made = self.refund_payment_intent(payment_intent, credited, invoice["currency"])
+                refunds.append({"amount_refunded": credited, "refund": made["id"]})
+            note: Json = {
+                "id": self._new_id("cn"),
+                "object": "credit_note",
+                "amount": credited,
+                "created": int(time.time()),
+                "currency": invoice["currency"],
+                "customer": invoice["customer"],
+                "customer_balance_transaction": None if refund else self._new_id("cbtxn"),
+                "invoice": invoice_id,
+                "livemode": False,
+                "memo": None,
+                "metadata": {},
+                "number": f"{invoice_id}-CN",
+                "out_of_band_amount": None,
+                "post_payment_amount": credited,
+                "pre_payment_amount": 0,
+                "reason": None,
+                "refunds": refunds,
+                "status": "issued",
+                "subtotal": credited,
+                "total": credited,
+                "type": "post_payment",
+                "voided_at": None,
+            }
+            self._order[note["id"]] = next(self._sequence)
+            self.credit_notes[note["id"]] = note
             self._touched(invoice_id)
-            return _copy(invoice)
+            return _copy(note)
+
+    def last_credit_note(self, invoice_id: str) -> Json:
+        with self._lock:
+            notes = [note for note in self.credit_notes.values() if note["invoice"] == invoice_id]
+            return _copy(max(notes, key=lambda note: self._order[note["id"]]))
+
+    def dispute(self, invoice_id: str) -> Json:
+        """The customer's bank disputes the invoice's payment (status needs_response)."""
+        with self._lock:
+            invoice = self._invoice(invoice_id)
+            payment_intent = self.payment_intent_of(invoice_id)
+            if payment_intent is None:
+                raise ValueError(f"invoice {invoice_id} has no payment to dispute")
+            dispute: Json = {
+                "id": self._new_id("dp"),
+                "object": "dispute",
+                "amount": invoice["amount_paid"],
+                "charge": self._new_id("ch"),
+                "created": int(time.time()),
+                "currency": invoice["currency"],
+                "is_charge_refundable": False,
+                "livemode": False,
+                "metadata": {},
+                "payment_intent": payment_intent,
+                "reason": "fraudulent",
+                "status": "needs_response",
+            }
+            self.disputes[dispute["id"]] = dispute
+            return _copy(dispute)
+
+    def close_dispute(self, dispute_id: str, status: str) -> Json:
+        """The dispute is decided: `won`, `lost` or `warning_closed`."""
+        if status not in ("won", "lost", "warning_closed"):
+            raise ValueError(f"a dispute closes won, lost or warning_closed, not {status}")
+        with self._lock:
+            dispute = self.disputes[dispute_id]
+            dispute["status"] = status
+            return _copy(dispute)
+
+    def charge_of(self, payment_intent: str, *, list_refunds: bool = True) -> Json:
+        """The charge of `payment_intent` as `charge.refunded` carries it; its refunds
+        are listed only with `list_refunds` (Stripe leaves them out since 2022-11-15)."""
+        with self._lock:
+            refunds = [
+                _copy(refund)
+                for refund in self.refunds.values()
+                if refund["payment_intent"] == payment_intent
+            ]
+            refunds.sort(key=lambda refund: -self._order[refund["id"]])
+            paid = next(
+                row
+                for row in self.invoice_payments.values()
+                if row["payment"]["payment_intent"] == payment_intent
+            )
+            charge: Json = {
+                "id": self._new_id("ch"),
+                "object": "charge",
+                "amount": paid["amount_paid"],
+                "amount_refunded": sum(
+                    refund["amount"] for refund in refunds if refund["status"] == "succeeded"
+                ),
+                "currency": paid["currency"],
+                "livemode": False,
+                "payment_intent": payment_intent,
+                "refunded": False,
+                "status": "succeeded",
+            }
+            charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
+            if list_refunds:
+                charge["refunds"] = {
+                    "object": "list",
+                    "data": refunds,
+                    "has_more": False,
+                    "url": f"/v1/charges/{charge['id']}/refunds",
+                }
+            return charge
+
+    def object_event(self, data_object: Json, event_type: str) -> Json:
+        """A Stripe event of `event_type` carrying `data_object` as it is now."""
+        return {
+            "id": f"evt_{secrets.token_hex(12)}",
+            "object": "event",
+            "api_version": API_VERSION,
+            "created": int(time.time()),
+            "data": {"object": _copy(data_object)},
+            "livemode": False,
+            "pending_webhooks": 1,
+            "request": {"id": None, "idempotency_key": None},
+            "type": event_type,
+        }
 
     def refund_payment(
         self, invoice_id: str, amount: int | None = None, status: str = "succeeded"
@@ -725,6 +873,8 @@ class StripeStub:
             return self._list_refunds(params)
         if method == "GET" and route == ["invoice_payments"]:
             return self._list_invoice_payments(params)
+        if method == "GET" and route == ["credit_notes"]:
+            return self._list_credit_notes(params)
         if method == "GET" and len(route) == 2 and route[0] == "invoices":
             _refuse_unknown(params, {"expand"})
             return _copy(self._invoice(route[1]))
@@ -1084,6 +1234,14 @@ class StripeStub:
             if key in params:
                 rows = [row for row in rows if row[key] == params[key]]
         return self._page(rows, params, "/v1/refunds", self.refunds)
+
+    def _list_credit_notes(self, params: Json) -> Json:
+        _refuse_unknown(params, _CREDIT_NOTE_LIST_PARAMS)
+        rows = list(self.credit_notes.values())
+        for key in ("invoice", "customer"):
+            if key in params:
+                rows = [row for row in rows if row[key] == params[key]]
+        return self._page(rows, params, "/v1/credit_notes", self.credit_notes)
 
     def _list_invoice_payments(self, params: Json) -> Json:
         _refuse_unknown(params, _INVOICE_PAYMENT_LIST_PARAMS)

@@ -1,0 +1,149 @@
+"""Refunds, credit notes and disputes delivered concurrently from real threads on
+PostgreSQL take credits back exactly once."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from gateway.db import get_db
+from gateway.models import Purchase, PurchaseStatus, TransactionStatus, WalletTransaction
+from tests.test_webhook_concurrency import _at_once, _inspect
+from tests.webhook_support import (
+    PurchaseRow,
+    encode,
+    invoice_object,
+    make_purchase,
+    post_signed,
+    state_of,
+    stripe_event,
+)
+
+pytestmark = pytest.mark.postgres
+
+PAYMENT = "pi_concurrent"
+
+
+def settled(app: Flask, payment_id: str = PAYMENT) -> PurchaseRow:
+    """A purchase of 10 credits (1000 cents) settled by an invoice that names its
+    payment, so refunds map to it without asking Stripe."""
+    with app.app_context():
+        session = get_db().session()
+        try:
+            purchase = make_purchase(session, credits=Decimal("10"), rate=Decimal("1"))
+        finally:
+            session.close()
+    invoice = {**invoice_object(purchase, "paid"), "payment_intent": payment_id}
+    client = app.test_client()
+    assert post_signed(client, stripe_event("invoice.paid", invoice)).status_code == 200
+    return purchase
+
+
+def refund(refund_id: str, amount: int, payment_id: str = PAYMENT) -> dict[str, Any]:
+    return {
+        "id": refund_id,
+        "object": "refund",
+        "amount": amount,
+        "currency": "usd",
+        "payment_intent": payment_id,
+        "status": "succeeded",
+    }
+
+
+def taken_back(session: Any, wallet_id: str) -> list[Decimal]:
+    return list(
+        session.execute(
+            select(WalletTransaction.credit_amount).where(
+                WalletTransaction.wallet_id == wallet_id,
+                WalletTransaction.transaction_status.in_(
+                    [TransactionStatus.REFUNDED, TransactionStatus.DISPUTED]
+                ),
+            )
+        ).scalars()
+    )
+
+
+def test_the_same_refund_event_ten_times_concurrently_takes_back_once(
+    committed_app: Flask,
+) -> None:
+    purchase = settled(committed_app)
+    body = encode(stripe_event("refund.created", refund("re_once", 400)))
+
+    answers = _at_once(committed_app, [body] * 10)
+
+    assert [status for status, _ in answers] == [200] * 10, answers
+
+    def check(session: Any) -> None:
+        assert taken_back(session, purchase.wallet_id) == [Decimal("4")]
+        assert state_of(session, purchase.id).balance == Decimal("6")
+
+    _inspect(committed_app, check)
+
+
+def test_every_event_of_three_partial_refunds_racing_adds_up_exactly(
+    committed_app: Flask,
+) -> None:
+    purchase = settled(committed_app)
+    refunds = [refund(f"re_part{index}", 333 + (index == 0)) for index in range(3)]
+    bodies = [
+        encode(stripe_event(event_type, data))
+        for data in refunds
+        for event_type in ("refund.created", "refund.updated", "refund.created")
+    ]
+    charge = {
+        "id": "ch_concurrent",
+        "object": "charge",
+        "payment_intent": PAYMENT,
+        "refunds": {"object": "list", "data": refunds, "has_more": False},
+    }
+    bodies.append(encode(stripe_event("charge.refunded", charge)))
+
+    answers = _at_once(committed_app, bodies)
+
+    assert [status for status, _ in answers] == [200] * len(bodies), answers
+
+    def check(session: Any) -> None:
+        # One entry per increase (how many depends on who won the lock: the charge
+        # lists all three), adding up to exactly the purchased credits.
+        taken = taken_back(session, purchase.wallet_id)
+        assert 1 <= len(taken) <= 3 and sum(taken) == Decimal("10")
+        state = state_of(session, purchase.id)
+        assert state.balance == 0 and state.purchase_status == PurchaseStatus.REFUNDED
+
+    _inspect(committed_app, check)
+
+
+def test_a_credit_note_and_its_refund_racing_count_once(committed_app: Flask) -> None:
+    purchases = [settled(committed_app, payment_id=f"pi_note{index}") for index in range(4)]
+    bodies = []
+    for index, purchase in enumerate(purchases):
+        note = {
+            "id": f"cn_race{index}",
+            "object": "credit_note",
+            "invoice": purchase.invoice_id,
+            "amount": 500,
+            "post_payment_amount": 500,
+            "currency": "usd",
+            "type": "post_payment",
+            "status": "issued",
+            "refunds": [{"refund": f"re_note{index}", "amount_refunded": 500}],
+        }
+        bodies.append(encode(stripe_event("credit_note.created", note)))
+        made = refund(f"re_note{index}", 500, payment_id=f"pi_note{index}")
+        bodies.append(encode(stripe_event("refund.created", made)))
+
+    answers = _at_once(committed_app, bodies)
+
+    assert [status for status, _ in answers] == [200] * len(bodies), answers
+
+    def check(session: Any) -> None:
+        for purchase in purchases:
+            assert taken_back(session, purchase.wallet_id) == [Decimal("5")]
+            row = session.get_one(Purchase, purchase.id)
+            assert row.returned_cents == 500
+
+    _inspect(committed_app, check)

@@ -1,0 +1,470 @@
+"""Credits follow the money back out (contract section 7): refunds, credit notes and
+disputes delivered as Stripe events take purchased credits back, exactly once, in any
+order. Stripe is the in-process stub behind `responses`; purchases are made through the
+API and paid at the stub, and events carry the stub's objects as Stripe sends them.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway import ledger
+from gateway.models import (
+    Purchase,
+    PurchaseStatus,
+    TransactionStatus,
+    Wallet,
+    WalletTransaction,
+    WebhookEventStatus,
+)
+from gateway.providers.stripe.sandbox import StripeStub
+from tests.helpers import delete, get, post
+from tests.reconcile_support import Bought, buy_wallet, settled_purchase
+from tests.stripe_support import stripe_http, stub
+from tests.webhook_support import post_signed, state_of, stored_event
+
+__all__ = ["stripe_http", "stub"]  # fixtures
+
+pytestmark = pytest.mark.usefixtures("stripe_http")
+
+D = Decimal
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def deliver(client: FlaskClient, stub: StripeStub, obj: dict[str, Any], event_type: str) -> str:
+    """Deliver `obj` in an event of `event_type`; returns the event's stored status."""
+    event = stub.object_event(obj, event_type)
+    response = post_signed(client, event)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return str(response.json["event"]["status"])  # type: ignore[index]
+
+
+def purchase_row(session: Session, purchase_id: str) -> Purchase:
+    session.expire_all()
+    return session.get_one(Purchase, purchase_id)
+
+
+def balance(session: Session, wallet_id: str) -> Decimal:
+    session.expire_all()
+    wallet = session.get_one(Wallet, wallet_id)
+    assert wallet.credits_balance == ledger.ledger_balance(session, wallet_id)
+    assert wallet.credits_balance >= 0
+    return wallet.credits_balance
+
+
+def entries(session: Session, wallet_id: str, kind: TransactionStatus) -> list[Decimal]:
+    session.expire_all()
+    return list(
+        session.execute(
+            select(WalletTransaction.credit_amount)
+            .where(
+                WalletTransaction.wallet_id == wallet_id,
+                WalletTransaction.transaction_status == kind,
+                WalletTransaction.status == "settled",
+            )
+            .order_by(WalletTransaction.created_at, WalletTransaction.id)
+        ).scalars()
+    )
+
+
+def spend(client: FlaskClient, customer: str, cents: int) -> None:
+    response = post(
+        client,
+        "/credit_applications",
+        {
+            "credit_application": {
+                "invoice_external_id": f"inv-{customer}-{cents}",
+                "external_customer_id": customer,
+                "invoice_type": "usage",
+                "currency": "USD",
+                "subtotal_amount_cents": cents,
+            }
+        },
+    )
+    assert response.status_code == 201, response.json
+    assert response.json["credit_application"]["status"] == "applied"
+
+
+def customer_of(session: Session, bought: Bought) -> str:
+    wallet = session.get_one(Wallet, bought.wallet_id)
+    return wallet.customer.external_id
+
+
+def invoice_block(client: FlaskClient, bought: Bought) -> dict[str, Any]:
+    response = get(client, f"/wallet_transactions/{bought.transaction_id}")
+    assert response.status_code == 200
+    block: dict[str, Any] = response.json["wallet_transaction"]["invoice"]
+    return block
+
+
+# --- refunds ---------------------------------------------------------------------------
+
+
+def test_a_full_refund_takes_the_purchased_credits_back(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    refund = stub.refund_payment(bought.invoice_id or "")
+
+    assert deliver(client, stub, refund, "refund.created") == "processed"
+
+    assert entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("10")]
+    assert balance(db_session, bought.wallet_id) == 0
+    purchase = purchase_row(db_session, bought.purchase_id)
+    assert purchase.status == PurchaseStatus.REFUNDED
+    assert (purchase.returned_cents, purchase.shortfall_credits) == (1000, 0)
+    block = invoice_block(client, bought)
+    assert (block["status"], block["returned_cents"], block["dispute_status"]) == (
+        "refunded",
+        1000,
+        None,
+    )
+    listed = get(
+        client, f"/wallets/{bought.wallet_id}/wallet_transactions", transaction_status="refunded"
+    )
+    assert [entry["transaction_type"] for entry in listed.json["wallet_transactions"]] == [
+        "outbound"
+    ]
+
+
+def test_partial_refunds_add_up_to_exactly_the_purchased_credits(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    # 10 credits at 0.333 bill 333 cents: each third is 3.333333... credits.
+    bought = settled_purchase_at(client, db_session, stub, paid="10", rate="0.333")
+    for _ in range(3):
+        refund = stub.refund_payment(bought.invoice_id or "", amount=111)
+        deliver(client, stub, refund, "refund.created")
+
+    taken = entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED)
+    # The running total rounds: 3.33333, 6.66667, then exactly 10.
+    assert taken == [D("3.33333"), D("3.33334"), D("3.33333")]
+    assert sum(taken) == D("10")
+    assert purchase_row(db_session, bought.purchase_id).status == PurchaseStatus.REFUNDED
+    assert balance(db_session, bought.wallet_id) == 0
+
+
+def settled_purchase_at(
+    client: FlaskClient, db_session: Session, stub: StripeStub, *, paid: str, rate: str
+) -> Bought:
+    bought = buy_wallet(client, db_session, paid=paid, rate_amount=rate)
+    stub.mark_paid(bought.invoice_id or "")
+    post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
+    assert state_of(db_session, bought.purchase_id).purchase_status == PurchaseStatus.SETTLED
+    return bought
+
+
+def test_repeats_and_every_event_of_one_refund_count_it_once(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    refund = stub.refund_payment(bought.invoice_id or "", amount=400)
+    event = stub.object_event(refund, "refund.created")
+    post_signed(client, event)
+    post_signed(client, event)  # the same delivery again
+    deliver(client, stub, refund, "refund.updated")  # another event, same refund
+    pi = stub.payment_intent_of(bought.invoice_id or "") or ""
+    deliver(client, stub, stub.charge_of(pi), "charge.refunded")
+    # charge.refunded without its refunds listed: the service lists them itself.
+    deliver(client, stub, stub.charge_of(pi, list_refunds=False), "charge.refunded")
+
+    assert entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("4")]
+    assert balance(db_session, bought.wallet_id) == D("6")
+    purchase = purchase_row(db_session, bought.purchase_id)
+    assert purchase.status == PurchaseStatus.SETTLED
+    assert purchase.returned_cents == 400
+
+
+def test_a_pending_refund_counts_once_it_succeeds(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    refund = stub.refund_payment(bought.invoice_id or "", amount=500, status="pending")
+    assert deliver(client, stub, refund, "refund.created") == "processed"
+    assert balance(db_session, bought.wallet_id) == D("10")
+
+    deliver(client, stub, {**refund, "status": "succeeded"}, "refund.updated")
+
+    assert balance(db_session, bought.wallet_id) == D("5")
+
+
+def test_a_refund_before_the_payment_event_takes_the_credits_when_it_settles(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = buy_wallet(client, db_session, paid="10")
+    stub.mark_paid(bought.invoice_id or "")
+    refund = stub.refund_payment(bought.invoice_id or "", amount=250)
+
+    assert deliver(client, stub, refund, "refund.created") == "processed"
+    assert balance(db_session, bought.wallet_id) == 0  # nothing credited yet
+    assert purchase_row(db_session, bought.purchase_id).returned_cents == 250
+
+    post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
+
+    assert entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("2.5")]
+    assert balance(db_session, bought.wallet_id) == D("7.5")
+
+
+def test_a_refund_above_what_was_paid_is_capped(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    pi = stub.payment_intent_of(bought.invoice_id or "") or ""
+    deliver(client, stub, stub.refund_payment_intent(pi, 800), "refund.created")
+    deliver(client, stub, stub.refund_payment_intent(pi, 800), "refund.created")
+
+    assert entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("8"), D("2")]
+    purchase = purchase_row(db_session, bought.purchase_id)
+    assert (purchase.returned_cents, purchase.status) == (1000, PurchaseStatus.REFUNDED)
+
+
+def test_credits_already_spent_are_a_shortfall_and_the_balance_stays_at_zero(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    spend(client, customer_of(db_session, bought), 700)  # 7 of the 10 credits
+    refund = stub.refund_payment(bought.invoice_id or "")
+
+    deliver(client, stub, refund, "refund.created")
+
+    assert entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("3")]
+    assert balance(db_session, bought.wallet_id) == 0
+    purchase = purchase_row(db_session, bought.purchase_id)
+    assert purchase.shortfall_credits == D("7")
+    assert purchase.attention_reason == "refunded_after_consumption"
+    assert purchase.status == PurchaseStatus.REFUNDED
+
+
+def test_a_refund_of_a_refund_required_purchase_resolves_it(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = buy_wallet(client, db_session, paid="10")
+    assert delete(client, f"/wallets/{bought.wallet_id}").status_code == 200
+    stub.invoices[bought.invoice_id or ""]["status"] = "open"  # the customer paid first
+    stub.mark_paid(bought.invoice_id or "")
+    post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
+    assert purchase_row(db_session, bought.purchase_id).status == PurchaseStatus.REFUND_REQUIRED
+
+    deliver(client, stub, stub.refund_payment(bought.invoice_id or ""), "refund.created")
+
+    purchase = purchase_row(db_session, bought.purchase_id)
+    assert (purchase.status, purchase.returned_cents) == (PurchaseStatus.REFUNDED, 1000)
+    assert entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == []
+
+
+# --- credit notes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", ["note first", "refund first"])
+def test_a_refund_made_through_a_credit_note_counts_once(
+    client: FlaskClient, db_session: Session, stub: StripeStub, order: str
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    note = stub.credit_note(bought.invoice_id or "", 300, refund=True)
+    refund = stub.refunds[note["refunds"][0]["refund"]]
+    deliveries = [(note, "credit_note.created"), (refund, "refund.created")]
+    if order == "refund first":
+        deliveries.reverse()
+
+    for obj, event_type in deliveries:
+        deliver(client, stub, obj, event_type)
+
+    assert entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("3")]
+    assert balance(db_session, bought.wallet_id) == D("7")
+    assert purchase_row(db_session, bought.purchase_id).returned_cents == 300
+
+
+def test_a_credit_note_to_the_customer_balance_takes_credits_back_too(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    note = stub.credit_note(bought.invoice_id or "", 200)
+
+    assert deliver(client, stub, note, "credit_note.created") == "processed"
+
+    assert entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("2")]
+
+
+def test_a_pre_payment_credit_note_takes_nothing(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    note = {
+        **stub.credit_note(bought.invoice_id or "", 200),
+        "type": "pre_payment",
+        "pre_payment_amount": 200,
+        "post_payment_amount": 0,
+    }
+
+    deliver(client, stub, note, "credit_note.created")
+
+    assert balance(db_session, bought.wallet_id) == D("10")
+    assert purchase_row(db_session, bought.purchase_id).returned_cents == 0
+
+
+# --- disputes --------------------------------------------------------------------------
+
+
+def test_a_dispute_holds_the_credits_and_a_won_dispute_gives_them_back(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    dispute = stub.dispute(bought.invoice_id or "")
+
+    deliver(client, stub, dispute, "charge.dispute.created")
+
+    assert entries(db_session, bought.wallet_id, TransactionStatus.DISPUTED) == [D("10")]
+    assert balance(db_session, bought.wallet_id) == 0
+    assert invoice_block(client, bought)["dispute_status"] == "open"
+
+    deliver(client, stub, stub.close_dispute(dispute["id"], "won"), "charge.dispute.closed")
+
+    assert entries(db_session, bought.wallet_id, TransactionStatus.REINSTATED) == [D("10")]
+    assert balance(db_session, bought.wallet_id) == D("10")
+    assert invoice_block(client, bought)["dispute_status"] == "won"
+    assert purchase_row(db_session, bought.purchase_id).status == PurchaseStatus.SETTLED
+
+
+def test_a_lost_dispute_keeps_the_credits_out_and_a_later_refund_takes_nothing_more(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    dispute = stub.dispute(bought.invoice_id or "")
+    deliver(client, stub, dispute, "charge.dispute.created")
+    deliver(client, stub, stub.close_dispute(dispute["id"], "lost"), "charge.dispute.closed")
+    deliver(client, stub, stub.refund_payment(bought.invoice_id or ""), "refund.created")
+
+    assert entries(db_session, bought.wallet_id, TransactionStatus.DISPUTED) == [D("10")]
+    assert entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == []
+    assert entries(db_session, bought.wallet_id, TransactionStatus.REINSTATED) == []
+    assert invoice_block(client, bought)["dispute_status"] == "lost"
+
+
+def test_a_dispute_closed_before_its_opening_arrives_stays_closed(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    dispute = stub.dispute(bought.invoice_id or "")
+    closed = stub.close_dispute(dispute["id"], "won")
+
+    deliver(client, stub, closed, "charge.dispute.closed")
+    deliver(client, stub, dispute, "charge.dispute.created")
+
+    assert balance(db_session, bought.wallet_id) == D("10")
+    assert entries(db_session, bought.wallet_id, TransactionStatus.DISPUTED) == []
+    assert purchase_row(db_session, bought.purchase_id).dispute_status == "won"
+
+
+def test_a_won_dispute_gives_back_only_what_was_held(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    spend(client, customer_of(db_session, bought), 600)
+    dispute = stub.dispute(bought.invoice_id or "")
+    deliver(client, stub, dispute, "charge.dispute.created")
+    assert purchase_row(db_session, bought.purchase_id).shortfall_credits == D("6")
+
+    deliver(client, stub, stub.close_dispute(dispute["id"], "won"), "charge.dispute.closed")
+
+    assert entries(db_session, bought.wallet_id, TransactionStatus.REINSTATED) == [D("4")]
+    assert balance(db_session, bought.wallet_id) == D("4")
+    purchase = purchase_row(db_session, bought.purchase_id)
+    assert (purchase.shortfall_credits, purchase.attention_reason) == (0, None)
+
+
+# --- mapping a payment to its purchase ----------------------------------------------------
+
+
+def test_the_invoice_payment_lookup_is_made_once_then_the_stored_payment_maps(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    lookups = len(stub.requests_to("GET", "/v1/invoice_payments"))
+    first = stub.refund_payment(bought.invoice_id or "", amount=100)
+    deliver(client, stub, first, "refund.created")
+    assert len(stub.requests_to("GET", "/v1/invoice_payments")) == lookups + 1
+    pi = stub.payment_intent_of(bought.invoice_id or "")
+    assert purchase_row(db_session, bought.purchase_id).payment_id == pi
+
+    deliver(
+        client, stub, stub.refund_payment(bought.invoice_id or "", amount=100), "refund.created"
+    )
+
+    assert len(stub.requests_to("GET", "/v1/invoice_payments")) == lookups + 1
+    assert balance(db_session, bought.wallet_id) == D("8")
+
+
+def test_a_payment_intent_on_the_paid_invoice_is_stored_at_settlement(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = buy_wallet(client, db_session, paid="10")
+    stub.mark_paid(bought.invoice_id or "")
+    pi = stub.payment_intent_of(bought.invoice_id or "")
+    event = stub.event(bought.invoice_id or "", "invoice.paid")
+    event["data"]["object"]["payment_intent"] = pi  # endpoints on API versions before 2025-03
+    post_signed(client, event)
+    assert purchase_row(db_session, bought.purchase_id).payment_id == pi
+    lookups = len(stub.requests_to("GET", "/v1/invoice_payments"))
+
+    deliver(client, stub, stub.refund_payment(bought.invoice_id or ""), "refund.created")
+
+    assert len(stub.requests_to("GET", "/v1/invoice_payments")) == lookups
+    assert balance(db_session, bought.wallet_id) == 0
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+
+def test_events_for_payments_and_invoices_we_do_not_know_are_ignored(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    foreign = stub.refund_payment_intent("pi_not_ours", 500)
+    event = stub.object_event(foreign, "refund.created")
+    response = post_signed(client, event)
+    assert response.status_code == 200
+    assert response.json["event"]["status"] == "ignored"  # type: ignore[index]
+    row = stored_event(db_session, event["id"])
+    assert row is not None and row.status == WebhookEventStatus.IGNORED
+    note = {
+        "id": "cn_not_ours",
+        "object": "credit_note",
+        "invoice": "in_not_ours",
+        "amount": 100,
+        "post_payment_amount": 100,
+        "currency": "usd",
+        "type": "post_payment",
+        "status": "issued",
+        "refunds": [],
+    }
+    assert deliver(client, stub, note, "credit_note.created") == "ignored"
+    dispute = {**foreign, "id": "dp_not_ours", "object": "dispute", "status": "needs_response"}
+    assert deliver(client, stub, dispute, "charge.dispute.created") == "ignored"
+
+
+def test_a_failure_rolls_everything_back_and_the_event_is_replayable(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    refund = stub.refund_payment(bought.invoice_id or "", amount=500)
+    event = stub.object_event(refund, "refund.created")
+    stub.fail_next("GET", "/v1/invoice_payments", status=500)
+
+    failed = post_signed(client, event)
+
+    assert failed.status_code == 500
+    row = stored_event(db_session, event["id"])
+    assert row is not None and row.status == WebhookEventStatus.FAILED
+    assert balance(db_session, bought.wallet_id) == D("10")
+    assert purchase_row(db_session, bought.purchase_id).returned_cents == 0
+
+    assert post_signed(client, event).status_code == 200  # Stripe's retry
+
+    assert balance(db_session, bought.wallet_id) == D("5")
