@@ -347,6 +347,10 @@ class Purchase(Base):
     # The API request that created it (API-key hash, Idempotency-Key, position), so a
     # retry of that request resumes this purchase instead of starting another.
     request_key: Mapped[str | None] = mapped_column(String(400), unique=True)
+    # Until when that request's caller can take it up again with its Idempotency-Key
+    # (the key's expiry); None without a key. Only such a retry resumes a purchase left
+    # `creating`: reconciliation never bills one its caller can no longer claim.
+    claimable_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

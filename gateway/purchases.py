@@ -14,10 +14,13 @@ two of them and no database lock is held while the provider is waited on:
    Until then the webhook finds the purchase by the ids in the invoice's metadata.
 
 If the provider cannot be reached in phase 2 the purchase stays `creating` and the
-caller gets `payment_provider_unavailable`; the same request repeated with the same
-Idempotency-Key (or reconciliation, through `complete_purchase`) takes it up where it
-stopped, and the idempotency keys make sure the provider still ends up with exactly
-one invoice. If the provider refuses, the purchase and its ledger entry fail.
+caller gets `payment_provider_unavailable`; only the same request repeated with the
+same Idempotency-Key (before the key expires: `claimable_until`) takes it up where it
+stopped, and the provider's idempotency keys make sure it still ends up with exactly
+one invoice. A caller told the purchase failed who cannot claim it that way (no key,
+a new key, an expired key, another API key) has no purchase left to be billed for:
+reconciliation never resumes a purchase, it fails (and voids the invoice of) one no
+caller can claim. If the provider refuses, the purchase and its ledger entry fail.
 """
 
 from __future__ import annotations
@@ -217,17 +220,32 @@ def configured_provider() -> PaymentProvider:
         ) from exc
 
 
+@dataclass(frozen=True)
+class RequestScope:
+    """The Idempotency-Key a request runs under, as the purchases it opens remember it.
+
+    `name` ("<principal>:<key>") is stable across retries of one request by one API key;
+    `expires_at` is when this use of the key stops binding (it counts as unused after),
+    and so the end of the caller's claim on the purchases it opened: a purchase whose
+    `claimable_until` has passed is not taken up by a later use of the same key.
+    """
+
+    name: str
+    expires_at: datetime
+
+
 class PurchaseBatch:
     """The purchases of one request: opened in its transaction, completed after it.
 
-    `request_scope` identifies the request across retries (`principal:idempotency-key`,
-    or None without an Idempotency-Key); each purchase stores it, with its position, as
-    `request_key`, which is how a retry finds the purchases to resume.
+    `request_scope` identifies the request across retries (None without an
+    Idempotency-Key); each purchase stores its name, with its position, as
+    `request_key`, which is how a retry finds the purchases to resume, and its expiry
+    as `claimable_until`.
     """
 
     def __init__(
         self,
-        request_scope: str | None = None,
+        request_scope: RequestScope | None = None,
         *,
         provider: PaymentProvider | None = None,
         clock: Clock = utcnow,
@@ -247,7 +265,7 @@ class PurchaseBatch:
     def request_key(self, position: int) -> str | None:
         if self.request_scope is None:
             return None
-        return f"{self.request_scope}:purchase:{position}"
+        return f"{self.request_scope.name}:purchase:{position}"
 
     def open(
         self,
@@ -289,10 +307,13 @@ class PurchaseBatch:
             reclaimed_credits=Decimal(0),
             shortfall_credits=Decimal(0),
             request_key=request_key,
+            claimable_until=None if self.request_scope is None else self.request_scope.expires_at,
             created_at=now,
             updated_at=now,
         )
         inserted = _insert_purchase(session, purchase)
+        if inserted is None and self._release_expired_use(session, request_key, now):
+            inserted = _insert_purchase(session, purchase)
         if inserted is None:
             # Only a concurrent attempt of the same request can hold this key.
             raise IdempotencyKeyInProgress(
@@ -310,20 +331,45 @@ class PurchaseBatch:
         self._work.append(_PurchaseWork.of(purchase, wallet, provider_customer_id, customer))
         return entry
 
-    def earlier_purchases(self, session: Session) -> list[Purchase]:
-        """Purchases an earlier attempt of this request committed (same Idempotency-Key)."""
+    @staticmethod
+    def _release_expired_use(session: Session, request_key: str | None, now: datetime) -> bool:
+        """Free `request_key` from a purchase of an earlier use of the same
+        Idempotency-Key that has expired; whether one was freed."""
+        if request_key is None:
+            return False
+        freed = session.execute(
+            update(Purchase)
+            .where(
+                Purchase.request_key == request_key,
+                or_(Purchase.claimable_until.is_(None), Purchase.claimable_until <= now),
+            )
+            .values(request_key=None)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(freed.rowcount)  # type: ignore[attr-defined]
+
+    def earlier_purchases(self, session: Session, now: datetime) -> list[Purchase]:
+        """Purchases an earlier attempt of this request committed under the same use of
+        its Idempotency-Key (one whose key use expired is not this request's). Their
+        claim is extended to this use's expiry: the caller may retry until then."""
         if self.request_scope is None:
             return []
         keys = [self.request_key(position) for position in range(MAX_PURCHASES_PER_REQUEST)]
-        return list(
+        found = list(
             session.execute(
                 select(Purchase)
-                .where(Purchase.request_key.in_(keys))
+                .where(Purchase.request_key.in_(keys), Purchase.claimable_until > now)
                 .order_by(Purchase.request_key)
             )
             .scalars()
             .all()
         )
+        for purchase in found:
+            if purchase.claimable_until is not None:
+                purchase.claimable_until = max(
+                    purchase.claimable_until, self.request_scope.expires_at
+                )
+        return found
 
     def resume(self, session: Session, purchases: Sequence[Purchase]) -> None:
         """Take over `purchases` of an earlier attempt; those still `creating` are completed."""
@@ -358,8 +404,10 @@ def complete_purchase(
 ) -> Purchase:
     """Take a purchase still `creating` to a finalized invoice (phases 2 and 3).
 
-    For reconciliation and operators: commits the caller's transaction first, holds no
-    lock while the provider is called, and does nothing to a purchase past `creating`.
+    For the retry of the request that opened it and for operators: reconciliation does
+    not call it (a purchase is resumed only by a caller who can claim it). Commits the
+    caller's transaction first, holds no lock while the provider is called, and does
+    nothing to a purchase past `creating`.
     """
     purchase = session.get(Purchase, purchase_id, populate_existing=True)
     if purchase is None:
@@ -433,7 +481,7 @@ def create_wallet(
     now: datetime,
     *,
     created_by: str,
-    request_scope: str | None = None,
+    request_scope: RequestScope | None = None,
     clock: Clock = utcnow,
 ) -> wallets.WalletResult:
     """A new wallet with its credits, paid ones invoiced at the provider.
@@ -442,7 +490,7 @@ def create_wallet(
     with that wallet and completes its purchase, instead of `wallet_already_exists`.
     """
     batch = PurchaseBatch(request_scope, clock=clock)
-    earlier = batch.earlier_purchases(session)
+    earlier = batch.earlier_purchases(session, now)
     if earlier:
         result = _replayed_wallet_creation(session, data, earlier)
         batch.resume(session, earlier)
@@ -467,12 +515,12 @@ def top_up(
     paid: Decimal | None,
     now: datetime,
     created_by: str,
-    request_scope: str | None = None,
+    request_scope: RequestScope | None = None,
     clock: Clock = utcnow,
 ) -> list[WalletTransaction]:
     """Granted and/or paid credits for a wallet; paid ones invoiced at the provider."""
     batch = PurchaseBatch(request_scope, clock=clock)
-    earlier = batch.earlier_purchases(session)
+    earlier = batch.earlier_purchases(session, now)
     if earlier:
         transactions = _replayed_top_up(session, wallet_id, granted, paid, earlier)
         batch.resume(session, earlier)

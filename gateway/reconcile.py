@@ -6,9 +6,13 @@ One run, in this order:
 1. Stripe's invoices created in the window are read in pages (list API, 100 a page,
    newest first) and matched in memory, a page at a time, with the purchases they name
    (one query per page):
-   - a purchase still `creating` adopts its invoice (through `settlement.apply_invoice`,
-     so a paid one settles); a draft is finished (`purchases.complete_purchase`) within
-     the grace period, abandoned after it;
+   - a purchase still `creating` is never resumed here: only a retry of its request
+     with the same Idempotency-Key does that (`claimable_until`). A paid invoice is
+     adopted (through `settlement.apply_invoice`: it settles); while its caller can
+     still claim it, a finalized invoice is adopted and a draft left to the retry; once
+     no caller can (and the purchase is past `IN_FLIGHT`), a finalized unpaid invoice
+     is voided and the purchase fails at once, a draft or missing invoice (nothing
+     billable) after the grace period;
    - an `open` purchase (or a failed one) whose invoice is paid settles, one whose
      invoice is void or uncollectible fails: `settlement.apply_invoice` again, the one
      code path of the webhook, with its locks (wallet, then purchase), so a webhook
@@ -24,9 +28,10 @@ One run, in this order:
    did not list is retrieved on its own (rare). For a purchase already waiting for a
    refund (`refund_required`) a refund is the expected end: step 5 mentions it.
 3. Purchases still `creating` or `open` that no listed invoice named are read in
-   batches: a stored invoice is read on its own (rare); a purchase with no invoice at
-   Stripe has its creation resumed within `PURCHASE_STUCK_GRACE_MINUTES`, and is failed
-   after it (its pending entry fails; the balance never saw it).
+   batches: a stored invoice is read on its own (rare); a purchase still `creating`
+   that no caller can claim any more is looked up by metadata and, with no invoice at
+   Stripe, failed after `PURCHASE_STUCK_GRACE_MINUTES` (its pending entry fails; the
+   balance never saw it).
 4. Invoices of ended wallets still to void at Stripe are voided
    (`settlement.void_flagged_invoices`).
 5. Reported from the database: purchases marked `refund_required` or `review_required`,
@@ -34,8 +39,8 @@ One run, in this order:
    its settled ledger entries.
 
 Stripe is read a page at a time, so 10,000 pending purchases cost about a hundred list
-calls, not 10,000 retrieves; individual calls are made only to repair (resume a
-creation, void an invoice) and for the rare purchase no listed invoice matched.
+calls, not 10,000 retrieves; individual calls are made only to repair (void an
+invoice) and for the rare purchase no listed invoice matched.
 No transaction is open while Stripe is called. `dry_run` reads everything and changes
 nothing: no database write, no Stripe write.
 """
@@ -53,9 +58,9 @@ from typing import Any, Protocol
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from gateway import ledger, money, purchases, settlement, transitions
+from gateway import ledger, money, settlement, transitions
 from gateway.db import Database, unit_of_work, utcnow
-from gateway.errors import PaymentProviderRejected, PaymentProviderUnavailable
+from gateway.errors import PaymentProviderUnavailable
 from gateway.models import (
     EntryStatus,
     Purchase,
@@ -79,8 +84,9 @@ log = logging.getLogger(__name__)
 DEFAULT_LOOKBACK = timedelta(days=30)
 # An invoice is made after its purchase row; this covers clocks that disagree.
 CLOCK_SLACK = timedelta(hours=1)
-# A purchase younger than this may still be in the hands of the request creating it:
-# its creation is not resumed nor abandoned (adopting its invoice is always safe).
+# A purchase younger than this may still be in the hands of the request creating it
+# (a request gives up on Stripe after PURCHASE_DEADLINE_SECONDS, well below this): it is
+# neither abandoned nor voided (adopting a paid invoice is always safe).
 IN_FLIGHT = timedelta(minutes=5)
 # Purchases per database batch (read in short transactions, then handled).
 DB_BATCH = 500
@@ -94,7 +100,7 @@ SOURCE = "reconcile"
 class FindingKind(enum.StrEnum):
     """What was found (the `kind` of a finding in the JSON output)."""
 
-    STUCK_PURCHASE = "stuck_purchase"  # `creating`: adopted, resumed or abandoned
+    STUCK_PURCHASE = "stuck_purchase"  # `creating`: adopted, voided or abandoned
     INVOICE_PAID_NOT_SETTLED = "invoice_paid_not_settled"  # webhook lost: settled here
     INVOICE_FAILED_STILL_OPEN = "invoice_failed_still_open"  # void/uncollectible: failed here
     UNKNOWN_PAID_INVOICE = "unknown_paid_invoice"
@@ -122,7 +128,7 @@ class Finding:
     kind: FindingKind
     action: FindingAction
     detail: str
-    outcome: str | None = None  # e.g. settled, failed, adopted, resumed, abandoned, voided
+    outcome: str | None = None  # e.g. settled, failed, adopted, abandoned, voided
     purchase_id: str | None = None
     wallet_id: str | None = None
     invoice_id: str | None = None
@@ -262,6 +268,7 @@ class _PurchaseRow:
     created_at: datetime
     currency: str
     credit_amount: Decimal
+    claimable_until: datetime | None  # the caller's Idempotency-Key may resume it till then
 
 
 _ROW_COLUMNS = (
@@ -272,6 +279,7 @@ _ROW_COLUMNS = (
     Purchase.created_at,
     Purchase.currency,
     Purchase.credit_amount,
+    Purchase.claimable_until,
 )
 
 
@@ -322,7 +330,7 @@ class _Run:
         self.clock = clock
         self.progress = progress
         self.started_at = clock()
-        # Not resumed nor abandoned, and not looked for in step 3: still being created.
+        # Not voided nor abandoned, and not looked for in step 3: still being created.
         self.cutoff = self.started_at - IN_FLIGHT
         # Unsettled purchases an invoice of the listing named: step 3 skips them.
         self.seen: set[str] = set()
@@ -621,75 +629,94 @@ class _Run:
         )
         return outcome
 
+    def _claimable(self, purchase: _PurchaseRow) -> bool:
+        """Whether the caller of the request that opened `purchase` can still take it up
+        (a retry with the same Idempotency-Key before the key expires)."""
+        until = purchase.claimable_until
+        return until is not None and until > self.started_at
+
     def _stuck_with_invoice(self, purchase: _PurchaseRow, invoice: InvoiceSnapshot) -> None:
-        """A purchase still `creating` whose invoice exists at Stripe."""
-        if invoice.status != InvoiceStatus.DRAFT:
+        """A purchase still `creating` whose invoice exists at Stripe.
+
+        Never resumed here (that would bill a caller who may have been told it failed
+        and bought again): a paid invoice settles it (the money arrived) and a void or
+        uncollectible one fails it; a finalized open one is adopted while the caller can
+        still claim the purchase, voided once nobody can; a draft is left to the
+        caller's retry, and abandoned (never finalized) once nobody can claim it.
+        """
+        if invoice.status in (InvoiceStatus.PAID, *transitions.FAILED_INVOICE_STATUSES):
             self._apply(FindingKind.STUCK_PURCHASE, purchase, invoice, adopting=True)
             return
-        # A draft: the crash came between creating and finalizing it.
-        age = self.started_at - purchase.created_at
+        if self._claimable(purchase):
+            if invoice.status != InvoiceStatus.DRAFT:
+                self._apply(FindingKind.STUCK_PURCHASE, purchase, invoice, adopting=True)
+            return  # its caller's retry finishes a draft
         if purchase.created_at > self.cutoff:
             return
-        if age < self.grace:
-            if purchase.invoice_id is None and not self.dry_run:
-                self._apply(FindingKind.STUCK_PURCHASE, purchase, invoice, adopting=False)
-            self._resume(purchase, invoice.id)
-        else:
-            self._abandon(
-                purchase,
-                f"its invoice {invoice.id} is still a draft after {_minutes(age)} "
-                "(it was never finalized, so it cannot be paid)",
-                invoice_id=invoice.id,
-            )
+        if invoice.status == InvoiceStatus.DRAFT:
+            age = self.started_at - purchase.created_at
+            if age >= self.grace:
+                self._abandon(
+                    purchase,
+                    f"its invoice {invoice.id} is still a draft after {_minutes(age)} and "
+                    "no caller can claim the purchase (it was never finalized, so it "
+                    "cannot be paid)",
+                    invoice_id=invoice.id,
+                )
+            return
+        self._void_unclaimed(purchase, invoice)
 
-    def _resume(self, purchase: _PurchaseRow, invoice_id: str | None) -> None:
-        """Finish the creation where it stopped (`purchases.complete_purchase`)."""
+    def _void_unclaimed(self, purchase: _PurchaseRow, invoice: InvoiceSnapshot) -> None:
+        """A finalized, unpaid invoice of a purchase no caller can claim: its caller was
+        told the purchase failed (or never heard back) and cannot take it up, so it must
+        not be collected. The purchase fails (flagged for voiding) in one transaction,
+        then the invoice is voided (`settlement.void_flagged_invoices`: a payment that
+        beat the void is settled; a void that fails stays flagged for step 4)."""
+        why = (
+            f"invoice {invoice.id} was finalized ({invoice.status}) but the caller was "
+            "not told so and no caller can claim the purchase"
+        )
         if self.dry_run:
             self._would_repair(
                 FindingKind.STUCK_PURCHASE,
-                "creation stopped before the invoice was finalized: would resume it",
-                "resume",
+                f"{why}: would void the invoice and fail the purchase",
+                "void",
                 purchase_id=purchase.id,
                 wallet_id=purchase.wallet_id,
-                invoice_id=invoice_id,
+                invoice_id=invoice.id,
+                invoice_status=invoice.status,
             )
             return
         session = self._session()
         try:
-            try:
-                purchases.complete_purchase(
-                    session, purchase.id, provider=self.provider, clock=self.clock
+            with unit_of_work(session):
+                failed = abandon_stuck_purchase(
+                    session, purchase.id, why, self.clock(), void_invoice_id=invoice.id
                 )
-                rejected: str | None = None
-            except PaymentProviderRejected as exc:
-                rejected = exc.message  # the purchase and its entry have failed
-            except PaymentProviderUnavailable as exc:
-                self._stripe_failed(purchase, "resume its creation", exc.message)
-                return
-            session.expire_all()
-            after = session.get_one(Purchase, purchase.id)
-            status, invoice_id, invoice_status = (
-                after.status,
-                after.provider_invoice_id,
-                after.invoice_status,
+            if not failed:
+                return  # a webhook or the caller's retry moved it on meanwhile
+            result = settlement.void_flagged_invoices(
+                settlement.sessions_like(session), self.provider, [purchase.id], now=self.clock()
             )
+            after = session.get_one(Purchase, purchase.id, populate_existing=True)
+            status, invoice_status = after.status, after.invoice_status
         finally:
             session.close()
-        detail = (
-            f"creation resumed: Stripe refused it ({rejected}), the purchase failed"
-            if rejected
-            else f"creation resumed: invoice {invoice_id} is {invoice_status}, "
-            f"the purchase is {status}"
-        )
+        voided = purchase.id in result.voided
         self._add(
             Finding(
                 FindingKind.STUCK_PURCHASE,
-                FindingAction.REPAIRED,
-                detail,
-                outcome="resumed",
+                FindingAction.REPAIRED if voided else FindingAction.FAILED,
+                f"{why}: the purchase and its pending entry failed; "
+                + (
+                    f"the invoice is {invoice_status}, the purchase {status}"
+                    if voided
+                    else "voiding the invoice failed, the next run tries again"
+                ),
+                outcome="voided" if voided else None,
                 purchase_id=purchase.id,
                 wallet_id=purchase.wallet_id,
-                invoice_id=invoice_id,
+                invoice_id=invoice.id,
                 invoice_status=invoice_status,
             )
         )
@@ -887,10 +914,10 @@ class _Run:
             self._compare(purchase, invoice)
             return
         # `creating` with no invoice in the listing: the create call never reached Stripe
-        # (or its invoice is too new for the listing; creation is idempotent anyway).
+        # (or its invoice is too new for the listing). Left to its caller's retry while
+        # one can claim it; else, past the grace period, given up.
         age = self.started_at - purchase.created_at
-        if age < self.grace:
-            self._resume(purchase, None)
+        if self._claimable(purchase) or age < self.grace:
             return
         # Before giving up, search by our metadata (search lags writes by a minute or so,
         # which does not matter for a purchase this old).
@@ -900,7 +927,8 @@ class _Run:
             return
         self._abandon(
             purchase,
-            f"no invoice was made at Stripe in {_minutes(age)}",
+            f"no invoice was made at Stripe in {_minutes(age)} and no caller can claim "
+            "the purchase",
             invoice_id=None,
         )
 
@@ -1072,9 +1100,19 @@ class _Run:
                 )
 
 
-def abandon_stuck_purchase(session: Session, purchase_id: str, why: str, now: datetime) -> bool:
+def abandon_stuck_purchase(
+    session: Session,
+    purchase_id: str,
+    why: str,
+    now: datetime,
+    *,
+    void_invoice_id: str | None = None,
+) -> bool:
     """Fail a purchase still `creating` (wallet, then purchase locked): its pending entry
-    fails, the balance never saw it. False if it has moved on meanwhile (nothing done)."""
+    fails, the balance never saw it. With `void_invoice_id` (a finalized invoice of it)
+    the purchase takes that invoice and is flagged `provider_void_pending`, for
+    `settlement.void_flagged_invoices` to void it once this has committed. False if it
+    has moved on meanwhile (nothing done)."""
     found = session.get(Purchase, purchase_id)
     if found is None:
         return False
@@ -1088,6 +1126,8 @@ def abandon_stuck_purchase(session: Session, purchase_id: str, why: str, now: da
         code="creation_abandoned",
         message=f"abandoned by reconciliation: {why}",
         now=now,
+        changes=None if void_invoice_id is None else {"provider_invoice_id": void_invoice_id},
+        void_pending=void_invoice_id is not None,
     )
     transitions.sync_purchase(session, purchase)
     return True

@@ -25,6 +25,7 @@ from gateway.api.framework import OPERATIONS, Reply, endpoint
 from gateway.db import get_session, new_id
 from gateway.errors import PaymentProviderUnavailable, ValidationFailed
 from gateway.models import Customer
+from gateway.purchases import RequestScope
 
 probe = Blueprint("idempotency_probe", __name__, url_prefix="/api/v1/_probe")
 probe.before_request(require_api_key)
@@ -52,7 +53,8 @@ class ProbeAnswer(Schema):
 def act(body: dict[str, Any]) -> Reply:
     behaviour = BEHAVIOUR.popleft() if BEHAVIOUR else "ok"
     session = get_session()
-    scope: str | None = g.idempotency_scope
+    request_scope: RequestScope | None = g.idempotency_scope
+    scope = request_scope.name if request_scope is not None else None
     customer = None
     if scope is not None:
         customer = session.execute(

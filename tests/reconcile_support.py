@@ -74,12 +74,16 @@ def buy_wallet(client: FlaskClient, session: Session, paid: str = "10", **fields
     return _bought(session, transaction["id"])
 
 
-def buy_more(client: FlaskClient, session: Session, wallet_id: str, paid: str = "1") -> Bought:
-    """A paid top-up of an existing wallet (the call that failed, if Stripe did)."""
+def buy_more(
+    client: FlaskClient, session: Session, wallet_id: str, paid: str = "1", key: str | None = None
+) -> Bought:
+    """A paid top-up of an existing wallet (the call that failed, if Stripe did), sent
+    with Idempotency-Key `key` if given."""
     response = post(
         client,
         "/wallet_transactions",
         {"wallet_transaction": {"wallet_id": wallet_id, "paid_credits": paid}},
+        **({"Idempotency-Key": key} if key is not None else {}),
     )
     assert response.status_code in (201, 503), response.json
     if response.status_code == 503:
@@ -211,6 +215,16 @@ def backdate(session: Session, purchase_id: str, minutes: int) -> None:
         update(WalletTransaction)
         .where(WalletTransaction.id == purchase.transaction_id)
         .values(created_at=then)
+    )
+    session.commit()
+
+
+def claimable(session: Session, purchase_id: str, minutes: int = 60) -> None:
+    """The purchase as one whose caller's Idempotency-Key is still live for `minutes`."""
+    session.execute(
+        update(Purchase)
+        .where(Purchase.id == purchase_id)
+        .values(claimable_until=utcnow() + timedelta(minutes=minutes))
     )
     session.commit()
 

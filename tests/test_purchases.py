@@ -7,16 +7,18 @@ each test can assert exactly which form parameters and headers were sent.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
 
 import pytest
 import responses
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from gateway.models import Customer, Purchase, Wallet, WalletTransaction
+from gateway.db import utcnow
+from gateway.models import Customer, IdempotencyKey, Purchase, Wallet, WalletTransaction
 from gateway.providers.base import CustomerRequest
 from gateway.providers.stripe.client import customer_idempotency_key
 from gateway.providers.stripe.sandbox import StripeStub
@@ -626,6 +628,53 @@ def test_a_retry_with_another_body_does_not_resume_the_purchase(
     assert_error(other, 422, "idempotency_key_reused")
     assert only_purchase(db_session).credit_amount == Decimal("20")
     assert len(stub.invoices) == 0
+
+
+def expire_key(session: Session, key: str) -> None:
+    """As if IDEMPOTENCY_KEY_TTL_HOURS had passed since `key` was used: the key and the
+    claim its purchases carry end together."""
+    past = utcnow() - timedelta(seconds=1)
+    session.execute(update(IdempotencyKey).where(IdempotencyKey.key == key).values(expires_at=past))
+    session.execute(update(Purchase).values(claimable_until=past))
+    session.commit()
+
+
+@pytest.mark.parametrize("first_status", [201, 503])
+def test_an_expired_key_does_not_bind_the_purchase_of_its_earlier_use(
+    client: FlaskClient,
+    db_session: Session,
+    stripe_http: responses.RequestsMock,
+    stub: StripeStub,
+    first_status: int,
+) -> None:
+    wallet_id = create_wallet(client, subscribed_customer(client))["wallet"]["id"]
+    key = unique("top-up")
+    if first_status == 503:
+        stub.fail_next("POST", "/v1/invoices", status=500)
+    first = top_up(client, wallet_id, key, paid_credits="7")
+    assert first.status_code == first_status
+    earlier = only_purchase(db_session)
+    expire_key(db_session, key)
+
+    # A day later the key counts as unused: another body is a new request, and so is
+    # the same body (its answer is not the old purchase, which is not resumed).
+    other = top_up(client, wallet_id, key, paid_credits="9")
+    same = top_up(client, wallet_id, unique("other"), paid_credits="7")
+    expire_key(db_session, key)
+    again = top_up(client, wallet_id, key, paid_credits="7")
+
+    for response in (other, same, again):
+        assert response.status_code == 201, response.json
+        assert "Idempotent-Replayed" not in response.headers
+    [made] = other.json["wallet_transactions"]
+    [made_again] = again.json["wallet_transactions"]
+    assert made["credit_amount"] == "9.00000"
+    assert earlier.transaction_id not in (made["id"], made_again["id"])
+    stored = db_session.get_one(Purchase, earlier.id, populate_existing=True)
+    assert stored.status == ("open" if first_status == 201 else "creating")
+    if first_status == 503:  # not resumed by the later use of its key
+        assert stub.invoices_with(gateway_purchase_id=earlier.id) == []
+    assert db_session.scalar(select(func.count()).select_from(Purchase)) == 4
 
 
 def test_without_an_idempotency_key_the_503_says_what_was_kept(

@@ -31,6 +31,7 @@ from tests.reconcile_support import (
     backdate,
     buy_more,
     buy_wallet,
+    claimable,
     findings,
     foreign_invoice,
     invoice_at_stripe,
@@ -180,10 +181,11 @@ def test_stuck_purchase_adopts_its_invoice_found_by_metadata_and_settles_it(
     assert state.balance == Decimal("10")
 
 
-def test_stuck_purchase_with_an_open_invoice_at_stripe_is_adopted_as_open(
+def test_stuck_purchase_with_an_open_invoice_is_adopted_while_its_caller_can_claim_it(
     app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
     purchase = make_purchase(db_session, invoice_stored=False, rate=Decimal("1"))
+    claimable(db_session, purchase.id)  # its Idempotency-Key is still live
     invoice = invoice_at_stripe(app, db_session, purchase.id)
 
     report = run(app)
@@ -198,69 +200,123 @@ def test_stuck_purchase_with_an_open_invoice_at_stripe_is_adopted_as_open(
     )
 
 
-def test_stuck_purchase_whose_draft_was_made_is_finished_within_the_grace_period(
+# --- 1b. a caller told "failed" is never billed by reconciliation -----------------------
+
+
+def test_a_purchase_that_answered_503_is_not_billed_after_a_retry_without_key(
     app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
-    first = buy_wallet(client, db_session, paid="1")
-    stub.fail_next("POST", "/v1/invoices", after=True)  # made at Stripe, answer lost
-    stuck = buy_more(client, db_session, first.wallet_id, paid="2")
-    assert state_of(db_session, stuck.purchase_id).purchase_status == PurchaseStatus.CREATING
-    [draft] = stub.invoices_with(**{META_PURCHASE_ID: stuck.purchase_id})
-    assert draft["status"] == "draft"
-    backdate(db_session, stuck.purchase_id, minutes=20)
-
-    report = run(app)
-
-    finding = only(report, FindingKind.STUCK_PURCHASE)
-    assert (finding.action, finding.outcome) == (FindingAction.REPAIRED, "resumed")
-    assert finding.invoice_id == draft["id"]
-    [invoice] = stub.invoices_with(**{META_PURCHASE_ID: stuck.purchase_id})  # still one
-    assert invoice["status"] == "open"
-    assert invoice["amount_due"] == 200
-    state = state_of(db_session, stuck.purchase_id)
-    assert (state.purchase_status, state.invoice_id) == (PurchaseStatus.OPEN, draft["id"])
-
-
-def test_stuck_purchase_with_no_invoice_at_stripe_is_created_within_the_grace_period(
-    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
-) -> None:
+    """Issue 12 #1: 503 on the invoice's creation, the caller retries (no key) and is
+    billed; reconciliation must not create a second invoice for the first attempt."""
     first = buy_wallet(client, db_session, paid="1")
     stub.fail_next("POST", "/v1/invoices", status=500)  # never reached Stripe's books
-    stuck = buy_more(client, db_session, first.wallet_id, paid="2")
-    assert stub.invoices_with(**{META_PURCHASE_ID: stuck.purchase_id}) == []
-    backdate(db_session, stuck.purchase_id, minutes=20)
+    told_failed = buy_more(client, db_session, first.wallet_id, paid="2")
+    retried = buy_more(client, db_session, first.wallet_id, paid="2")
+    assert retried.invoice_id is not None  # 201: the retry is billed
+    backdate(db_session, told_failed.purchase_id, minutes=61)
 
-    report = run(app)
+    report = run(app, grace=timedelta(minutes=60))
 
-    assert only(report, FindingKind.STUCK_PURCHASE).outcome == "resumed"
-    [invoice] = stub.invoices_with(**{META_PURCHASE_ID: stuck.purchase_id})
-    assert invoice["status"] == "open"
-    assert state_of(db_session, stuck.purchase_id).purchase_status == PurchaseStatus.OPEN
+    finding = only(report, FindingKind.STUCK_PURCHASE)
+    assert (finding.purchase_id, finding.outcome) == (told_failed.purchase_id, "abandoned")
+    assert stub.invoices_with(**{META_PURCHASE_ID: told_failed.purchase_id}) == []
+    billed = [i for i in stub.invoices.values() if i["status"] != "draft" and i["total"] == 200]
+    assert [i["id"] for i in billed] == [retried.invoice_id]  # exactly one invoice for it
+    state = state_of(db_session, told_failed.purchase_id)
+    assert (state.purchase_status, state.entry_status) == (
+        PurchaseStatus.FAILED,
+        EntryStatus.FAILED,
+    )
+    # Later runs do not take it up either.
+    assert run(app).findings == []
+    assert stub.invoices_with(**{META_PURCHASE_ID: told_failed.purchase_id}) == []
 
 
-def test_stuck_purchase_whose_finalize_answer_was_lost_adopts_the_open_invoice(
+def test_a_purchase_whose_key_is_live_is_left_to_the_retry_with_that_key(
     app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
     first = buy_wallet(client, db_session, paid="1")
+    stub.fail_next("POST", "/v1/invoices", after=True)  # a draft made, answer lost
+    stuck = buy_more(client, db_session, first.wallet_id, paid="2", key="top-up-1")
+    backdate(db_session, stuck.purchase_id, minutes=600)  # well past the grace period
+    before = len(stub.requests)
+
+    report = run(app, grace=timedelta(minutes=60))
+
+    assert report.findings == []  # not resumed, not abandoned: its caller may retry
+    assert stripe_writes(stub, before) == []
+    [draft] = stub.invoices_with(**{META_PURCHASE_ID: stuck.purchase_id})
+    assert draft["status"] == "draft"
+
+    retry = buy_more(client, db_session, first.wallet_id, paid="2", key="top-up-1")
+
+    assert retry.purchase_id == stuck.purchase_id  # the retry resumes it
+    [invoice] = stub.invoices_with(**{META_PURCHASE_ID: stuck.purchase_id})
+    assert (invoice["id"], invoice["status"]) == (draft["id"], "open")
+
+
+def test_a_purchase_whose_caller_retried_with_a_new_key_is_given_up_when_its_key_expires(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    first = buy_wallet(client, db_session, paid="1")
+    stub.fail_next("POST", "/v1/invoices", status=500)
+    told_failed = buy_more(client, db_session, first.wallet_id, paid="2", key="attempt-1")
+    retried = buy_more(client, db_session, first.wallet_id, paid="2", key="attempt-2")
+    backdate(db_session, told_failed.purchase_id, minutes=61)
+
+    assert run(app, grace=timedelta(minutes=60)).findings == []  # "attempt-1" may still come
+    assert stub.invoices_with(**{META_PURCHASE_ID: told_failed.purchase_id}) == []
+
+    claimable(db_session, told_failed.purchase_id, minutes=-1)  # the key has expired
+    report = run(app, grace=timedelta(minutes=60))
+
+    assert only(report, FindingKind.STUCK_PURCHASE).outcome == "abandoned"
+    assert stub.invoices_with(**{META_PURCHASE_ID: told_failed.purchase_id}) == []
+    assert state_of(db_session, retried.purchase_id).purchase_status == PurchaseStatus.OPEN
+
+
+def test_an_unclaimable_purchase_whose_finalize_answer_was_lost_has_its_invoice_voided(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    first = buy_wallet(client, db_session, paid="1", granted_credits="3")
     stub.fail_next("POST", "/v1/invoices/", after=True)  # finalized at Stripe, answer lost
-    stuck = buy_more(client, db_session, first.wallet_id, paid="2")
+    stuck = buy_more(client, db_session, first.wallet_id, paid="2")  # told 503, no key
     state = state_of(db_session, stuck.purchase_id)
     assert (state.purchase_status, state.invoice_id) == (PurchaseStatus.CREATING, None)
     [invoice] = stub.invoices_with(**{META_PURCHASE_ID: stuck.purchase_id})
     assert invoice["status"] == "open"
-    before = len(stub.requests)
 
-    report = run(app)  # even seconds later: adopting is always safe
+    assert run(app).findings == []  # seconds old: maybe still its request's
+
+    backdate(db_session, stuck.purchase_id, minutes=10)
+    report = run(app)
 
     finding = only(report, FindingKind.STUCK_PURCHASE)
-    assert (finding.outcome, finding.invoice_id) == ("adopted", invoice["id"])
-    assert stripe_writes(stub, before) == []
+    assert (finding.action, finding.outcome) == (FindingAction.REPAIRED, "voided")
+    assert stub.invoices[invoice["id"]]["status"] == "void"  # never collected
     after = state_of(db_session, stuck.purchase_id)
-    assert (after.purchase_status, after.invoice_id, after.invoice_status) == (
-        PurchaseStatus.OPEN,
+    assert (after.purchase_status, after.entry_status, after.invoice_id) == (
+        PurchaseStatus.FAILED,
+        EntryStatus.FAILED,
         invoice["id"],
-        "open",
     )
+    assert after.balance == Decimal("3")
+    assert run(app).findings == []
+
+
+def test_an_unclaimable_purchase_whose_invoice_was_paid_anyway_is_settled(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    first = buy_wallet(client, db_session, paid="1")
+    stub.fail_next("POST", "/v1/invoices/", after=True)
+    stuck = buy_more(client, db_session, first.wallet_id, paid="2")
+    [invoice] = stub.invoices_with(**{META_PURCHASE_ID: stuck.purchase_id})
+    stub.mark_paid(invoice["id"])  # the money arrived: the credits follow it
+
+    report = run(app)
+
+    assert only(report, FindingKind.STUCK_PURCHASE).outcome == "settled"
+    assert state_of(db_session, stuck.purchase_id).purchase_status == PurchaseStatus.SETTLED
 
 
 def test_a_purchase_being_created_right_now_is_left_to_its_request(
@@ -680,7 +736,7 @@ def test_dry_run_changes_nothing_in_the_database_nor_at_stripe(
     stub.mark_paid(paid.invoice_id or "")
     voided = buy_wallet(client, db_session, paid="5")
     stub.mark_uncollectible(voided.invoice_id or "")
-    stub.fail_next("POST", "/v1/invoices", status=500)
+    stub.fail_next("POST", "/v1/invoices/", after=True)  # finalized, answer lost
     young = buy_more(client, db_session, paid.wallet_id, paid="1")
     backdate(db_session, young.purchase_id, minutes=20)
     stub.fail_next("POST", "/v1/invoices", status=500)
@@ -706,7 +762,7 @@ def test_dry_run_changes_nothing_in_the_database_nor_at_stripe(
     assert outcomes == {
         (FindingKind.INVOICE_PAID_NOT_SETTLED, paid.purchase_id): "settle",
         (FindingKind.INVOICE_FAILED_STILL_OPEN, voided.purchase_id): "fail",
-        (FindingKind.STUCK_PURCHASE, young.purchase_id): "resume",
+        (FindingKind.STUCK_PURCHASE, young.purchase_id): "void",
         (FindingKind.STUCK_PURCHASE, old.purchase_id): "abandon",
         (FindingKind.INVOICE_VOID_PENDING, ended.purchase_id): "void",
         (FindingKind.LEDGER_MISMATCH, None): None,

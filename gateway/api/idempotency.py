@@ -28,10 +28,12 @@ when the view finishes. Until then the key answers 409; if the process died in
 between, a retry after `locked_until` takes the key over and runs the view again,
 which must then find and resume its earlier work.
 
-For that, the view sees the key as `flask.g.idempotency_scope`: the string
-"<principal>:<key>" while a keyed request runs, None otherwise. It is stable across
-retries of the same request by the same API key, so a use case can store it (e.g. a
-purchase's `request_key`) and find its earlier work on a retry.
+For that, the view sees the key as `flask.g.idempotency_scope`: a
+`purchases.RequestScope` while a keyed request runs (its name "<principal>:<key>" and
+when this use of the key expires), None otherwise. The name is stable across retries of
+the same request by the same API key, so a use case can store it (e.g. a purchase's
+`request_key`) and find its earlier work on a retry; work whose key use has expired is
+not the request's any more (an expired key counts as unused).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from gateway.api.errors import ApiError, error_response
 from gateway.db import unit_of_work
 from gateway.errors import DomainError, IdempotencyKeyInProgress, IdempotencyKeyReused
 from gateway.models import IdempotencyKey
+from gateway.purchases import RequestScope
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +79,11 @@ class Claim:
     principal: str
     key: str
     locked_until: datetime  # identifies this claim among retries of the same key
+    expires_at: datetime  # when this use of the key ends
 
     @property
-    def scope(self) -> str:
-        return f"{self.principal}:{self.key}"
+    def scope(self) -> RequestScope:
+        return RequestScope(f"{self.principal}:{self.key}", self.expires_at)
 
 
 @dataclass(frozen=True)
@@ -190,7 +194,7 @@ def claim_key(
             },
         ).first()
         if claimed is not None:
-            return Claim(principal, key, lease)
+            return Claim(principal, key, lease, now + ttl)
         row = _locked_row(session, principal, key)
         if row is None:
             continue  # released or purged since: claim it again
@@ -198,7 +202,7 @@ def claim_key(
             # Expired but not purged yet: as if it had never been used.
             _reset(row, method, path, fingerprint, now=now, ttl=ttl)
             session.flush()
-            return Claim(principal, key, _lease(row))
+            return Claim(principal, key, _lease(row), row.expires_at)
         if (row.method, row.path, row.request_fingerprint) != (method, path, fingerprint):
             raise IdempotencyKeyReused(
                 f"this {KEY_HEADER} was used for another request "
@@ -214,7 +218,7 @@ def claim_key(
         # answered (process died): this retry takes the key over and resumes.
         row.locked_until = now + IN_PROGRESS_LEASE
         session.flush()
-        return Claim(principal, key, row.locked_until)
+        return Claim(principal, key, row.locked_until, row.expires_at)
     raise _in_progress()
 
 
@@ -337,7 +341,7 @@ def _release_quietly(session: Session, claim: Claim) -> None:
             release(session, claim)
     except Exception:
         # The lease runs out on its own; a retry can take the key over then.
-        log.exception("could not release idempotency key %s", claim.scope)
+        log.exception("could not release idempotency key %s", claim.scope.name)
 
 
 _keys = cast(Table, IdempotencyKey.__table__)
