@@ -41,6 +41,7 @@ from gateway.providers.base import (
     DisputeChanged,
     InvoiceChanged,
     InvoicePaymentFailed,
+    OtherEvent,
     ProviderEvent,
     Refund,
     RefundsChanged,
@@ -371,7 +372,12 @@ def apply_event(
     elif isinstance(meaning, RefundsChanged | CreditNoteIssued | DisputeChanged):
         return _returned(conn, meaning, lookup or PaymentLookup(), now, source)
     else:
-        return WebhookEventStatus.IGNORED, f"{event['type']} events are not used", None
+        return (
+            WebhookEventStatus.IGNORED,
+            (meaning.reason if isinstance(meaning, OtherEvent) else None)
+            or f"{event['type']} events are not used",
+            None,
+        )
     if outcome.action == settlement.SettlementAction.NOT_OURS:
         return WebhookEventStatus.IGNORED, outcome.reason, outcome.purchase_id
     detail = outcome.action.value + (f": {outcome.reason}" if outcome.reason else "")

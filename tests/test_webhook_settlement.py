@@ -120,6 +120,29 @@ def test_event_before_the_invoice_id_is_stored_is_found_by_metadata_and_credited
     assert state.balance == purchase.credits
 
 
+@pytest.mark.parametrize(
+    "event_type", ["invoice.paid", "invoice.payment_succeeded", "invoice.voided"]
+)
+@pytest.mark.parametrize("invoice_stored", [False, True])
+def test_an_event_of_a_connected_account_is_ignored_and_changes_nothing(
+    client: FlaskClient, db_session: Session, event_type: str, invoice_stored: bool
+) -> None:
+    """Issue 12 #2: a Connect account's event carrying our metadata (or even our
+    invoice id) is not about our invoice: recorded as ignored, nothing moves."""
+    purchase = make_purchase(db_session, invoice_stored=invoice_stored)
+    before = state_of(db_session, purchase.id)
+    event = {**invoice_event(purchase, event_type), "account": "acct_1OtherAccount"}
+
+    received = _ok(post_signed(client, event))
+
+    assert received["status"] == WebhookEventStatus.IGNORED
+    assert state_of(db_session, purchase.id) == before
+    stored = stored_event(db_session, event["id"])
+    assert stored is not None and stored.status == WebhookEventStatus.IGNORED
+    assert stored.error is not None and "acct_1OtherAccount" in stored.error
+    assert stored.purchase_id is None
+
+
 def test_expected_total_is_the_amount_when_the_total_is_not_stored_yet(
     client: FlaskClient, db_session: Session
 ) -> None:

@@ -174,7 +174,10 @@ class DisputeChanged:
 
 @dataclass(frozen=True)
 class OtherEvent:
-    """An event the service does not act on (recorded as ignored)."""
+    """An event the service does not act on (recorded as ignored, with `reason` if
+    it is more than a type the service does not use)."""
+
+    reason: str | None = None
 
 
 ProviderEvent = (

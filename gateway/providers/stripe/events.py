@@ -49,8 +49,16 @@ _DISPUTE_WON = frozenset({"won", "warning_closed"})
 
 
 def read_event(event: Mapping[str, Any]) -> ProviderEvent:
-    """What a verified Stripe event means for the service."""
+    """What a verified Stripe event means for the service.
+
+    An event that names an `account` is a connected account's (Connect): its objects
+    are not ours, whatever metadata they carry, and the service is not a Connect
+    platform; our own account's events never name one.
+    """
     event_type = str(event["type"])
+    account = event.get("account")
+    if account and event_type in HANDLED_TYPES:
+        return OtherEvent(f"an event of connected account {str(account)[:255]}, not of ours")
     data = event["data"]["object"]
     if event_type in INVOICE_TYPES:
         return InvoiceChanged(invoice_snapshot(data))
