@@ -21,10 +21,22 @@ STRIPE_WEBHOOK_MAX_BODY_BYTES = 262144
 
 # Idempotency keys are kept this long (hours) and then deleted.
 IDEMPOTENCY_KEY_TTL_HOURS = 24
-# Purchases whose invoice never reached us are failed by reconcile after this (minutes).
+# Stuck purchases no caller can claim and Stripe never finalized are failed by reconcile
+# after this (minutes).
 PURCHASE_STUCK_GRACE_MINUTES = 60
+# A purchase's calls to Stripe together, at most (seconds; below gunicorn's 30 s worker
+# timeout less a margin: 1 to 25). Past it the caller gets 503 payment_provider_unavailable.
+PURCHASE_DEADLINE_SECONDS = 20
 # Rows handled per transaction by the expiry sweep.
 EXPIRY_BATCH_SIZE = 500
 
 # Largest JSON body accepted on the API.
 MAX_CONTENT_LENGTH = 65536
+
+# /metrics answers only with "Authorization: Bearer <token>" when set. Empty: open
+# (then keep it off the public network: see README, Operations).
+METRICS_BEARER_TOKEN = ""
+
+# Stored Stripe events processed or ignored are deleted this many days after they were
+# received (`gateway webhooks purge`); failed ones are kept until they succeed.
+WEBHOOK_EVENT_RETENTION_DAYS = 90

@@ -37,6 +37,14 @@ PROVIDER_CALLS = Counter(
     "gateway_provider_calls_total", "Payment provider calls by outcome", ["operation", "outcome"]
 )
 
+# The `method` label takes these values, every other method is "other": a client
+# choosing the method must not create series (each made-up method made 17).
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
+
 
 def init_app(app: Flask) -> None:
     @app.before_request
@@ -47,9 +55,10 @@ def init_app(app: Flask) -> None:
     def _observe(response: Response) -> Response:
         started = g.get("request_started")
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
+        method = method_label(request.method)
+        REQUESTS.labels(method, endpoint, str(response.status_code)).inc()
         if started is not None:
-            LATENCY.labels(request.method, endpoint).observe(time.perf_counter() - started)
+            LATENCY.labels(method, endpoint).observe(time.perf_counter() - started)
         return response
 
 

@@ -35,8 +35,33 @@ _ENV_TYPES: dict[str, type] = {
     "STRIPE_WEBHOOK_MAX_BODY_BYTES": int,
     "IDEMPOTENCY_KEY_TTL_HOURS": int,
     "PURCHASE_STUCK_GRACE_MINUTES": int,
+    "PURCHASE_DEADLINE_SECONDS": int,
     "EXPIRY_BATCH_SIZE": int,
     "MAX_CONTENT_LENGTH": int,
+    "METRICS_BEARER_TOKEN": str,
+    "WEBHOOK_EVENT_RETENTION_DAYS": int,
+}
+
+# gunicorn kills a worker whose request runs longer than this (config/gunicorn.conf.py);
+# a purchase must have answered well before.
+WORKER_TIMEOUT_SECONDS = 30
+# What a request needs besides waiting on the provider (its transactions, the answer).
+_REQUEST_MARGIN_SECONDS = 5
+# Bounds of the numeric settings: (minimum, maximum or None). A value outside them
+# stops the start instead of failing every request later (a webhook tolerance of 0
+# refuses every signature; a timeout of 0 fails every Stripe call).
+_BOUNDS: dict[str, tuple[int, int | None]] = {
+    "STRIPE_DAYS_UNTIL_DUE": (1, None),
+    "STRIPE_MAX_NETWORK_RETRIES": (0, 10),
+    "STRIPE_TIMEOUT_SECONDS": (1, 600),
+    "STRIPE_WEBHOOK_TOLERANCE_SECONDS": (1, 86_400),
+    "STRIPE_WEBHOOK_MAX_BODY_BYTES": (1024, 16 * 1024 * 1024),
+    "IDEMPOTENCY_KEY_TTL_HOURS": (1, 24 * 365),
+    "PURCHASE_STUCK_GRACE_MINUTES": (0, None),
+    "PURCHASE_DEADLINE_SECONDS": (1, WORKER_TIMEOUT_SECONDS - _REQUEST_MARGIN_SECONDS),
+    "EXPIRY_BATCH_SIZE": (1, 100_000),
+    "MAX_CONTENT_LENGTH": (1024, None),
+    "WEBHOOK_EVENT_RETENTION_DAYS": (1, None),
 }
 
 TAX_MODES = ("automatic", "rates", "none")
@@ -87,7 +112,10 @@ class Settings:
     webhook_max_body_bytes: int
     idempotency_key_ttl_hours: int
     purchase_stuck_grace_minutes: int
+    purchase_deadline_seconds: int
     expiry_batch_size: int
+    metrics_bearer_token: str
+    webhook_event_retention_days: int
 
     @property
     def stripe_livemode(self) -> bool:
@@ -108,9 +136,7 @@ class Settings:
                 f"STRIPE_COLLECTION_METHOD must be one of {', '.join(COLLECTION_METHODS)}"
             )
         api_keys = parse_api_keys(str(config["GATEWAY_API_KEYS"]))
-        days_until_due = int(config["STRIPE_DAYS_UNTIL_DUE"])
-        if days_until_due < 1:
-            raise ConfigurationError("STRIPE_DAYS_UNTIL_DUE must be at least 1")
+        number = {name: _bounded(name, config[name], *bounds) for name, bounds in _BOUNDS.items()}
         return cls(
             database_url=str(config["DATABASE_URL"]),
             api_keys=tuple(key for _label, key in api_keys),
@@ -121,15 +147,32 @@ class Settings:
             stripe_tax_mode=tax_mode,
             stripe_tax_rate_ids=tax_rate_ids,
             stripe_collection_method=collection,
-            stripe_days_until_due=days_until_due,
-            stripe_max_network_retries=int(config["STRIPE_MAX_NETWORK_RETRIES"]),
-            stripe_timeout_seconds=int(config["STRIPE_TIMEOUT_SECONDS"]),
-            webhook_tolerance_seconds=int(config["STRIPE_WEBHOOK_TOLERANCE_SECONDS"]),
-            webhook_max_body_bytes=int(config["STRIPE_WEBHOOK_MAX_BODY_BYTES"]),
-            idempotency_key_ttl_hours=int(config["IDEMPOTENCY_KEY_TTL_HOURS"]),
-            purchase_stuck_grace_minutes=int(config["PURCHASE_STUCK_GRACE_MINUTES"]),
-            expiry_batch_size=int(config["EXPIRY_BATCH_SIZE"]),
+            stripe_days_until_due=number["STRIPE_DAYS_UNTIL_DUE"],
+            stripe_max_network_retries=number["STRIPE_MAX_NETWORK_RETRIES"],
+            stripe_timeout_seconds=number["STRIPE_TIMEOUT_SECONDS"],
+            webhook_tolerance_seconds=number["STRIPE_WEBHOOK_TOLERANCE_SECONDS"],
+            webhook_max_body_bytes=number["STRIPE_WEBHOOK_MAX_BODY_BYTES"],
+            idempotency_key_ttl_hours=number["IDEMPOTENCY_KEY_TTL_HOURS"],
+            purchase_stuck_grace_minutes=number["PURCHASE_STUCK_GRACE_MINUTES"],
+            purchase_deadline_seconds=number["PURCHASE_DEADLINE_SECONDS"],
+            expiry_batch_size=number["EXPIRY_BATCH_SIZE"],
+            metrics_bearer_token=str(config["METRICS_BEARER_TOKEN"]).strip(),
+            webhook_event_retention_days=number["WEBHOOK_EVENT_RETENTION_DAYS"],
         )
+
+
+def _bounded(name: str, value: Any, minimum: int, maximum: int | None) -> int:
+    """`value` as an int within [minimum, maximum]; else a `ConfigurationError` naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigurationError(f"{name} must be an integer, got {value!r}")
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} must be an integer, got {value!r}") from exc
+    if number < minimum or (maximum is not None and number > maximum):
+        allowed = f"at least {minimum}" if maximum is None else f"{minimum} to {maximum}"
+        raise ConfigurationError(f"{name} must be {allowed}, got {number}")
+    return number
 
 
 def load_config(app: Flask, overrides: dict[str, Any] | None = None) -> Settings:

@@ -100,6 +100,16 @@ def test_database_url_from_the_environment(
         ("STRIPE_TAX_MODE", "sometimes", "STRIPE_TAX_MODE must be one of"),
         ("STRIPE_TAX_MODE", "rates", "needs STRIPE_TAX_RATE_IDS"),
         ("STRIPE_COLLECTION_METHOD", "cash", "STRIPE_COLLECTION_METHOD must be one of"),
+        # Issue 12 #6: values that started, then failed every request.
+        ("STRIPE_WEBHOOK_TOLERANCE_SECONDS", "0", "must be 1 to 86400, got 0"),
+        ("STRIPE_WEBHOOK_TOLERANCE_SECONDS", "-300", "must be 1 to 86400"),
+        ("STRIPE_TIMEOUT_SECONDS", "0", "STRIPE_TIMEOUT_SECONDS must be 1 to 600"),
+        ("STRIPE_MAX_NETWORK_RETRIES", "-1", "STRIPE_MAX_NETWORK_RETRIES must be 0 to 10"),
+        ("STRIPE_WEBHOOK_MAX_BODY_BYTES", "0", "STRIPE_WEBHOOK_MAX_BODY_BYTES must be"),
+        ("IDEMPOTENCY_KEY_TTL_HOURS", "0", "IDEMPOTENCY_KEY_TTL_HOURS must be"),
+        ("PURCHASE_STUCK_GRACE_MINUTES", "-5", "PURCHASE_STUCK_GRACE_MINUTES must be"),
+        ("EXPIRY_BATCH_SIZE", "0", "EXPIRY_BATCH_SIZE must be"),
+        ("MAX_CONTENT_LENGTH", "0", "MAX_CONTENT_LENGTH must be"),
     ],
 )
 def test_invalid_settings_stop_the_start(
@@ -107,6 +117,17 @@ def test_invalid_settings_stop_the_start(
 ) -> None:
     clean_environment.setenv(name, value)
     with pytest.raises(ConfigurationError, match=message):
+        create_app()
+
+
+@pytest.mark.parametrize("value", [True, 2.5, None, "ten"])
+def test_a_settings_file_value_of_the_wrong_type_stops_the_start(
+    clean_environment: pytest.MonkeyPatch, tmp_path: Path, value: object
+) -> None:
+    settings_file = tmp_path / "settings.py"
+    settings_file.write_text(f"STRIPE_WEBHOOK_TOLERANCE_SECONDS = {value!r}\n")
+    clean_environment.setenv("GATEWAY_SETTINGS", str(settings_file))
+    with pytest.raises(ConfigurationError, match="STRIPE_WEBHOOK_TOLERANCE_SECONDS must be"):
         create_app()
 
 

@@ -115,3 +115,27 @@ class TestKeyRotation:
         for key in ("", " new-key", "test-key-1"):
             response = client.get("/api/v1/wallets", headers={"Authorization": f"Bearer {key}x"})
             assert_unauthorized(response)
+
+
+@pytest.mark.parametrize("presented", ["k", "test-key-", "x" * 500, "test-key-2"])
+def test_keys_are_compared_as_digests_of_one_length(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch, presented: str
+) -> None:
+    """Issue 12 #6: `compare_digest` on the raw keys returns at once when the lengths
+    differ, so timing told a caller the configured key's length. Only fixed-length
+    digests are compared, each configured key every time."""
+    import hmac
+
+    compared: list[tuple[int, int]] = []
+    real = hmac.compare_digest
+
+    def recording(a: bytes, b: bytes) -> bool:
+        compared.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", recording)
+
+    client.get("/api/v1/wallets", headers={"Authorization": f"Bearer {presented}"})
+
+    assert compared, "the presented key was compared"
+    assert set(compared) == {(32, 32)}

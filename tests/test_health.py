@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pytest
 from flask.testing import FlaskClient
 from sqlalchemy.engine import Connection
 
 from gateway import create_app, migrate
 from gateway.db import build_engine
-from tests.conftest import TEST_SETTINGS
+from tests.conftest import AUTH, TEST_SETTINGS
 from tests.helpers import assert_error
 
 
@@ -84,3 +86,54 @@ def test_unmatched_routes_share_one_metrics_label(client: FlaskClient) -> None:
     text = client.get("/metrics").get_data(as_text=True)
     assert 'endpoint="unmatched"' in text
     assert 'endpoint="/b/c"' not in text
+
+
+def _series(text: str, name: str) -> set[str]:
+    return {line.split(" ")[0] for line in text.splitlines() if line.startswith(name + "{")}
+
+
+def test_made_up_methods_share_one_metrics_label(client: FlaskClient) -> None:
+    """Issue 12 #3: 40 made-up methods on /healthz added 680 series; now one label."""
+    before = client.get("/metrics").get_data(as_text=True)
+    for number in range(40):
+        client.open("/healthz", method=f"MADEUP{number}")
+    text = client.get("/metrics").get_data(as_text=True)
+
+    assert "MADEUP" not in text
+    assert 'endpoint="unmatched",method="other",status="405"' in text
+    added = _series(text, "gateway_http_requests_total") - _series(
+        before, "gateway_http_requests_total"
+    )
+    # At most the "other" series and the /metrics read itself.
+    assert len(added) <= 2, added
+    added_buckets = _series(text, "gateway_http_request_duration_seconds_bucket") - _series(
+        before, "gateway_http_request_duration_seconds_bucket"
+    )
+    assert len(added_buckets) <= 2 * 12
+
+
+class TestMetricsBehindAToken:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        return {**TEST_SETTINGS, "METRICS_BEARER_TOKEN": "metrics-token-1"}
+
+    @pytest.mark.parametrize(
+        "authorization", [None, "Bearer wrong", "Bearer metrics-token-", "Basic bWV0cmljcw=="]
+    )
+    def test_refused_without_the_token(
+        self, client: FlaskClient, authorization: str | None
+    ) -> None:
+        headers = {"Authorization": authorization} if authorization else {}
+        response = client.get("/metrics", headers=headers)
+        assert_error(response, 401, "unauthorized")
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert "gateway_http_requests_total" not in response.get_data(as_text=True)
+
+    def test_served_with_the_token(self, client: FlaskClient) -> None:
+        response = client.get("/metrics", headers={"Authorization": "Bearer metrics-token-1"})
+        assert response.status_code == 200
+        assert "gateway_http_requests_total" in response.get_data(as_text=True)
+
+    def test_an_api_key_is_not_the_metrics_token(self, client: FlaskClient) -> None:
+        assert client.get("/metrics", headers=AUTH).status_code == 401
+        assert client.get("/healthz").status_code == 200  # the rest stays open

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 
 from flask import g, request
 
@@ -17,24 +18,45 @@ def principal_of(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def require_api_key() -> None:
-    """`before_request` of the API blueprint: 401 unless a configured key is presented."""
+def digest(secret: str) -> bytes:
+    """SHA-256 of a secret: what is compared, so the time taken says nothing of the
+    secret's length (compare_digest on the raw strings returns at once on a length
+    mismatch)."""
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def matching(presented: str, secrets: Sequence[str]) -> int | None:
+    """The position of `presented` among `secrets`, or None, in time independent of
+    which, if any, and of their lengths (every digest is compared, none stops the loop)."""
+    presented_digest = digest(presented)
+    found: int | None = None
+    for index, secret in enumerate(secrets):
+        if hmac.compare_digest(presented_digest, digest(secret)):
+            found = index
+    return found
+
+
+def bearer_token() -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None."""
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
     presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:
+        return None
+    return presented
+
+
+def require_api_key() -> None:
+    """`before_request` of the API blueprint: 401 unless a configured key is presented."""
+    presented = bearer_token()
+    if presented is None:
         raise ApiError("unauthorized", "send Authorization: Bearer <api key>")
-    presented_bytes = presented.encode()
     settings = current_settings()
-    matched: str | None = None
-    # Compare against every key without stopping early, so timing says nothing.
-    for key, label in zip(settings.api_keys, settings.api_key_labels, strict=True):
-        if hmac.compare_digest(presented_bytes, key.encode()):
-            matched = label
-    if matched is None:
+    found = matching(presented, settings.api_keys)
+    if found is None:
         raise ApiError("unauthorized", "the API key is not valid")
     g.api_principal = principal_of(presented)
-    g.api_actor = actors.api(matched)
+    g.api_actor = actors.api(settings.api_key_labels[found])
 
 
 def api_actor() -> str:

@@ -6,11 +6,13 @@ from flask import Blueprint, Response, current_app
 from sqlalchemy import text
 
 from gateway import metrics
-from gateway.api.errors import error_response
+from gateway.api.auth import bearer_token, matching
+from gateway.api.errors import ApiError, error_response
 from gateway.api.framework import OPERATIONS, Operation, Reply, endpoint, json_response
 from gateway.api.schemas import ServiceStatusResponse
 from gateway.db import get_session
 from gateway.migrate import current_revision, head_revision
+from gateway.settings import current_settings
 
 service = Blueprint("service", __name__)
 
@@ -49,6 +51,12 @@ def readyz() -> Response:
 
 @service.get("/metrics")
 def prometheus_metrics() -> Response:
+    """Open unless METRICS_BEARER_TOKEN is set; then only for that bearer token."""
+    token = current_settings().metrics_bearer_token
+    if token:
+        presented = bearer_token()
+        if presented is None or matching(presented, (token,)) is None:
+            raise ApiError("unauthorized", "send Authorization: Bearer <metrics token>")
     body, content_type = metrics.render()
     return Response(body, content_type=content_type)
 
@@ -64,8 +72,10 @@ OPERATIONS.extend(
         ),
         Operation(
             rule="/metrics", method="GET", view_name="prometheus_metrics",
-            summary="Prometheus metrics (text exposition format)",
-            body=None, query=None, response=None, status=200, errors=(), authenticated=False,
+            summary="Prometheus metrics (text exposition format); with METRICS_BEARER_TOKEN "
+            "set, only for that bearer token",
+            body=None, query=None, response=None, status=200, errors=("unauthorized",),
+            authenticated=False,
         ),
     ]
 )  # fmt: skip
