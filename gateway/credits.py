@@ -287,8 +287,10 @@ def _answer(
 
 def _repeat(stored: CreditApplication, request: CreditApplicationInput) -> ApplicationResult:
     """The stored answer, if `request` asks the same question as the first time."""
+    # Only which fields differ: the first request's values (its customer above all)
+    # are not this caller's to learn.
     differences = {
-        name: [f"differs from the first request for this invoice ({first})"]
+        name: ["differs from the first request for this invoice"]
         for name, first, now_sent in (
             ("external_customer_id", stored.external_customer_id, request.external_customer_id),
             ("invoice_type", stored.invoice_type, request.invoice_type),
@@ -306,7 +308,7 @@ def _repeat(stored: CreditApplication, request: CreditApplicationInput) -> Appli
         raise InvoiceAlreadyApplied(
             f"invoice {stored.invoice_external_id} was already answered with other values; "
             "an invoice is answered once and its first answer stands",
-            details={**differences, "credit_application_id": stored.id},
+            details=differences,
         )
     return ApplicationResult(stored, created=False)
 

@@ -21,10 +21,13 @@ class CustomerInput:
     email: str | None = None
 
 
-def get_customer(session: Session, external_id: str) -> Customer:
-    customer = session.execute(
-        select(Customer).where(Customer.external_id == external_id)
-    ).scalar_one_or_none()
+def get_customer(session: Session, external_id: str, *, lock: bool = False) -> Customer:
+    """The customer; with `lock`, its row locked for the transaction (as the upsert
+    locks it), so its currency cannot change until the caller commits."""
+    query = select(Customer).where(Customer.external_id == external_id)
+    if lock:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    customer = session.execute(query).scalar_one_or_none()
     if customer is None:
         raise NotFound(
             f"customer {external_id} does not exist", details={"customer": ["not_found"]}

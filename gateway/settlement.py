@@ -468,8 +468,10 @@ def close_purchases_of_ended_wallets(session: Session, wallets: Sequence[Wallet]
     Their entries fail in the ending transaction (a terminated wallet keeps no pending
     credits) and each purchase is flagged `provider_void_pending`; once that transaction
     commits, their invoices are voided at the provider, best effort. A payment that
-    still lands later finds the wallet ended and is marked for refund. One query for
-    all the wallets, so the expiry sweep pays it once per batch.
+    still lands later finds the wallet ended and is marked for refund. A purchase paid
+    but waiting for review (`review_required`, its entry still pending) can no longer
+    be credited: it becomes `refund_required` and its entry fails. One query for all
+    the wallets, so the expiry sweep pays it once per batch.
     """
     ended = {wallet.id: wallet for wallet in wallets}
     if not ended:
@@ -479,7 +481,7 @@ def close_purchases_of_ended_wallets(session: Session, wallets: Sequence[Wallet]
             select(Purchase)
             .where(
                 Purchase.wallet_id.in_(list(ended)),
-                Purchase.status.in_(list(transitions.UNPAID_STATUSES)),
+                Purchase.status.in_([*transitions.UNPAID_STATUSES, PurchaseStatus.REVIEW_REQUIRED]),
             )
             .order_by(Purchase.id)
             .with_for_update()
@@ -491,9 +493,22 @@ def close_purchases_of_ended_wallets(session: Session, wallets: Sequence[Wallet]
     if not purchases:
         return
     conn = session.connection()
+    to_void = []
     for purchase in purchases:
         at = ended[purchase.wallet_id].terminated_at
         assert at is not None, "hooks run once the wallet is terminated"
+        if purchase.status == PurchaseStatus.REVIEW_REQUIRED:
+            transitions.require_refund(
+                conn,
+                transitions.ref_of(purchase),
+                f"wallet {purchase.wallet_id} ended while the payment waited for review "
+                f"({purchase.attention_reason or 'no reason recorded'}): no credits can be "
+                "added; refund the payment",
+                at,
+            )
+            session.expire(purchase)
+            continue
+        to_void.append(purchase.id)
         transitions.fail(
             conn,
             transitions.ref_of(purchase),
@@ -503,7 +518,8 @@ def close_purchases_of_ended_wallets(session: Session, wallets: Sequence[Wallet]
             void_pending=True,
         )
         session.expire(purchase)  # written by the statement above: read again on use
-    _void_after_commit(session, [purchase.id for purchase in purchases])
+    if to_void:
+        _void_after_commit(session, to_void)
 
 
 def _void_after_commit(session: Session, purchase_ids: list[str]) -> None:

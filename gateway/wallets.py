@@ -160,8 +160,13 @@ def create_wallet(
 ) -> WalletResult:
     """A new active wallet for a customer with an active subscription, with its credits
     (ledger entries made by `created_by`) and its automatic top-up rules (all checked
-    before anything is stored)."""
-    customer = get_customer(session, data.external_customer_id)
+    before anything is stored).
+
+    The customer's row is locked first (customer, then wallet: the order every path
+    takes), so its currency, which the wallet takes, cannot change meanwhile: an upsert
+    changing it waits, then finds the wallet and is refused.
+    """
+    customer = get_customer(session, data.external_customer_id, lock=True)
     if data.currency is not None and data.currency != customer.currency:
         raise CurrencyMismatch(
             f"the wallet's currency is the customer's ({customer.currency})",

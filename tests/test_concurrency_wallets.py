@@ -77,3 +77,42 @@ def test_concurrent_wallet_creations_for_one_customer(committed_app: Flask) -> N
             assert str(wallets[0].credits_balance) == "10.00000"
         finally:
             session.close()
+
+
+@pytest.mark.postgres
+def test_a_wallet_takes_the_customers_currency_as_committed_while_it_is_created(
+    committed_app: Flask,
+) -> None:
+    """Issue 12 #6: a customer's currency changed (upsert) while a wallet was being
+    created for it: the wallet kept the old currency. The customer row is locked now,
+    so the creation waits for the change and takes the new currency (or the change,
+    coming second, is refused because the wallet exists)."""
+    client = committed_app.test_client()
+    customer = subscribed_customer(client)
+    answers: list[Any] = []
+
+    def create() -> None:
+        body = {"wallet": {"external_customer_id": customer, "rate_amount": "1"}}
+        response = committed_app.test_client().post("/api/v1/wallets", json=body, headers=AUTH)
+        answers.append(response)
+
+    with committed_app.app_context():
+        changing = get_db().session()  # an upsert of the customer, half-way
+        try:
+            row = changing.execute(
+                select(Customer).where(Customer.external_id == customer).with_for_update()
+            ).scalar_one()
+            assert row.currency == "USD"
+            creating = threading.Thread(target=create)
+            creating.start()
+            creating.join(timeout=1.0)
+            assert creating.is_alive(), "the wallet was created under the customer's lock"
+            row.currency = "EUR"
+            changing.commit()
+        finally:
+            changing.close()
+    creating.join(timeout=30)
+
+    [response] = answers
+    assert response.status_code == 201, response.json
+    assert response.json["wallet"]["currency"] == "EUR"

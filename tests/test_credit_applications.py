@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -333,8 +334,39 @@ def test_same_invoice_for_another_customer_is_refused(client: FlaskClient) -> No
 
     response = apply(client, other, 400, invoice=invoice)
 
-    assert_error(response, 422, "invoice_already_applied")
+    body = assert_error(response, 422, "invoice_already_applied")
     assert wallet_json(client, other_wallet)["credits_balance"] == "10.00000"
+    # Issue 12 #6: which fields differ, not the first request's customer (nor its answer).
+    assert body["error_details"] == {
+        "external_customer_id": ["differs from the first request for this invoice"]
+    }
+    assert customer not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"subtotal_amount_cents": 401}, {"invoice_type": "usage"}, {"tax_rate": "19"}],
+)
+def test_a_refused_repeat_names_the_fields_not_the_first_values(
+    client: FlaskClient, change: dict[str, Any]
+) -> None:
+    customer, _ = wallet_with(client, "10")
+    invoice = unique("inv")
+    first = apply(client, customer, 400, invoice=invoice, tax_rate="20").json
+    values: dict[str, Any] = {"tax_rate": "20", **change}
+    subtotal = values.pop("subtotal_amount_cents", 400)
+
+    body = assert_error(
+        apply(client, customer, subtotal, invoice=invoice, **values), 422, "invoice_already_applied"
+    )
+
+    assert body["error_details"] == {
+        name: ["differs from the first request for this invoice"] for name in change
+    }
+    text = json.dumps(body)
+    assert first["credit_application"]["id"] not in text
+    for leaked in ("400", "20", "subscription"):
+        assert leaked not in json.dumps(body["error_details"])
 
 
 def test_successive_invoices_use_up_the_balance_and_the_ledger_agrees(

@@ -146,6 +146,46 @@ def test_payment_landing_after_termination_adds_no_credits(
     assert state.balance == 0
 
 
+@pytest.mark.parametrize("ending", ["terminated", "expired"])
+def test_a_payment_waiting_for_review_is_resolved_when_its_wallet_ends(
+    client: FlaskClient,
+    runner: FlaskCliRunner,
+    db_session: Session,
+    stripe_http: responses.RequestsMock,
+    ending: str,
+) -> None:
+    """Issue 12 #6: a `review_required` purchase kept a pending entry in a terminated
+    wallet. The wallet can no longer take the credits: the payment is to be refunded."""
+    purchase = make_purchase(db_session, granted=Decimal("2"))
+    underpaid = invoice_event(purchase, "invoice.paid", amount_paid=purchase.total_cents - 1)
+    assert post_signed(client, underpaid).status_code == 200
+    before = state_of(db_session, purchase.id)
+    assert (before.purchase_status, before.entry_status) == (
+        PurchaseStatus.REVIEW_REQUIRED,
+        EntryStatus.PENDING,
+    )
+
+    if ending == "terminated":
+        assert delete(client, f"/wallets/{purchase.wallet_id}").status_code == 200
+    else:
+        wallet = db_session.get_one(Wallet, purchase.wallet_id)
+        wallet.expiration_at = utcnow() - timedelta(hours=1)
+        db_session.commit()
+        assert runner.invoke(args=["expire-wallets"]).exit_code == 0
+
+    state = state_of(db_session, purchase.id)
+    assert state.entry_status == EntryStatus.FAILED  # nothing left pending
+    assert state.purchase_status == PurchaseStatus.REFUND_REQUIRED
+    assert state.attention_reason is not None
+    assert "refund" in state.attention_reason
+    assert before.attention_reason is not None and before.attention_reason in state.attention_reason
+    assert state.balance == 0
+    assert _void_calls(stripe_http) == []  # paid: nothing to void
+    # A repeat of the paid event changes nothing.
+    assert post_signed(client, underpaid).status_code == 200
+    assert state_of(db_session, purchase.id) == state
+
+
 def test_the_expiry_sweep_voids_the_invoices_of_expired_wallets(
     runner: FlaskCliRunner, db_session: Session, stripe_http: responses.RequestsMock
 ) -> None:
