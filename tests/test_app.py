@@ -110,6 +110,8 @@ def test_database_url_from_the_environment(
         ("PURCHASE_STUCK_GRACE_MINUTES", "-5", "PURCHASE_STUCK_GRACE_MINUTES must be"),
         ("EXPIRY_BATCH_SIZE", "0", "EXPIRY_BATCH_SIZE must be"),
         ("MAX_CONTENT_LENGTH", "0", "MAX_CONTENT_LENGTH must be"),
+        ("PURCHASE_DEADLINE_SECONDS", "0", "PURCHASE_DEADLINE_SECONDS must be 1 to 25"),
+        ("PURCHASE_DEADLINE_SECONDS", "30", "PURCHASE_DEADLINE_SECONDS must be 1 to 25"),
     ],
 )
 def test_invalid_settings_stop_the_start(

@@ -24,6 +24,7 @@ from gateway.api import idempotency
 from gateway.api.errors import ApiError
 from gateway.api.fields import json_decimal, json_integer, refuse_unstorable_text
 from gateway.db import get_session, unit_of_work, utcnow
+from gateway.providers import deadline
 from gateway.settings import current_settings
 
 
@@ -194,16 +195,20 @@ def endpoint(
             if query is not None:
                 kwargs["query"] = load_query(query())
             session = get_session()
-            if key is not None and "api_principal" in g:
-                return idempotency.execute_once(
-                    session,
-                    key,
-                    lambda: answer(kwargs),
-                    now=utcnow(),
-                    ttl=timedelta(hours=current_settings().idempotency_key_ttl_hours),
-                )
-            with unit_of_work(session):
-                return answer(kwargs)
+            settings = current_settings()
+            # Every provider call the request makes (a purchase's, a void after a
+            # wallet ends) shares one budget, well below gunicorn's worker timeout.
+            with deadline.within(settings.purchase_deadline_seconds):
+                if key is not None and "api_principal" in g:
+                    return idempotency.execute_once(
+                        session,
+                        key,
+                        lambda: answer(kwargs),
+                        now=utcnow(),
+                        ttl=timedelta(hours=settings.idempotency_key_ttl_hours),
+                    )
+                with unit_of_work(session):
+                    return answer(kwargs)
 
         bp.add_url_rule(rule, endpoint=view.__name__, view_func=wrapper, methods=[method.upper()])
         return wrapper

@@ -44,6 +44,7 @@ from stripe.params import (
     RefundListParams,
 )
 
+from gateway.providers import deadline
 from gateway.providers.base import (
     META_CUSTOMER_ID,
     META_PURCHASE_ID,
@@ -99,7 +100,7 @@ def build_client(settings: Settings) -> stripe.StripeClient:
             {"api": base, "connect": base, "files": base, "meter_events": base} if base else None
         ),
         max_network_retries=settings.stripe_max_network_retries,
-        http_client=stripe.RequestsClient(
+        http_client=_BoundedRequestsClient(
             timeout=settings.stripe_timeout_seconds,
             session=_http_session(),
             proxy=_environment_proxy(base or DEFAULT_API_BASE),
@@ -128,10 +129,44 @@ def _http_session() -> requests.Session:
     API key's Authorization header. The session is shared by the app's threads, as
     stripe-python shares a session it is given; it keeps no cookies.
     """
-    session = requests.Session()
+    session = _BoundedSession()
     session.trust_env = False
     session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     return session
+
+
+class DeadlineSpent(requests.exceptions.Timeout):
+    """The request's provider budget (`deadline.within`) was spent before this call."""
+
+
+class _BoundedSession(requests.Session):
+    """A session whose calls never outlast the current `deadline.within` budget: the
+    (connect, read) timeout is clamped to what is left, and no call starts once it is
+    spent. Outside a budget, the client's own timeout applies unchanged."""
+
+    def request(
+        self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any
+    ) -> requests.Response:
+        left = deadline.remaining()
+        if left is not None:
+            if left <= 0:
+                raise DeadlineSpent("the purchase's time limit for Stripe has run out")
+            configured = kwargs.get("timeout")
+            if isinstance(configured, int | float):
+                kwargs["timeout"] = min(float(configured), left)
+            else:
+                kwargs["timeout"] = left
+        return super().request(method, url, *args, **kwargs)
+
+
+class _BoundedRequestsClient(stripe.RequestsClient):
+    """stripe-python's client, whose pause before a retry never outlasts the current
+    `deadline.within` budget (the retry then finds it spent and fails at once)."""
+
+    def _sleep_time_seconds(self, num_retries: int) -> float:
+        pause = float(super()._sleep_time_seconds(num_retries))
+        left = deadline.remaining()
+        return pause if left is None else min(pause, left)
 
 
 def _environment_proxy(url: str) -> str | None:
@@ -146,6 +181,11 @@ def _boundary(action: str) -> Iterator[None]:
     try:
         yield
     except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
+        if deadline.spent():
+            raise ProviderUnavailable(
+                f"Stripe did not answer in time to {action} (the request's time limit, "
+                "PURCHASE_DEADLINE_SECONDS, ran out)"
+            ) from exc
         raise ProviderUnavailable(
             f"Stripe could not be reached to {action}: {_describe(exc)}"
         ) from exc
@@ -179,6 +219,9 @@ def _rate_limited(call: Callable[[], T]) -> T:
             return call()
         except stripe.RateLimitError as exc:
             delay = _retry_delay(exc, attempt)
+            left = deadline.remaining()
+            if left is not None and delay >= left:
+                raise  # the request's budget would run out waiting: unavailable now
             log.warning("Stripe rate limit (429): trying again in %.2f s", delay)
             time.sleep(delay)
     return call()
