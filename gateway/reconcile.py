@@ -269,6 +269,7 @@ class _PurchaseRow:
     currency: str
     credit_amount: Decimal
     claimable_until: datetime | None  # the caller's Idempotency-Key may resume it till then
+    automatic: bool  # an automatic top-up: no caller, the worker completes it
 
 
 _ROW_COLUMNS = (
@@ -280,6 +281,7 @@ _ROW_COLUMNS = (
     Purchase.currency,
     Purchase.credit_amount,
     Purchase.claimable_until,
+    Purchase.collection_method.is_not(None),
 )
 
 
@@ -630,8 +632,12 @@ class _Run:
         return outcome
 
     def _claimable(self, purchase: _PurchaseRow) -> bool:
-        """Whether the caller of the request that opened `purchase` can still take it up
-        (a retry with the same Idempotency-Key before the key expires)."""
+        """Whether someone is still to take `purchase` up: the caller of the request
+        that opened it (a retry with the same Idempotency-Key before the key expires),
+        or, for an automatic top-up (no caller was told anything), the worker
+        (`topups.complete_automatic_purchases`)."""
+        if purchase.automatic:
+            return True
         until = purchase.claimable_until
         return until is not None and until > self.started_at
 

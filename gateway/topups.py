@@ -16,10 +16,10 @@ committed together with what caused it, or not at all:
 
 Neither calls the payment provider: the purchase is left `creating` and
 `complete_automatic_purchases` (the worker) makes its invoice afterwards, with the
-usual idempotency keys and `charge_automatically` (reconciliation also completes a
-purchase left `creating`). A rule never has two unpaid top-ups: one that has an
-unpaid top-up starts no other until it is paid or has failed, and a failure pauses
-the rule (`gateway.rules`).
+usual idempotency keys and `charge_automatically` (reconciliation adopts an invoice the
+worker finalized but did not store; it never makes one, nor gives such a purchase up).
+A rule never has two unpaid top-ups: one that has an unpaid top-up starts no other
+until it is paid or has failed, and a failure pauses the rule (`gateway.rules`).
 """
 
 from __future__ import annotations
@@ -306,7 +306,7 @@ def complete_automatic_purchases(
 
     Phases 2 and 3 of `gateway.purchases` (no transaction open while the provider is
     called; idempotency keys from our ids, so a purchase completed twice, by two
-    workers or by reconciliation, still has one invoice). Stops at the first
+    workers, still has one invoice). Stops at the first
     `payment_provider_unavailable`: the provider is down, the next run resumes.
     """
     run = CompletionRun()

@@ -889,3 +889,21 @@ def test_purchases_table_is_read_in_batches(
     assert {f.outcome for f in stuck} == {"abandon"}
     count = db_session.execute(select(func.count()).select_from(Purchase)).scalar_one()
     assert count == 16
+
+
+def test_an_automatic_top_up_left_creating_is_left_to_the_worker(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    """No caller was told anything about an automatic top-up: it has no Idempotency-Key
+    and is still not given up (the worker completes it)."""
+    purchase = make_purchase(db_session, invoice_stored=False, rate=Decimal("1"))
+    db_session.get_one(Purchase, purchase.id).collection_method = "charge_automatically"
+    db_session.commit()
+    backdate(db_session, purchase.id, minutes=600)
+    before = len(stub.requests)
+
+    report = run(app, grace=timedelta(minutes=60))
+
+    assert findings(report, FindingKind.STUCK_PURCHASE) == []
+    assert stripe_writes(stub, before) == []
+    assert state_of(db_session, purchase.id).purchase_status == PurchaseStatus.CREATING
