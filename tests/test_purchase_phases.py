@@ -9,6 +9,7 @@ does when something changed while Stripe was being called.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -26,7 +27,7 @@ from gateway.db import get_session, utcnow
 from gateway.errors import IdempotencyKeyInProgress
 from gateway.models import EntryStatus, Purchase, PurchaseStatus, WalletTransaction
 from gateway.providers.stripe.sandbox import StripeStub
-from gateway.purchases import PurchaseBatch
+from gateway.purchases import PurchaseBatch, RequestScope
 from tests.helpers import create_wallet, post, subscribed_customer
 from tests.stripe_support import during_finalize, only_purchase
 
@@ -139,14 +140,11 @@ def test_a_request_key_already_held_refuses_the_purchase_and_keeps_the_transacti
     with app.app_context():
         session = get_session()
         wallet = ledger.lock_wallet(session, wallet_id)
-        PurchaseBatch("principal:key").open(
-            session, wallet, Decimal("10"), utcnow(), created_by=SYSTEM
-        )
+        scope = RequestScope("principal:key", utcnow() + timedelta(hours=1))
+        PurchaseBatch(scope).open(session, wallet, Decimal("10"), utcnow(), created_by=SYSTEM)
 
         with pytest.raises(IdempotencyKeyInProgress):
-            PurchaseBatch("principal:key").open(
-                session, wallet, Decimal("10"), utcnow(), created_by=SYSTEM
-            )
+            PurchaseBatch(scope).open(session, wallet, Decimal("10"), utcnow(), created_by=SYSTEM)
 
         # No error reached the database: the transaction goes on.
         assert session.execute(text("SELECT 1")).scalar_one() == 1
