@@ -1,7 +1,7 @@
 """purchases.claimable_until: until when the caller's Idempotency-Key can resume it
 
 Revision ID: 1700
-Revises: 1620
+Revises: 1630
 Create Date: 2026-12-04 16:20:00
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 import gateway.db
 
 revision = "1700"
-down_revision = "1620"
+down_revision = "1630"
 branch_labels = None
 depends_on = None
 
