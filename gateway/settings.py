@@ -61,7 +61,7 @@ _BOUNDS: dict[str, tuple[int, int | None]] = {
     "PURCHASE_DEADLINE_SECONDS": (1, WORKER_TIMEOUT_SECONDS - _REQUEST_MARGIN_SECONDS),
     "EXPIRY_BATCH_SIZE": (1, 100_000),
     "MAX_CONTENT_LENGTH": (1024, None),
-    "WEBHOOK_EVENT_RETENTION_DAYS": (1, None),
+    "WEBHOOK_EVENT_RETENTION_DAYS": (7, None),  # Stripe redelivers for 3 days
 }
 
 TAX_MODES = ("automatic", "rates", "none")

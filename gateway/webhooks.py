@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, func, select
@@ -116,6 +116,70 @@ def replay_failed(db: Database, now: datetime) -> Iterator[EventResult | EventPr
             yield _process(db, event_id, now, force=False)
         except EventProcessingFailed as failure:
             yield failure
+
+
+# --- retention --------------------------------------------------------------------
+
+# Stored events whose processing is over and which nothing reads again: replay needs
+# failed events (and `received` ones, whose processing never finished), so those stay
+# whatever their age; reconciliation reads Stripe and the purchases, never this table.
+PURGEABLE_STATUSES = (WebhookEventStatus.PROCESSED, WebhookEventStatus.IGNORED)
+# Stripe redelivers an event for up to three days: a purged event that arrives again is
+# only processed again (harmlessly, processing being idempotent), but the retention
+# setting may not go below this.
+MIN_RETENTION = timedelta(days=7)
+PURGE_BATCH_SIZE = 1000
+
+
+def purge_events(
+    db: Database,
+    *,
+    now: datetime,
+    retention: timedelta,
+    batch_size: int = PURGE_BATCH_SIZE,
+    max_batches: int | None = None,
+) -> int:
+    """Delete stored events processed or ignored more than `retention` before `now`;
+    returns how many. For `gateway webhooks purge` and the worker's hourly run.
+
+    In batches of `batch_size`, each its own short transaction that skips rows another
+    transaction holds (PostgreSQL), so it may run at any time, on several hosts at once;
+    `max_batches` bounds one call (the rest is left for the next). Failed and unfinished
+    events are never deleted (`gateway webhooks replay` needs them).
+    """
+    if retention < MIN_RETENTION:
+        raise ValueError(f"retention must be at least {MIN_RETENTION.days} days")
+    cutoff = now - retention
+    deleted = 0
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        with db.begin() as conn:
+            count = _purge_batch(conn, cutoff, batch_size)
+        deleted += count
+        batches += 1
+        if count < batch_size:
+            break
+    if deleted:
+        log.info("purged %d stored webhook event(s) received before %s", deleted, cutoff)
+    return deleted
+
+
+def _purge_batch(conn: Connection, cutoff: datetime, batch_size: int) -> int:
+    ids = list(
+        conn.execute(
+            select(_events.c.id)
+            .where(
+                _events.c.status.in_([status.value for status in PURGEABLE_STATUSES]),
+                _events.c.received_at < cutoff,
+            )
+            .order_by(_events.c.received_at, _events.c.id)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+    )
+    if ids:
+        conn.execute(_events.delete().where(_events.c.id.in_(ids)))
+    return len(ids)
 
 
 _events = cast(Table, WebhookEvent.__table__)

@@ -111,6 +111,7 @@ def test_database_url_from_the_environment(
         ("EXPIRY_BATCH_SIZE", "0", "EXPIRY_BATCH_SIZE must be"),
         ("MAX_CONTENT_LENGTH", "0", "MAX_CONTENT_LENGTH must be"),
         ("PURCHASE_DEADLINE_SECONDS", "0", "PURCHASE_DEADLINE_SECONDS must be 1 to 25"),
+        ("WEBHOOK_EVENT_RETENTION_DAYS", "3", "WEBHOOK_EVENT_RETENTION_DAYS must be at least 7"),
         ("PURCHASE_DEADLINE_SECONDS", "30", "PURCHASE_DEADLINE_SECONDS must be 1 to 25"),
     ],
 )

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 
 import click
 from flask.cli import with_appcontext
 
 from gateway.db import get_db, utcnow
 from gateway.errors import NotFound
+from gateway.settings import current_settings
 from gateway.webhooks import (
+    PURGE_BATCH_SIZE,
     EventProcessingFailed,
     EventResult,
+    purge_events,
     replay_event,
     replay_failed,
 )
@@ -58,6 +62,30 @@ def replay_command(event_id: str | None, failed: bool) -> None:
     if failed:
         click.echo(f"replayed {len(outcomes)} event(s), {still_failing} failed")
     sys.exit(1 if still_failing else 0)
+
+
+@webhooks_group.command("purge")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=PURGE_BATCH_SIZE,
+    show_default=True,
+    help="Events deleted per transaction.",
+)
+@with_appcontext
+def purge_command(batch_size: int) -> None:
+    """Delete stored events processed or ignored more than WEBHOOK_EVENT_RETENTION_DAYS
+    ago (run it hourly, from cron or the worker).
+
+    Failed and unfinished events are kept whatever their age, for `replay`. Short
+    batches that skip rows another transaction holds: safe at any time, on several
+    hosts at once.
+    """
+    days = current_settings().webhook_event_retention_days
+    purged = purge_events(
+        get_db(), now=utcnow(), retention=timedelta(days=days), batch_size=batch_size
+    )
+    click.echo(f"purged {purged} webhook event(s) older than {days} day(s)")
 
 
 def _echo(outcome: EventResult | EventProcessingFailed) -> None:
