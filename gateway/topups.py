@@ -276,6 +276,27 @@ def buy_due_interval_top_ups(
     return run
 
 
+def buy_all_due_interval_top_ups(
+    session: Session,
+    now: datetime,
+    batch_size: int,
+    *,
+    provider: PaymentProvider | None = None,
+) -> IntervalRun:
+    """Every interval rule due at `now`, a batch per transaction (each committed, so a
+    worker stopped midway keeps what it did and holds few locks at a time)."""
+    total = IntervalRun()
+    while True:
+        run = buy_due_interval_top_ups(session, now, batch_size, provider=provider)
+        session.commit()
+        if run.rules == 0:
+            return total
+        total.rules += run.rules
+        total.started += run.started
+        total.skipped += run.skipped
+        session.expunge_all()  # memory stays flat however many rules are due
+
+
 # --- completing automatic purchases: the worker's duty -------------------------------
 
 _AUTOMATIC_CREATING = (
