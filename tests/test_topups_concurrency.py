@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from flask import Flask
 from sqlalchemy import select
 
+from gateway import topups
+from gateway.db import get_session, utcnow
 from gateway.models import EntrySource, Purchase, WalletTransaction
 from tests.helpers import create_wallet, post, subscribed_customer
 from tests.test_credit_applications_concurrency import application_body, inspect, run_together
@@ -47,5 +50,48 @@ def test_ten_concurrent_credit_applications_crossing_the_threshold_start_one_top
             ("purchased", Decimal("30"))
         ]
         assert len(session.execute(select(Purchase.id)).all()) == 1
+    finally:
+        session.close()
+
+
+def test_two_workers_racing_on_due_interval_rules_buy_each_period_once(
+    committed_app: Flask,
+) -> None:
+    setup = committed_app.test_client()
+    rule = {"trigger": "interval", "interval": "monthly", "paid_credits": "20",
+            "granted_credits": "1"}  # fmt: skip
+    wallets = [
+        create_wallet(setup, subscribed_customer(setup), recurring_transaction_rules=[rule])[
+            "wallet"
+        ]["id"]
+        for _ in range(40)
+    ]
+    now = utcnow() + timedelta(minutes=1)
+
+    def work(_index: int) -> int:
+        started = 0
+        with committed_app.app_context():
+            session = get_session()
+            while True:
+                run = topups.buy_due_interval_top_ups(session, now, batch_size=5)
+                session.commit()
+                if run.rules == 0:
+                    return started
+                started += run.started
+
+    started = run_together(2, work)
+
+    assert sum(started) == 40
+    session = inspect(committed_app)
+    try:
+        rows = session.execute(
+            select(WalletTransaction.wallet_id, WalletTransaction.transaction_status).where(
+                WalletTransaction.source == EntrySource.INTERVAL
+            )
+        ).all()
+        assert sorted(rows) == sorted(
+            (wallet, kind) for wallet in wallets for kind in ("granted", "purchased")
+        )
+        assert len(session.execute(select(Purchase.id)).all()) == 40
     finally:
         session.close()
