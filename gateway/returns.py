@@ -40,7 +40,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
-from gateway import ledger, metrics, money, settlement, transitions
+from gateway import ledger, metrics, money, settlement, topups, transitions
 from gateway.db import new_id
 from gateway.models import (
     DisputeStatus,
@@ -269,6 +269,9 @@ def _follow(
         taken = ledger.take_back(conn, wallet.id, increase, kind, now)
         shortfall += increase - taken
         metrics.CREDITS_MOVED.labels(kind.value).inc(float(taken))
+        if taken > 0 and wallet_usable(wallet.status, wallet.expiration_at, now):
+            # The balance went down: a threshold top-up starts here if it is reached.
+            topups.after_balance_lowered_on(conn, wallet.id, now)
     elif target < applied:
         decrease = applied - target
         cancelled = min(decrease, shortfall)

@@ -3,8 +3,9 @@
 Two ways in, both inside a transaction that holds the wallet's lock, so the top-up is
 committed together with what caused it, or not at all:
 
-- `after_balance_lowered`: called by every change that lowers a balance (a credit
-  application, a refund take-back) once the balance has moved. If the wallet's
+- `after_balance_lowered` (`after_balance_lowered_on` for Core callers): called by
+  every change that lowers a balance (a credit application, credits taken back after a
+  refund or a dispute) once the balance has moved. If the wallet's
   threshold rule is reached (`credits_balance + pending_credits <= threshold_credits`)
   and the rule has no unpaid top-up, the top-up's purchase row is written in that same
   transaction. Racing requests are served one after the other by the wallet's lock,
@@ -32,6 +33,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, case, func, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -130,6 +132,34 @@ def after_balance_lowered(
     rule = _Rule(row.id, row.method, row.paid_credits, row.granted_credits, row.target_credits)
     origin = ledger.Origin(EntrySource.THRESHOLD, rule.id)
     return _top_up(session, wallet, rule, origin, pending=pending, now=now, provider=provider)
+
+
+def after_balance_lowered_on(conn: Connection, wallet_id: str, now: datetime) -> None:
+    """`after_balance_lowered` for a change made with Core statements on `conn` (money
+    going back out: a refund or a dispute took credits), the wallet locked on it."""
+    balance = conn.execute(_BALANCE_IF_THRESHOLD_REACHED, {"wallet_id": wallet_id}).first()
+    if balance is None:
+        return  # no active threshold rule, or the balance is still above it
+    session = Session(bind=conn, join_transaction_mode="create_savepoint")
+    try:
+        wallet = session.get_one(Wallet, wallet_id)
+        after_balance_lowered(session, wallet, now)
+        session.commit()  # the savepoint: the caller's transaction commits it all
+    finally:
+        session.close()
+
+
+_wallets = cast(Table, Wallet.__table__)
+_BALANCE_IF_THRESHOLD_REACHED = (
+    select(_wallets.c.credits_balance)
+    .join(_rules, _rules.c.wallet_id == _wallets.c.id)
+    .where(
+        _wallets.c.id == bindparam("wallet_id"),
+        _rules.c.trigger == RuleTrigger.THRESHOLD,
+        _rules.c.status == RuleStatus.ACTIVE,
+        _wallets.c.credits_balance <= _rules.c.threshold_credits,
+    )
+)
 
 
 def _top_up(

@@ -25,6 +25,7 @@ from gateway.models import (
 from gateway.providers import get_provider
 from gateway.providers.stripe.sandbox import StripeStub
 from tests.helpers import create_wallet, get, post, put, subscribed_customer, unique
+from tests.reconcile_support import settled_purchase
 from tests.stripe_support import routes, sent, stripe_http, stub
 from tests.webhook_support import post_signed
 
@@ -284,3 +285,21 @@ def test_an_ended_wallet_pauses_its_rules(client: FlaskClient, db_session: Sessi
 
     rule = the_rule(db_session, wallet_id)
     assert (rule.status, rule.paused_reason) == ("paused", "wallet_terminated")
+
+
+def test_a_refund_taking_credits_back_past_the_threshold_starts_a_top_up(
+    client: FlaskClient, db_session: Session, stub: StripeStub, stripe_http: responses.RequestsMock
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    rule = {"trigger": "threshold", "threshold_credits": "5", "paid_credits": "20"}
+    put(client, f"/wallets/{bought.wallet_id}", {"wallet": {"recurring_transaction_rules": [rule]}})
+    refund = stub.refund_payment(bought.invoice_id or "")
+
+    assert post_signed(client, stub.object_event(refund, "refund.created")).status_code == 200
+
+    [entry] = automatic_entries(db_session, bought.wallet_id)
+    assert (entry.transaction_status, entry.status, entry.credit_amount) == (
+        "purchased",
+        "pending",
+        Decimal("20"),
+    )
