@@ -40,3 +40,18 @@ METRICS_BEARER_TOKEN = ""
 # Stored Stripe events processed or ignored are deleted this many days after they were
 # received (`gateway webhooks purge`); failed ones are kept until they succeed.
 WEBHOOK_EVENT_RETENTION_DAYS = 90
+
+# production (default) or development: development allows a missing SECRET_KEY (one is
+# made per process) and a console session cookie without the Secure flag (plain http).
+GATEWAY_ENV = "production"
+# Signs the console's session cookie and CSRF tokens. Without it (outside development)
+# the console answers 503; the API and commands do not need it.
+SECRET_KEY = ""
+# Where failed console sign-ins are counted (limits storage URI): memory:// counts per
+# process; use e.g. redis://host:6379 to count across processes and hosts.
+CONSOLE_RATE_LIMIT_STORAGE_URI = "memory://"
+# Set by `make run` when it starts the local Stripe sandbox: the console says so.
+# Refused with a live Stripe key.
+STRIPE_SANDBOX = ""
+# A console session lasts this long after sign-in.
+PERMANENT_SESSION_LIFETIME = 8 * 3600

@@ -23,6 +23,7 @@ def create_app(
     from gateway import cli, metrics
     from gateway.api import register_api
     from gateway.api.errors import register_error_handlers
+    from gateway.console import init_console
     from gateway.db import Database, build_engine
     from gateway.settings import load_config
 
@@ -34,5 +35,6 @@ def create_app(
     metrics.init_app(app)
     register_api(app)
     register_error_handlers(app)
+    init_console(app)
     cli.register_commands(app)
     return app

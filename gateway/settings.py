@@ -40,6 +40,10 @@ _ENV_TYPES: dict[str, type] = {
     "MAX_CONTENT_LENGTH": int,
     "METRICS_BEARER_TOKEN": str,
     "WEBHOOK_EVENT_RETENTION_DAYS": int,
+    "GATEWAY_ENV": str,
+    "SECRET_KEY": str,
+    "CONSOLE_RATE_LIMIT_STORAGE_URI": str,
+    "STRIPE_SANDBOX": str,
 }
 
 # gunicorn kills a worker whose request runs longer than this (config/gunicorn.conf.py);
@@ -65,6 +69,7 @@ _BOUNDS: dict[str, tuple[int, int | None]] = {
 }
 
 TAX_MODES = ("automatic", "rates", "none")
+ENVIRONMENTS = ("production", "development")
 COLLECTION_METHODS = ("charge_automatically", "send_invoice")
 
 
@@ -116,6 +121,14 @@ class Settings:
     expiry_batch_size: int
     metrics_bearer_token: str
     webhook_event_retention_days: int
+    environment: str
+    secret_key: str
+    console_rate_limit_storage_uri: str
+    stripe_sandbox: bool
+
+    @property
+    def is_development(self) -> bool:
+        return self.environment == "development"
 
     @property
     def stripe_livemode(self) -> bool:
@@ -137,6 +150,13 @@ class Settings:
             )
         api_keys = parse_api_keys(str(config["GATEWAY_API_KEYS"]))
         number = {name: _bounded(name, config[name], *bounds) for name, bounds in _BOUNDS.items()}
+        environment = str(config["GATEWAY_ENV"]).strip()
+        if environment not in ENVIRONMENTS:
+            raise ConfigurationError(f"GATEWAY_ENV must be one of {', '.join(ENVIRONMENTS)}")
+        sandbox = str(config["STRIPE_SANDBOX"]).strip().lower() in ("1", "true", "yes")
+        secret_key = str(config["STRIPE_SECRET_KEY"]).strip()
+        if sandbox and "_live_" in secret_key:
+            raise ConfigurationError("STRIPE_SANDBOX cannot be used with a live STRIPE_SECRET_KEY")
         return cls(
             database_url=str(config["DATABASE_URL"]),
             api_keys=tuple(key for _label, key in api_keys),
@@ -158,6 +178,11 @@ class Settings:
             expiry_batch_size=number["EXPIRY_BATCH_SIZE"],
             metrics_bearer_token=str(config["METRICS_BEARER_TOKEN"]).strip(),
             webhook_event_retention_days=number["WEBHOOK_EVENT_RETENTION_DAYS"],
+            environment=environment,
+            secret_key=str(config["SECRET_KEY"] or ""),
+            console_rate_limit_storage_uri=str(config["CONSOLE_RATE_LIMIT_STORAGE_URI"]).strip()
+            or "memory://",
+            stripe_sandbox=sandbox,
         )
 
 

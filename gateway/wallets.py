@@ -111,7 +111,7 @@ def _check_expiration(expiration_at: datetime | None, now: datetime) -> None:
         )
 
 
-def _ensure_usable(wallet: Wallet, now: datetime) -> None:
+def ensure_usable(wallet: Wallet, now: datetime) -> None:
     """Refuse changes to a terminated wallet, or one past its expiration (swept or not)."""
     if wallet.status == WalletStatus.TERMINATED:
         raise WalletIsTerminated(
@@ -236,7 +236,7 @@ def top_up(
 ) -> list[WalletTransaction]:
     """Add granted and/or paid credits to an active, unexpired wallet."""
     wallet = ledger.lock_wallet(session, wallet_id)
-    _ensure_usable(wallet, now)
+    ensure_usable(wallet, now)
     return _add_credits(
         session,
         wallet,
@@ -263,7 +263,7 @@ def update_wallet(
     automatic top-up rules (the list replaces the wallet's; [] removes them all, and a
     paused rule given again resumes) of an active wallet."""
     wallet = ledger.lock_wallet(session, wallet_id)
-    _ensure_usable(wallet, now)
+    ensure_usable(wallet, now)
     if recurring_transaction_rules is not UNSET:
         assert isinstance(recurring_transaction_rules, Sequence)
         _check_rules(recurring_transaction_rules, wallet.rate_amount, wallet.currency, provider)

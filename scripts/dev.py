@@ -1,8 +1,12 @@
 """`make run`: a usable development setup on SQLite in one command.
 
-Creates (once) a development API key in instance/dev-api-key, migrates the SQLite
-database and starts the Flask development server on http://127.0.0.1:5000. The key is
-random per machine: there is no default key that could also open a production setup.
+Creates (once, under instance/) a development API key, a console operator `admin` with
+a random password and a session secret; migrates the SQLite database; and, unless
+STRIPE_SECRET_KEY is set, starts the Stripe sandbox (the project's Stripe-compatible
+server with hosted invoice pages, gateway/providers/stripe/sandbox_pages.py) and points
+the service at it. Then starts the Flask development server on http://127.0.0.1:5000.
+Everything is random per machine: no default key or password could also open a
+production setup.
 """
 
 from __future__ import annotations
@@ -11,33 +15,110 @@ import os
 import secrets
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCE = ROOT / "instance"
-KEY_FILE = INSTANCE / "dev-api-key"
+BIN = Path(sys.executable).parent
+
+
+def _secret(name: str, make: str) -> str:
+    """A value kept in instance/NAME, made once (owner-readable only)."""
+    path = INSTANCE / name
+    if not path.exists():
+        path.write_text(make + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _wait_for(url: str, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)  # noqa: S310  (our loopback sandbox)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def main() -> int:
     INSTANCE.mkdir(exist_ok=True)
-    if not KEY_FILE.exists():
-        KEY_FILE.write_text(f"dev_{secrets.token_urlsafe(24)}\n")
-        KEY_FILE.chmod(0o600)
-    key = KEY_FILE.read_text().strip()
+    key = _secret("dev-api-key", f"dev_{secrets.token_urlsafe(24)}")
+    password = _secret("dev-operator-password", secrets.token_urlsafe(12))
     env = dict(os.environ)
     env.setdefault("GATEWAY_API_KEYS", key)
-    gateway = str(Path(sys.executable).parent / "gateway")
-    subprocess.run([gateway, "db", "upgrade"], check=True, env=env, cwd=ROOT)
+    env.setdefault("GATEWAY_ENV", "development")
+    env.setdefault("SECRET_KEY", _secret("dev-secret-key", secrets.token_hex(32)))
     host, port = env.get("GATEWAY_HOST", "127.0.0.1"), env.get("GATEWAY_PORT", "5000")
+    gateway = str(BIN / "gateway")
+    subprocess.run([gateway, "db", "upgrade"], check=True, env=env, cwd=ROOT)
+    created = subprocess.run(
+        [gateway, "operators", "create", "admin", "--password-stdin"],
+        input=password + "\n",
+        check=False,
+        text=True,
+        capture_output=True,
+        env=env,
+        cwd=ROOT,
+    )
+    if created.returncode != 0 and "already exists" not in created.stderr:
+        sys.stderr.write(created.stderr)
+        return created.returncode
+
+    sandbox: subprocess.Popen[bytes] | None = None
+    if env.get("STRIPE_SECRET_KEY"):
+        stripe_line = "Stripe:  your STRIPE_SECRET_KEY (no sandbox)"
+    else:
+        sandbox_port = env.get("GATEWAY_SANDBOX_PORT", "12111")
+        sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+        stripe_key = _secret("dev-sandbox-stripe-key", f"sk_test_sandbox_{secrets.token_hex(8)}")
+        webhook_secret = _secret("dev-sandbox-webhook-secret", f"whsec_{secrets.token_hex(16)}")
+        sandbox = subprocess.Popen(
+            [
+                sys.executable, "-m", "gateway.providers.stripe.sandbox_pages",
+                "--port", sandbox_port, "--api-key", stripe_key,
+                "--webhook-url", f"http://{host}:{port}/webhooks/stripe",
+                "--webhook-secret", webhook_secret,
+                "--return-url", f"http://{host}:{port}/console",
+            ],
+            cwd=ROOT,
+        )  # fmt: skip
+        _wait_for(f"{sandbox_url}/sandbox/invoices/in_none")
+        env.update(
+            STRIPE_SECRET_KEY=stripe_key,
+            STRIPE_API_BASE=sandbox_url,
+            STRIPE_WEBHOOK_SECRETS=webhook_secret,
+            STRIPE_SANDBOX="1",
+        )
+        stripe_line = (
+            f"Stripe:  SANDBOX on {sandbox_url}: an invoice's link opens a local page whose\n"
+            "           Pay / Fail payment buttons send signed webhooks here. No money moves."
+        )
     print(
         f"\nCredit gateway (development, SQLite at instance/gateway.sqlite3)\n"
+        f"  Console: http://{host}:{port}/console  (operator admin, password {password},\n"
+        f"           from instance/dev-operator-password)\n"
         f"  API:     http://{host}:{port}/api/v1  (OpenAPI: /api/v1/openapi.json)\n"
-        f"  API key: {key}   (from {KEY_FILE.relative_to(ROOT)})\n"
+        f"  API key: {key}   (from instance/dev-api-key)\n"
         f"  Try:     curl -H 'Authorization: Bearer {key}' http://{host}:{port}/api/v1/wallets\n"
-        f"  Stripe:  set STRIPE_SECRET_KEY and STRIPE_WEBHOOK_SECRETS to sell paid credits\n",
+        f"  {stripe_line}\n",
         flush=True,
     )
-    os.execvpe(gateway, [gateway, "run", "--host", host, "--port", port], env)
+    try:
+        return subprocess.call([gateway, "run", "--host", host, "--port", port], env=env, cwd=ROOT)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if sandbox is not None:
+            sandbox.terminate()
+            sandbox.wait(timeout=10)
 
 
 if __name__ == "__main__":

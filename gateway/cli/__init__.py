@@ -26,6 +26,7 @@ def register_commands(app: Flask) -> None:
     from gateway.cli.db import db_group
     from gateway.cli.expiry import expire_wallets_command
     from gateway.cli.idempotency import idempotency_group
+    from gateway.cli.operators import operators_group
     from gateway.cli.reconcile import reconcile_command
     from gateway.cli.webhooks import webhooks_group
 
@@ -35,5 +36,6 @@ def register_commands(app: Flask) -> None:
         idempotency_group,
         webhooks_group,
         reconcile_command,
+        operators_group,
     ):
         app.cli.add_command(command)
