@@ -38,6 +38,7 @@ TEST_SETTINGS: dict[str, Any] = {
     "STRIPE_TAX_RATE_IDS": "",
     "STRIPE_COLLECTION_METHOD": "charge_automatically",
     "STRIPE_MAX_NETWORK_RETRIES": 0,
+    "SECRET_KEY": "test-secret-key-for-console-sessions",
 }
 API_KEY = "test-key-1"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
