@@ -48,6 +48,13 @@ ATTENTION = {
     PurchaseStatus.REFUND_REQUIRED: "Refund required",
     PurchaseStatus.REVIEW_REQUIRED: "Review required",
 }
+# The API's field names, as the console's labels say them.
+_PLAIN_WORDS = {
+    "paid_credits": "credits to be purchased",
+    "granted_credits": "credits granted for free",
+    "rate_amount": "credit value",
+    "expiration_at": "expiration date",
+}
 # Form fields whose refusals are shown next to them; anything else goes above the form.
 _FIELD_ALIASES = {"external_customer_id": "_form", "wallet": "_form", "setting": "_form"}
 
@@ -149,7 +156,13 @@ class FormState:
         if name not in self.values and name != "_form":
             name = "_form"
         items = problems if isinstance(problems, list) else [problems]
-        self.errors.setdefault(name, []).extend(str(item) for item in items)
+        self.errors.setdefault(name, []).extend(_plain(str(item)) for item in items)
+
+
+def _plain(message: str) -> str:
+    for api_name, words in _PLAIN_WORDS.items():
+        message = message.replace(api_name, words)
+    return message
 
 
 def _load(schema: Schema, data: dict[str, Any]) -> dict[str, Any]:
