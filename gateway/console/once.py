@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from gateway.api import idempotency
 from gateway.db import unit_of_work, utcnow
 from gateway.errors import ValidationFailed
+from gateway.purchases import RequestScope
 from gateway.settings import current_settings
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def _fingerprint() -> str:
     return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
 
-def act_once(session: Session, principal: str, action: Callable[[str], Done]) -> Done:
+def act_once(session: Session, principal: str, action: Callable[[RequestScope], Done]) -> Done:
     """Run `action(scope)` once for the submitted form token, in one unit of work.
 
     `scope` names the claim across retries (a purchase stores it to be resumed). A
@@ -111,4 +112,4 @@ def _release_quietly(session: Session, claim: idempotency.Claim) -> None:
         with unit_of_work(session):
             idempotency.release(session, claim)
     except Exception:
-        log.exception("could not release the console form token %s", claim.scope)
+        log.exception("could not release the console form token %s", claim.scope.name)

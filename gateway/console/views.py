@@ -323,7 +323,7 @@ def add_wallet(external_id: str) -> ResponseReturnValue:
         return render_template("console/add_wallet.html", customer=found, form=form)
     form = FormState.submitted(_WALLET_FIELDS)
 
-    def act(scope: str) -> once.Done:
+    def act(scope: purchases.RequestScope) -> once.Done:
         values = form.values
         try:
             data = _load(
@@ -406,7 +406,7 @@ def top_up(wallet_id: str) -> ResponseReturnValue:
     form = FormState.submitted(_TOP_UP_FIELDS)
     external_id = wallet.customer.external_id
 
-    def act(scope: str) -> once.Done:
+    def act(scope: purchases.RequestScope) -> once.Done:
         field = credits_field(allow_none=True)
         loaded: dict[str, Decimal | None] = {}
         problems: dict[str, list[str]] = {}
@@ -449,7 +449,7 @@ def edit_information(wallet_id: str) -> ResponseReturnValue:
     form = FormState.submitted(_INFORMATION_FIELDS)
     external_id = wallet.customer.external_id
 
-    def act(_scope: str) -> once.Done:
+    def act(_scope: purchases.RequestScope) -> once.Done:
         try:
             data = _load(
                 WalletUpdateSchema(),
@@ -479,7 +479,7 @@ def terminate(wallet_id: str) -> ResponseReturnValue:
     form = FormState.submitted(())
     external_id = wallet.customer.external_id
 
-    def act(_scope: str) -> once.Done:
+    def act(_scope: purchases.RequestScope) -> once.Done:
         # The API answers a repeated DELETE with the terminated wallet; a form for a
         # wallet that already ended is refused, as the other edits are.
         wallets.ensure_usable(ledger.lock_wallet(session, wallet_id), utcnow())

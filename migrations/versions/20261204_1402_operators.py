@@ -1,7 +1,7 @@
 """operators: the people who sign in to the console
 
 Revision ID: 1402
-Revises: 1401
+Revises: 1700
 Create Date: 2026-12-04 16:30:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import gateway.db
 
 revision = '1402'
-down_revision = '1401'
+down_revision = '1700'
 branch_labels = None
 depends_on = None
 
