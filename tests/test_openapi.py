@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from flask import Flask
@@ -71,7 +72,12 @@ def test_every_operation_documents_its_errors(app: Flask, document: dict[str, An
         assert errors, (path, method)
         for status in errors:
             content = operation["responses"][str(status)]["content"]["application/json"]
-            assert content["schema"] == error_ref, (path, method, status)
+            shape, narrowed = content["schema"]["allOf"]
+            assert shape == error_ref, (path, method, status)
+            assert narrowed["properties"]["status"]["enum"] == [status]
+            codes = narrowed["properties"]["code"]["enum"]
+            assert {STATUS_BY_CODE[code] for code in codes} == {status}, (path, method)
+            assert content["example"]["code"] in codes
         if path.startswith("/api/v1"):
             assert 401 in statuses, (path, method)
             assert operation["security"] == [{"bearer": []}]
@@ -112,9 +118,138 @@ def test_schemas_come_from_the_marshmallow_schemas(document: dict[str, Any]) -> 
         for name, schema in schemas.items()
         if name.startswith("Wallet") and "credits_balance" in schema.get("properties", {})
     )
-    assert wallet["properties"]["credits_balance"] == {"type": "string", "format": "decimal"}
+    balance = wallet["properties"]["credits_balance"]
+    assert balance["type"] == "string"
+    assert balance["format"] == "decimal"
+    assert re.fullmatch(balance["pattern"], "10.00000")
+    assert not re.fullmatch(balance["pattern"], "-1.00000")
+    assert set(wallet["required"]) == set(wallet["properties"])  # every answer field, always
+    assert wallet["properties"]["status"]["enum"] == ["active", "terminated"]
+    create = document["components"]["schemas"]["WalletCreate"]["properties"]
+    text, number, null = create["paid_credits"]["anyOf"]
+    assert re.fullmatch(text["pattern"], "0.00001")
+    assert not re.fullmatch(text["pattern"], "0")
+    assert not re.fullmatch(text["pattern"], "")
+    assert not re.fullmatch(text["pattern"], "1000000000.00001")
+    assert number == {"type": "number", "multipleOf": 0.00001, "exclusiveMinimum": 0,
+                      "maximum": 1_000_000_000}  # fmt: skip
+    assert null == {"type": "null"}
     create_body = document["paths"]["/api/v1/wallets"]["post"]["requestBody"]
     assert create_body["required"] is True
     # Query parameters of the list endpoints are expanded from their schemas.
     names = {p["name"] for p in document["paths"]["/api/v1/wallets"]["get"]["parameters"]}
     assert {"page", "per_page", "status", "external_customer_id"} <= names
+
+
+# --- links: every link of the document leads, with real ids, to a success -----------
+
+
+def _pointer(document: Any, pointer: str) -> Any:
+    node = document
+    for part in pointer.lstrip("/").split("/"):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node
+
+
+def _resolve(expression: Any, answer: Any) -> Any:
+    """A link's runtime expressions (`$response.body#/wallet/id`), nested ones included."""
+    if isinstance(expression, str) and expression.startswith("$response.body#"):
+        return _pointer(answer, expression.removeprefix("$response.body#"))
+    if isinstance(expression, dict):
+        return {key: _resolve(value, answer) for key, value in expression.items()}
+    return expression
+
+
+def test_every_link_leads_to_a_success_with_real_ids(
+    client: FlaskClient, document: dict[str, Any]
+) -> None:
+    by_id = {
+        operation["operationId"]: (path, method, operation)
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+    }
+
+    called: set[str] = set()
+
+    def call(operation_id: str, path_args: dict[str, str], query: dict[str, str], body: Any) -> Any:
+        path, method, operation = by_id[operation_id]
+        url = path.format(**{name: quote(value, safe="") for name, value in path_args.items()})
+        kwargs: dict[str, Any] = {"headers": AUTH, "query_string": query}
+        if "requestBody" in operation:
+            kwargs["json"] = body
+        response = client.open(url, method=method.upper(), **kwargs)
+        assert response.status_code < 300, (operation_id, path_args, body, response.json)
+        called.add(operation_id)
+        return operation, str(response.status_code), response.json
+
+    start = by_id["upsert_customer"][2]["requestBody"]["content"]["application/json"]["example"]
+    tasks: list[tuple[Any, dict[str, Any]]] = []  # (answer, link), DELETEs kept for last
+    followed: set[tuple[str, str]] = set()
+
+    def offer(operation: dict[str, Any], status: str, answer: Any) -> None:
+        for name, link in operation["responses"][status].get("links", {}).items():
+            if (operation["operationId"], name) not in followed:
+                followed.add((operation["operationId"], name))
+                tasks.append((answer, link))
+        tasks.sort(key=lambda task: by_id[task[1]["operationId"]][1] == "delete")
+
+    offer(*call("upsert_customer", {}, {}, start))
+    while tasks:
+        answer, link = tasks.pop(0)
+        parameters = {
+            key: _resolve(value, answer) for key, value in link.get("parameters", {}).items()
+        }
+        path_args = {k.removeprefix("path."): v for k, v in parameters.items() if k[:5] == "path."}
+        query = {k.removeprefix("query."): v for k, v in parameters.items() if k[:6] == "query."}
+        target = by_id[link["operationId"]][2]
+        body = _resolve(link.get("requestBody"), answer)
+        if body is None and "requestBody" in target:
+            body = target["requestBody"]["content"]["application/json"]["example"]
+        offer(
+            *call(
+                link["operationId"],
+                path_args,
+                query,
+                body,
+            )
+        )
+    linked = {
+        link["operationId"]
+        for operations in document["paths"].values()
+        for operation in operations.values()
+        for answer in operation["responses"].values()
+        for link in answer.get("links", {}).values()
+    }
+    assert {"get_customer", "create_subscription", "create_wallet", "get_wallet",
+            "update_wallet", "terminate_wallet", "top_up", "get_wallet_transaction",
+            "list_wallet_transactions", "list_wallets", "apply_credits",
+            "terminate_subscription"} <= linked  # fmt: skip
+    assert linked <= called
+
+
+def test_every_operation_has_an_example(document: dict[str, Any]) -> None:
+    """A request example for every operation that takes input, valid by its own schema."""
+    from jsonschema import Draft202012Validator
+
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] in ("path", "header") or parameter.get("required"):
+                    assert parameter.get("example") is not None, (path, method, parameter)
+            if "requestBody" in operation:
+                content = operation["requestBody"]["content"]["application/json"]
+                schema = {**content["schema"], "components": document["components"]}
+                schema = {"$ref": "#/$defs/body", "$defs": {"body": content["schema"]},
+                          "components": document["components"]}  # fmt: skip
+                Draft202012Validator(schema).validate(content["example"])
+
+
+def test_idempotency_and_subscription_refusals_are_documented(document: dict[str, Any]) -> None:
+    """The 422s a schema-valid request can get are in the document with their codes."""
+    for path in ("/api/v1/wallets", "/api/v1/wallet_transactions", "/api/v1/customers",
+                 "/api/v1/subscriptions", "/api/v1/credit_applications"):  # fmt: skip
+        unprocessable = document["paths"][path]["post"]["responses"]["422"]
+        codes = unprocessable["content"]["application/json"]["schema"]["allOf"][1]
+        assert "idempotency_key_reused" in codes["properties"]["code"]["enum"], path
+    subscription = document["paths"]["/api/v1/subscriptions"]["post"]["responses"]["422"]
+    assert "validation_errors" in subscription["description"]

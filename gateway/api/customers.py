@@ -6,7 +6,7 @@ from typing import Any
 
 from gateway import customers
 from gateway.api import api_v1
-from gateway.api.framework import Reply, endpoint
+from gateway.api.framework import Link, Reply, endpoint
 from gateway.api.schemas import (
     CustomerRequest,
     CustomerResponse,
@@ -21,6 +21,20 @@ from gateway.db import get_session, utcnow
     summary="Create a customer, or update the one with this external_id",
     body=CustomerRequest, response=CustomerResponse, status=201,
     extra_statuses={200: "The customer existed and was updated"},
+    links={
+        "GetCustomer": Link(
+            "get_customer", "The customer just written",
+            parameters={"external_id": "$response.body#/customer/external_id"},
+        ),
+        "CreateSubscription": Link(
+            "create_subscription", "Subscribe the customer (a wallet needs an active subscription)",
+            request_body={"subscription": {
+                "external_id": "$response.body#/customer/external_id",
+                "external_customer_id": "$response.body#/customer/external_id",
+                "plan_code": "pro",
+            }},
+        ),
+    },
 )  # fmt: skip
 def upsert_customer(body: dict[str, Any]) -> Reply:
     customer, created = customers.upsert_customer(
@@ -30,7 +44,7 @@ def upsert_customer(body: dict[str, Any]) -> Reply:
 
 
 @endpoint(
-    api_v1, "/customers/<external_id>", "GET",
+    api_v1, "/customers/<path:external_id>", "GET",
     summary="Get a customer by external_id", response=CustomerResponse, errors=["not_found"],
 )  # fmt: skip
 def get_customer(external_id: str) -> Reply:
@@ -40,7 +54,25 @@ def get_customer(external_id: str) -> Reply:
 @endpoint(
     api_v1, "/subscriptions", "POST",
     summary="Start a subscription for a customer",
-    body=SubscriptionRequest, response=SubscriptionResponse, status=201, errors=["not_found"],
+    body=SubscriptionRequest, response=SubscriptionResponse, status=201,
+    errors=["not_found", "validation_errors"],
+    links={
+        "CreateWallet": Link(
+            "create_wallet", "Give the subscribed customer a wallet with free credits",
+            request_body={"wallet": {
+                "external_customer_id": "$response.body#/subscription/external_customer_id",
+                "rate_amount": "2.50",
+                "granted_credits": "100",
+                "paid_credits": None,
+                "currency": None,
+                "expiration_at": None,
+            }},
+        ),
+        "TerminateSubscription": Link(
+            "terminate_subscription", "End this subscription",
+            parameters={"external_id": "$response.body#/subscription/external_id"},
+        ),
+    },
 )  # fmt: skip
 def create_subscription(body: dict[str, Any]) -> Reply:
     data = body["subscription"]
@@ -55,7 +87,7 @@ def create_subscription(body: dict[str, Any]) -> Reply:
 
 
 @endpoint(
-    api_v1, "/subscriptions/<external_id>", "DELETE",
+    api_v1, "/subscriptions/<path:external_id>", "DELETE",
     summary="Terminate a subscription (its customer's wallet stays)",
     response=SubscriptionResponse, errors=["not_found"],
 )  # fmt: skip

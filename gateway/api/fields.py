@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -46,6 +47,10 @@ def _unstorable(text: str) -> bool:
         return True
     return False
 
+
+# The OpenAPI pattern of text the API takes: anything but NUL. (Lone surrogates, the
+# other unstorable text, cannot be written in a JSON Schema string at all.)
+STORABLE_TEXT_PATTERN = "^[^\\u0000]*$"
 
 _UNSTORABLE_MESSAGE = "must not contain NUL characters or unpaired UTF-16 surrogates"
 
@@ -110,11 +115,80 @@ def refuse_nul_in_url() -> None:
         raise ApiError("validation_errors", "the URL contains NUL characters", details)
 
 
+# A decimal string as the API reads it: plain ASCII digits, an optional fraction, an
+# optional minus sign. No exponent, no leading zeros, no spaces: one spelling per value,
+# so that the OpenAPI pattern of each field says exactly which strings are accepted.
+_PLAIN_DECIMAL = re.compile(r"(-?)(0|[1-9][0-9]*)(?:\.([0-9]+))?", re.ASCII)
+_NOT_PLAIN = 'is not a valid decimal number: digits with an optional fraction, e.g. "12.50"'
+
+
+def _digits_below(bound: int) -> list[str]:
+    """Regex alternatives matching the integers 0 .. bound-1 written without leading zeros."""
+    text = str(bound)
+    alternatives = ["0"]
+    if len(text) == 2:
+        alternatives.append("[1-9]")
+    elif len(text) > 2:
+        alternatives.append(f"[1-9][0-9]{{0,{len(text) - 2}}}")
+    for index, digit in enumerate(text):
+        low, high = (1 if index == 0 else 0), int(digit) - 1
+        if high < low:
+            continue
+        rest = len(text) - index - 1
+        span = f"[{low}-{high}]" if high > low else str(low)
+        alternatives.append(text[:index] + span + (f"[0-9]{{{rest}}}" if rest else ""))
+    return alternatives
+
+
+def decimal_pattern(
+    places: int,
+    minimum: Decimal | None = None,
+    minimum_exclusive: bool = False,
+    maximum: Decimal | None = None,
+) -> str:
+    """The regular expression of exactly the decimal strings `DecimalString` accepts.
+
+    Supported bounds (all the API needs): a minimum of 0 (inclusive or exclusive) or none,
+    and an integer maximum or none. Anything else is refused here, so a new field with
+    other bounds fails the document's build instead of being described wrongly.
+    """
+    if minimum is not None and minimum != 0:
+        raise ValueError(f"decimal_pattern: only a minimum of 0 is supported, not {minimum}")
+    if maximum is not None and (maximum != maximum.to_integral_value() or maximum < 1):
+        raise ValueError(f"decimal_pattern: the maximum must be an integer >= 1, not {maximum}")
+    fraction = f"[0-9]{{1,{places}}}" if places else ""
+    optional_fraction = f"(\\.{fraction})?" if places else ""
+    if maximum is None:
+        below = ["0", "[1-9][0-9]*"]
+        at_maximum: list[str] = []
+    else:
+        below = _digits_below(int(maximum))
+        zeros = f"(\\.0{{1,{places}}})?" if places else ""
+        at_maximum = [f"{int(maximum)}{zeros}"]
+    if minimum is not None and minimum_exclusive:
+        # Everything below the maximum except the spellings of zero.
+        positive = [alternative for alternative in below if alternative != "0"]
+        alternatives = [f"({'|'.join(positive)}){optional_fraction}"] if positive else []
+        if places:
+            small = [
+                "0" * zeros + "[1-9]" + (f"[0-9]{{0,{rest}}}" if rest else "")
+                for zeros, rest in ((zeros, places - zeros - 1) for zeros in range(places))
+            ]
+            alternatives.append(f"0\\.({'|'.join(small)})")
+    else:
+        alternatives = [f"({'|'.join(below)}){optional_fraction}"]
+    alternatives += at_maximum
+    sign = "-?" if minimum is None else ""
+    return f"^{sign}({'|'.join(alternatives)})$"
+
+
 class DecimalString(fields.Field[Decimal]):
     """An exact decimal: accepted as a string or a JSON number, returned as a string.
 
-    JSON numbers are parsed as `Decimal` (never `float`) by the request parser. NaN,
-    Infinity, booleans, too many decimal places and out-of-range values are refused.
+    JSON numbers are parsed as `Decimal` (never `float`) by the request parser. Strings
+    are plain notation (`decimal_pattern`). NaN, Infinity, booleans, too many decimal
+    places and out-of-range values are refused. `openapi_schema()` describes exactly
+    what is accepted (or, for an answer-only field, what is returned).
     """
 
     def __init__(
@@ -134,6 +208,15 @@ class DecimalString(fields.Field[Decimal]):
         self.maximum = maximum
         self.formatter = formatter
 
+    def openapi_schema(self) -> dict[str, Any]:
+        return decimal_schema(
+            self.places,
+            minimum=self.minimum,
+            minimum_exclusive=self.minimum_exclusive,
+            maximum=self.maximum,
+            accepts_numbers=not self.dump_only,
+        )
+
     def _serialize(self, value: Decimal | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
         if value is None:
             return None
@@ -141,18 +224,38 @@ class DecimalString(fields.Field[Decimal]):
             return self.formatter(value)
         return f"{value:f}"
 
+    def _below_minimum(self, number: Decimal, negative_sign: bool) -> str | None:
+        if self.minimum is None:
+            return None
+        if self.minimum_exclusive and (number <= self.minimum or negative_sign):
+            return f"must be greater than {self.minimum}"
+        if not self.minimum_exclusive and (number < self.minimum or negative_sign):
+            return f"must be at least {self.minimum}"
+        return None
+
     def _deserialize(
         self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
     ) -> Decimal:
-        try:
-            number = money.parse_decimal(value)
-        except money.MoneyError as exc:
-            raise ValidationError(str(exc)) from exc
-        if self.minimum is not None:
-            if self.minimum_exclusive and number <= self.minimum:
-                raise ValidationError(f"must be greater than {self.minimum}")
-            if not self.minimum_exclusive and number < self.minimum:
-                raise ValidationError(f"must be at least {self.minimum}")
+        negative_sign = False
+        if isinstance(value, str):
+            match = _PLAIN_DECIMAL.fullmatch(value)
+            if match is None:
+                if value.strip().lstrip("+-").lower() in ("nan", "snan", "inf", "infinity"):
+                    raise ValidationError("must be a finite number")
+                raise ValidationError(_NOT_PLAIN)
+            # "-0" is a minus sign the pattern of a non-negative field does not allow.
+            negative_sign = bool(match.group(1)) and self.minimum is not None and self.minimum >= 0
+            if len(match.group(3) or "") > self.places:
+                raise ValidationError(f"has at most {self.places} decimal places")
+            number = Decimal(value)
+        else:
+            try:
+                number = money.parse_decimal(value)
+            except money.MoneyError as exc:
+                raise ValidationError(str(exc)) from exc
+        refusal = self._below_minimum(number, negative_sign)
+        if refusal is not None:
+            raise ValidationError(refusal)
         if self.maximum is not None and number > self.maximum:
             raise ValidationError(f"must be at most {self.maximum}")
         quantum = Decimal(1).scaleb(-self.places)
@@ -163,6 +266,39 @@ class DecimalString(fields.Field[Decimal]):
         if quantized != number:
             raise ValidationError(f"has at most {self.places} decimal places")
         return quantized
+
+
+def decimal_schema(
+    places: int,
+    *,
+    minimum: Decimal | None = None,
+    minimum_exclusive: bool = False,
+    maximum: Decimal | None = None,
+    accepts_numbers: bool = False,
+) -> dict[str, Any]:
+    """The OpenAPI schema of a decimal: a string with its exact pattern and, where the
+    field reads requests, the JSON number with the same bounds and step."""
+    text: dict[str, Any] = {
+        "type": "string",
+        "format": "decimal",
+        "pattern": decimal_pattern(places, minimum, minimum_exclusive, maximum),
+    }
+    if not accepts_numbers:
+        return text
+    number: dict[str, Any] = {"type": "number", "multipleOf": _step(places)}
+    if minimum is not None:
+        number["exclusiveMinimum" if minimum_exclusive else "minimum"] = _json_number(minimum)
+    if maximum is not None:
+        number["maximum"] = _json_number(maximum)
+    return {"anyOf": [text, number]}
+
+
+def _step(places: int) -> int | float:
+    return 1 if places == 0 else float(Decimal(1).scaleb(-places))
+
+
+def _json_number(value: Decimal) -> int | float:
+    return int(value) if value == value.to_integral_value() else float(value)
 
 
 class UTCDateTimeField(fields.DateTime):

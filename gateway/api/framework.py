@@ -36,6 +36,20 @@ class Reply:
     status: int = 200
 
 
+@dataclass(frozen=True)
+class Link:
+    """An OpenAPI link from an operation's answer to the operation that uses its ids.
+
+    `parameters` and `request_body` hold runtime expressions such as
+    `$response.body#/wallet/id`, so a client (or stateful testing) can follow them.
+    """
+
+    operation: str
+    description: str
+    parameters: dict[str, str] = field(default_factory=dict)
+    request_body: Any = None
+
+
 @dataclass
 class Operation:
     rule: str
@@ -49,6 +63,7 @@ class Operation:
     errors: Sequence[str]
     authenticated: bool
     extra_statuses: dict[int, str] = field(default_factory=dict)
+    links: dict[str, Link] = field(default_factory=dict)
 
 
 OPERATIONS: list[Operation] = []
@@ -145,11 +160,13 @@ def endpoint(
     errors: Sequence[str] = (),
     authenticated: bool = True,
     extra_statuses: dict[int, str] | None = None,
+    links: dict[str, Link] | None = None,
 ) -> Callable[[Callable[..., Reply]], Callable[..., Response]]:
     """Register `view` on `bp` and describe it for the OpenAPI document.
 
     The view gets the path arguments plus `body=` and/or `query=` (loaded dicts) and
     runs inside one database transaction, committed only if it returns normally.
+    `links` name the operations that take ids from this one's answer (OpenAPI links).
     """
 
     # Every authenticated POST accepts an Idempotency-Key (gateway.api.idempotency).
@@ -172,6 +189,7 @@ def endpoint(
                 errors=tuple(errors),
                 authenticated=authenticated,
                 extra_statuses=extra_statuses or {},
+                links=links or {},
             )
         )
         response_schema = response() if response is not None else None

@@ -2,10 +2,16 @@
 
 Requests refuse unknown fields (marshmallow's RAISE). Responses are dumped from the
 models; decimals leave as strings, amounts in minor units as integers.
+
+These classes are also the OpenAPI document (`gateway.api.spec`), so each field says
+exactly what it takes or gives: decimals carry their pattern and bounds
+(`DecimalString`, `decimal_answer`), closed sets of words their `enum`, answer schemas
+(`Answer`) list every field as always present, and `example` metadata feeds the examples.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -13,7 +19,8 @@ from marshmallow import Schema, ValidationError, fields, post_load, pre_load, va
 from sqlalchemy.orm import object_session
 
 from gateway import ledger, money
-from gateway.api.fields import DecimalString, UTCDateTimeField
+from gateway.api.fields import DecimalString, UTCDateTimeField, decimal_schema
+from gateway.credits import ApplicationStatus, InvoiceType, NotApplicableReason
 from gateway.errors import CouponsNotApplicable
 from gateway.intervals import Interval
 from gateway.models import (
@@ -24,6 +31,7 @@ from gateway.models import (
     PurchaseStatus,
     RuleMethod,
     RuleTrigger,
+    SubscriptionStatus,
     TransactionStatus,
     TransactionType,
     Wallet,
@@ -42,9 +50,37 @@ def _upper(value: Any) -> Any:
     return value.upper() if isinstance(value, str) else value
 
 
+class WholeNumber(fields.Integer):
+    """A JSON integer. As in JSON Schema, a number with a zero fraction (`1873.0`) is one
+    too; strings, booleans and fractions are refused."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _validated(self, value: Any) -> int:
+        # Far beyond any bound (and costly to convert): left as it is, and so refused.
+        if (
+            isinstance(value, Decimal)
+            and value.is_finite()
+            and value.adjusted() < 30
+            and value == value.to_integral_value()
+        ):
+            value = int(value)
+        return super()._validated(value)
+
+
 class CurrencyField(fields.String):
+    """An ISO 4217 code we support, in any letter case (answered in capitals)."""
+
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
         return str(super()._deserialize(_upper(value), attr, data, **kwargs))
+
+    def openapi_schema(self) -> dict[str, Any]:
+        def any_case(code: str) -> str:
+            return "".join(f"[{letter}{letter.lower()}]" for letter in code)
+
+        codes = "|".join(any_case(code) for code in sorted(money.SUPPORTED_CURRENCIES))
+        return {"type": "string", "pattern": f"^({codes})$"}
 
 
 def credits_field(**kwargs: Any) -> DecimalString:
@@ -58,15 +94,53 @@ def credits_field(**kwargs: Any) -> DecimalString:
     )
 
 
+def credits_answer(**kwargs: Any) -> DecimalString:
+    """Credits in an answer: "10.00000", never negative."""
+    metadata = {"example": "10.00000", **kwargs.pop("metadata", {})}
+    return DecimalString(
+        places=money.CREDIT_PLACES,
+        minimum=Decimal(0),
+        formatter=money.format_credits,
+        dump_only=True,
+        metadata=metadata,
+        **kwargs,
+    )
+
+
+def decimal_answer(
+    getter: Callable[[Any], str | None], places: int, *, allow_none: bool = False, **metadata: Any
+) -> fields.Function:
+    """A decimal string computed from the object (its formatting may need the currency)."""
+    schema = decimal_schema(places, minimum=Decimal(0))
+    return fields.Function(getter, allow_none=allow_none, metadata={"openapi": schema, **metadata})
+
+
+def enum_answer(values: Iterable[str], **kwargs: Any) -> fields.String:
+    """A word from a closed set, documented as an `enum`."""
+    metadata = {"enum": sorted(str(value) for value in values), **kwargs.pop("metadata", {})}
+    return fields.String(metadata=metadata, **kwargs)
+
+
+class Answer(Schema):
+    """A response schema: every field is always in the answer (null when it has no
+    value), so the document lists all of them as required."""
+
+    def on_bind_field(self, field_name: str, field_obj: fields.Field[Any]) -> None:
+        field_obj.required = True
+        field_obj.dump_only = True  # e.g. a decimal is answered as a string only
+
+
 # --- errors and pagination -------------------------------------------------------
 
 
-class ErrorSchema(Schema):
-    status = fields.Integer(required=True)
-    error = fields.String(required=True)
-    code = fields.String(required=True)
-    message = fields.String()
-    error_details = fields.Dict(required=True)
+class ErrorSchema(Answer):
+    status = fields.Integer(metadata={"example": 422})
+    error = fields.String(metadata={"example": "Unprocessable Entity"})
+    code = fields.String(metadata={"example": "validation_errors"})
+    message = fields.String(metadata={"example": "the request is not valid"})
+    error_details = fields.Dict(
+        metadata={"example": {"wallet": {"rate_amount": ["must be greater than 0"]}}}
+    )
 
 
 class PageQuery(Schema):
@@ -74,12 +148,12 @@ class PageQuery(Schema):
     per_page = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
 
 
-class PaginationMeta(Schema):
-    current_page = fields.Integer(required=True)
-    next_page = fields.Integer(allow_none=True)
-    prev_page = fields.Integer(allow_none=True)
-    total_pages = fields.Integer(required=True)
-    total_count = fields.Integer(required=True)
+class PaginationMeta(Answer):
+    current_page = fields.Integer(validate=validate.Range(min=1))
+    next_page = fields.Integer(allow_none=True, validate=validate.Range(min=2))
+    prev_page = fields.Integer(allow_none=True, validate=validate.Range(min=1))
+    total_pages = fields.Integer(validate=validate.Range(min=1))
+    total_count = fields.Integer(validate=validate.Range(min=0))
 
 
 def pagination_meta(page: int, per_page: int, total: int) -> dict[str, Any]:
@@ -97,51 +171,65 @@ def pagination_meta(page: int, per_page: int, total: int) -> dict[str, Any]:
 
 
 class CustomerInputSchema(Schema):
-    external_id = fields.String(required=True, validate=_identifier)
-    currency = CurrencyField(required=True, validate=_currency)
-    name = fields.String(allow_none=True, validate=validate.Length(max=255))
-    email = fields.Email(allow_none=True, validate=validate.Length(max=320))
+    external_id = fields.String(
+        required=True, validate=_identifier, metadata={"example": "acme-42"}
+    )
+    currency = CurrencyField(required=True, validate=_currency, metadata={"example": "USD"})
+    name = fields.String(
+        allow_none=True, validate=validate.Length(max=255), metadata={"example": "Acme Inc."}
+    )
+    email = fields.Email(
+        allow_none=True,
+        validate=validate.Length(max=320),
+        metadata={"example": "billing@acme.example"},
+    )
 
 
 class CustomerRequest(Schema):
     customer = fields.Nested(CustomerInputSchema, required=True)
 
 
-class CustomerSchema(Schema):
-    id = fields.String()
-    external_id = fields.String()
-    currency = fields.String()
+class CustomerSchema(Answer):
+    id = fields.String(metadata={"example": "cus_01JEXAMPLE"})
+    external_id = fields.String(metadata={"example": "acme-42"})
+    currency = enum_answer(money.SUPPORTED_CURRENCIES, metadata={"example": "USD"})
     name = fields.String(allow_none=True)
     email = fields.String(allow_none=True)
     created_at = UTCDateTimeField()
 
 
-class CustomerResponse(Schema):
+class CustomerResponse(Answer):
     customer = fields.Nested(CustomerSchema)
 
 
 class SubscriptionInputSchema(Schema):
-    external_id = fields.String(required=True, validate=_identifier)
-    external_customer_id = fields.String(required=True, validate=_identifier)
-    plan_code = fields.String(required=True, validate=_identifier)
+    external_id = fields.String(
+        required=True, validate=_identifier, metadata={"example": "acme-42-pro"}
+    )
+    external_customer_id = fields.String(
+        required=True, validate=_identifier, metadata={"example": "acme-42"}
+    )
+    plan_code = fields.String(required=True, validate=_identifier, metadata={"example": "pro"})
 
 
 class SubscriptionRequest(Schema):
     subscription = fields.Nested(SubscriptionInputSchema, required=True)
 
 
-class SubscriptionSchema(Schema):
+class SubscriptionSchema(Answer):
     id = fields.String()
     external_id = fields.String()
-    external_customer_id = fields.Function(lambda sub: sub.customer.external_id)
+    external_customer_id = fields.Function(
+        lambda sub: sub.customer.external_id, metadata={"type": "string"}
+    )
     plan_code = fields.String()
-    status = fields.String()
+    status = enum_answer(SubscriptionStatus)
     started_at = UTCDateTimeField()
     terminated_at = UTCDateTimeField(allow_none=True)
     created_at = UTCDateTimeField()
 
 
-class SubscriptionResponse(Schema):
+class SubscriptionResponse(Answer):
     subscription = fields.Nested(SubscriptionSchema)
 
 
@@ -216,19 +304,28 @@ def _rules_field(**kwargs: Any) -> fields.List[Any]:
 
 
 class WalletCreateSchema(_RefusesCoupons):
-    external_customer_id = fields.String(required=True, validate=_identifier)
+    external_customer_id = fields.String(
+        required=True, validate=_identifier, metadata={"example": "acme-42"}
+    )
     rate_amount = DecimalString(
         required=True,
         places=money.RATE_PLACES,
         minimum=Decimal(0),
         minimum_exclusive=True,
         maximum=money.MAX_RATE,
+        metadata={"example": "5.00"},
     )
-    name = fields.String(allow_none=True, validate=validate.Length(max=255))
-    currency = CurrencyField(validate=_currency)
-    paid_credits = credits_field(allow_none=True)
-    granted_credits = credits_field(allow_none=True)
-    expiration_at = UTCDateTimeField(allow_none=True)
+    name = fields.String(
+        allow_none=True, validate=validate.Length(max=255), metadata={"example": "Prepaid"}
+    )
+    currency = CurrencyField(
+        allow_none=True,
+        validate=_currency,
+        metadata={"example": "USD", "description": "The customer's; absent or null: the same"},
+    )
+    paid_credits = credits_field(allow_none=True, metadata={"example": "20"})
+    granted_credits = credits_field(allow_none=True, metadata={"example": "10"})
+    expiration_at = UTCDateTimeField(allow_none=True, metadata={"example": "2030-01-01T00:00:00Z"})
     recurring_transaction_rules = _rules_field(load_default=())
     low_balance_threshold_credits = _threshold_field(allow_none=True)
 
@@ -238,8 +335,10 @@ class WalletCreateRequest(_RefusesCoupons):
 
 
 class WalletUpdateSchema(_RefusesCoupons):
-    name = fields.String(allow_none=True, validate=validate.Length(max=255))
-    expiration_at = UTCDateTimeField(allow_none=True)
+    name = fields.String(
+        allow_none=True, validate=validate.Length(max=255), metadata={"example": "Prepaid"}
+    )
+    expiration_at = UTCDateTimeField(allow_none=True, metadata={"example": "2031-01-01T00:00:00Z"})
     recurring_transaction_rules = _rules_field()
     low_balance_threshold_credits = _threshold_field(allow_none=True)
 
@@ -260,14 +359,14 @@ def _wallet_amount(attribute: str) -> Any:
     return dump
 
 
-class RecurringTransactionRuleSchema(Schema):
+class RecurringTransactionRuleSchema(Answer):
     id = fields.String()
-    trigger = fields.String()
-    method = fields.String()
-    status = fields.String()
+    trigger = enum_answer(RuleTrigger)
+    method = enum_answer(RuleMethod)
+    status = enum_answer(RuleStatus)
     paused_reason = fields.String(allow_none=True)
     threshold_credits = DecimalString(places=5, formatter=money.format_credits, allow_none=True)
-    interval = fields.String(allow_none=True)
+    interval = enum_answer(Interval, allow_none=True)
     started_at = UTCDateTimeField(allow_none=True)
     paid_credits = DecimalString(places=5, formatter=money.format_credits, allow_none=True)
     granted_credits = DecimalString(places=5, formatter=money.format_credits, allow_none=True)
@@ -281,24 +380,26 @@ def _pending_credits(wallet: Wallet) -> str:
     return money.format_credits(ledger.pending_credits(session, wallet.id))
 
 
-class WalletSchema(Schema):
-    id = fields.String()
-    external_customer_id = fields.Function(lambda wallet: wallet.customer.external_id)
-    status = fields.String()
+class WalletSchema(Answer):
+    id = fields.String(metadata={"example": "wal_01JEXAMPLE"})
+    external_customer_id = fields.Function(
+        lambda wallet: wallet.customer.external_id, metadata={"type": "string"}
+    )
+    status = enum_answer(WalletStatus)
     name = fields.String(allow_none=True)
-    currency = fields.String()
-    rate_amount = fields.Function(_wallet_amount("rate_amount"))
-    credits_balance = DecimalString(places=5, formatter=money.format_credits)
+    currency = enum_answer(money.SUPPORTED_CURRENCIES)
+    rate_amount = decimal_answer(_wallet_amount("rate_amount"), money.RATE_PLACES)
+    credits_balance = credits_answer()
     balance_cents = fields.Function(
         lambda wallet: money.balance_minor(
             wallet.credits_balance, wallet.rate_amount, wallet.currency
-        )
+        ),
+        metadata={"type": "integer", "minimum": 0},
     )
-    consumed_credits = DecimalString(places=5, formatter=money.format_credits)
-    consumed_amount_cents = fields.Integer()
-    pending_credits = fields.Function(
-        _pending_credits,
-        metadata={"type": "string", "description": "purchased credits not paid yet"},
+    consumed_credits = credits_answer()
+    consumed_amount_cents = fields.Integer(validate=validate.Range(min=0))
+    pending_credits = decimal_answer(
+        _pending_credits, money.CREDIT_PLACES, description="purchased credits not paid yet"
     )
     low_balance_threshold_credits = DecimalString(
         places=5, formatter=money.format_credits, allow_none=True
@@ -320,17 +421,17 @@ def _invoice_status(purchase: Purchase) -> str | None:
     return purchase.invoice_status
 
 
-class InvoiceSchema(Schema):
+class InvoiceSchema(Answer):
     """A purchase's invoice (the `invoice` block of a purchased entry)."""
 
-    provider = fields.String()
+    provider = enum_answer(["stripe"])
     provider_invoice_id = fields.String(allow_none=True)
     status = fields.Function(
         _invoice_status,
-        validate=validate.OneOf(INVOICE_BLOCK_STATUSES),
-        metadata={"type": "string", "nullable": True},
+        allow_none=True,
+        metadata={"openapi": {"type": "string", "enum": INVOICE_BLOCK_STATUSES}},
     )
-    currency = fields.String()
+    currency = enum_answer(money.SUPPORTED_CURRENCIES)
     subtotal_cents = fields.Integer(allow_none=True)
     tax_cents = fields.Integer(allow_none=True)
     total_cents = fields.Integer(allow_none=True)
@@ -342,37 +443,38 @@ class InvoiceSchema(Schema):
     )
 
 
-class WalletTransactionSchema(Schema):
-    id = fields.String()
+class WalletTransactionSchema(Answer):
+    id = fields.String(metadata={"example": "wtx_01JEXAMPLE"})
     wallet_id = fields.String()
-    transaction_type = fields.String(validate=validate.OneOf([s.value for s in TransactionType]))
-    transaction_status = fields.String(
-        validate=validate.OneOf([s.value for s in TransactionStatus])
+    transaction_type = enum_answer(TransactionType)
+    transaction_status = enum_answer(TransactionStatus)
+    status = enum_answer(EntryStatus)
+    credit_amount = credits_answer()
+    amount = decimal_answer(
+        lambda entry: money.format_amount(entry.amount, entry.wallet.currency),
+        money.AMOUNT_PLACES,
     )
-    status = fields.String(validate=validate.OneOf([s.value for s in EntryStatus]))
-    credit_amount = DecimalString(places=5, formatter=money.format_credits)
-    amount = fields.Function(lambda entry: money.format_amount(entry.amount, entry.wallet.currency))
     settled_at = UTCDateTimeField(allow_none=True)
     failed_at = UTCDateTimeField(allow_none=True)
     created_at = UTCDateTimeField()
     created_by = fields.String(
         metadata={"description": "who made it: operator:NAME, api:LABEL or system"}
     )
-    source = fields.String(metadata={"enum": [source.value for source in EntrySource]})
+    source = enum_answer(EntrySource)
     # Null except for purchased entries.
     invoice = fields.Nested(InvoiceSchema, attribute="purchase", allow_none=True)
 
 
-class WalletResponse(Schema):
+class WalletResponse(Answer):
     wallet = fields.Nested(WalletSchema)
 
 
-class WalletCreateResponse(Schema):
+class WalletCreateResponse(Answer):
     wallet = fields.Nested(WalletSchema)
     wallet_transactions = fields.List(fields.Nested(WalletTransactionSchema))
 
 
-class WalletListResponse(Schema):
+class WalletListResponse(Answer):
     wallets = fields.List(fields.Nested(WalletSchema))
     meta = fields.Nested(PaginationMeta)
 
@@ -381,9 +483,11 @@ class WalletListResponse(Schema):
 
 
 class TopUpSchema(_RefusesCoupons):
-    wallet_id = fields.String(required=True, validate=_identifier)
-    paid_credits = credits_field(allow_none=True)
-    granted_credits = credits_field(allow_none=True)
+    wallet_id = fields.String(
+        required=True, validate=_identifier, metadata={"example": "wal_01JEXAMPLE"}
+    )
+    paid_credits = credits_field(allow_none=True, metadata={"example": "20"})
+    granted_credits = credits_field(allow_none=True, metadata={"example": "5.5"})
 
 
 class TopUpRequest(_RefusesCoupons):
@@ -397,15 +501,15 @@ class WalletTransactionListQuery(PageQuery):
     )
 
 
-class WalletTransactionResponse(Schema):
+class WalletTransactionResponse(Answer):
     wallet_transaction = fields.Nested(WalletTransactionSchema)
 
 
-class WalletTransactionsResponse(Schema):
+class WalletTransactionsResponse(Answer):
     wallet_transactions = fields.List(fields.Nested(WalletTransactionSchema))
 
 
-class WalletTransactionListResponse(Schema):
+class WalletTransactionListResponse(Answer):
     wallet_transactions = fields.List(fields.Nested(WalletTransactionSchema))
     meta = fields.Nested(PaginationMeta)
 
@@ -423,18 +527,30 @@ MAX_SUBTOTAL_CENTS = 10**15
 
 
 class CreditApplicationInputSchema(Schema):
-    invoice_external_id = fields.String(required=True, validate=_identifier)
-    external_customer_id = fields.String(required=True, validate=_identifier)
+    invoice_external_id = fields.String(
+        required=True, validate=_identifier, metadata={"example": "inv-2027-001"}
+    )
+    external_customer_id = fields.String(
+        required=True, validate=_identifier, metadata={"example": "acme-42"}
+    )
     invoice_type = fields.String(
         required=True,
-        validate=validate.OneOf(["subscription", "usage", "add_on", "one_off", "credit"]),
+        validate=validate.OneOf([t.value for t in InvoiceType]),
+        metadata={"example": "subscription"},
     )
-    currency = CurrencyField(required=True, validate=_currency)
-    subtotal_amount_cents = fields.Integer(
-        required=True, strict=True, validate=validate.Range(min=0, max=MAX_SUBTOTAL_CENTS)
+    currency = CurrencyField(required=True, validate=_currency, metadata={"example": "USD"})
+    subtotal_amount_cents = WholeNumber(
+        required=True,
+        validate=validate.Range(min=0, max=MAX_SUBTOTAL_CENTS),
+        metadata={"example": 12000},
     )
     tax_rate = DecimalString(
-        places=5, minimum=Decimal(0), maximum=Decimal(100), allow_none=True, load_default=None
+        places=5,
+        minimum=Decimal(0),
+        maximum=Decimal(100),
+        allow_none=True,
+        load_default=None,
+        metadata={"example": "20"},
     )
 
 
@@ -447,26 +563,26 @@ def _tax_rate_text(application: Any) -> str | None:
     return None if rate is None else f"{rate.normalize():f}"
 
 
-class CreditApplicationSchema(Schema):
-    id = fields.String()
+class CreditApplicationSchema(Answer):
+    id = fields.String(metadata={"example": "cap_01JEXAMPLE"})
     invoice_external_id = fields.String()
     external_customer_id = fields.String()
     wallet_id = fields.String(allow_none=True)
-    invoice_type = fields.String()
-    currency = fields.String()
-    status = fields.String()
-    reason = fields.String(allow_none=True)
-    credit_amount = DecimalString(places=5, formatter=money.format_credits)
-    amount_cents = fields.Integer()
-    subtotal_amount_cents = fields.Integer()
-    subtotal_after_credits_amount_cents = fields.Integer()
-    tax_rate = fields.Function(_tax_rate_text, metadata={"type": "string", "nullable": True})
-    taxes_amount_cents = fields.Integer()
-    total_amount_cents = fields.Integer()
+    invoice_type = enum_answer(InvoiceType)
+    currency = enum_answer(money.SUPPORTED_CURRENCIES)
+    status = enum_answer(ApplicationStatus)
+    reason = enum_answer(NotApplicableReason, allow_none=True)
+    credit_amount = credits_answer()
+    amount_cents = fields.Integer(validate=validate.Range(min=0))
+    subtotal_amount_cents = fields.Integer(validate=validate.Range(min=0))
+    subtotal_after_credits_amount_cents = fields.Integer(validate=validate.Range(min=0))
+    tax_rate = decimal_answer(_tax_rate_text, 5, allow_none=True)
+    taxes_amount_cents = fields.Integer(validate=validate.Range(min=0))
+    total_amount_cents = fields.Integer(validate=validate.Range(min=0))
     created_at = UTCDateTimeField()
 
 
-class CreditApplicationResponse(Schema):
+class CreditApplicationResponse(Answer):
     credit_application = fields.Nested(CreditApplicationSchema)
 
 
@@ -482,7 +598,7 @@ class ServiceStatusResponse(Schema):
 # --- Stripe webhook ----------------------------------------------------------------
 
 
-class WebhookEventReceipt(Schema):
+class WebhookEventReceipt(Answer):
     id = fields.String(required=True, metadata={"description": "Stripe's event id"})
     type = fields.String(required=True, metadata={"example": "invoice.paid"})
     status = fields.String(
@@ -493,6 +609,6 @@ class WebhookEventReceipt(Schema):
     )
 
 
-class WebhookReceivedResponse(Schema):
+class WebhookReceivedResponse(Answer):
     received = fields.Boolean(required=True)
     event = fields.Nested(WebhookEventReceipt, required=True)

@@ -9,7 +9,7 @@ from flask import g
 from gateway import purchases, wallets
 from gateway.api import api_v1
 from gateway.api.auth import api_actor
-from gateway.api.framework import Reply, endpoint
+from gateway.api.framework import Link, Reply, endpoint
 from gateway.api.schemas import (
     TopUpRequest,
     WalletCreateRequest,
@@ -26,6 +26,66 @@ from gateway.api.schemas import (
 )
 from gateway.db import get_session, utcnow
 
+
+def _wallet_links(wallet: str, *, terminated: bool = False) -> dict[str, Link]:
+    """What a client does next with a wallet found at JSON pointer `wallet` of an answer
+    (a terminated wallet can only be read)."""
+    wallet_id = f"$response.body#{wallet}/id"
+    links = {
+        "GetWallet": Link("get_wallet", "The wallet", parameters={"wallet_id": wallet_id}),
+        "UpdateWallet": Link(
+            "update_wallet", "Rename it or change its expiration",
+            parameters={"wallet_id": wallet_id},
+            request_body={"wallet": {"name": "Renamed", "expiration_at": None}},
+        ),
+        "TerminateWallet": Link(
+            "terminate_wallet", "Terminate it", parameters={"wallet_id": wallet_id}
+        ),
+        "TopUp": Link(
+            "top_up", "Grant it credits",
+            request_body={"wallet_transaction": {
+                "wallet_id": wallet_id, "granted_credits": "5", "paid_credits": None,
+            }},
+        ),
+        "ListWalletTransactions": Link(
+            "list_wallet_transactions", "Its ledger", parameters={"wallet_id": wallet_id}
+        ),
+        "ListCustomerWallets": Link(
+            "list_wallets", "The customer's wallets",
+            parameters={
+                "external_customer_id": f"$response.body#{wallet}/external_customer_id"
+            },
+        ),
+        "ApplyCredits": Link(
+            "apply_credits", "Spend its credits on an invoice",
+            request_body={"credit_application": {
+                "invoice_external_id": f"$response.body#{wallet}/id",
+                "external_customer_id": f"$response.body#{wallet}/external_customer_id",
+                "invoice_type": "subscription",
+                "currency": f"$response.body#{wallet}/currency",
+                "subtotal_amount_cents": 1250,
+                "tax_rate": "20",
+            }},
+        ),
+    }  # fmt: skip
+    if terminated:
+        return {name: links[name] for name in ("GetWallet", "ListWalletTransactions")}
+    return links
+
+
+def _transaction_links(transaction: str) -> dict[str, Link]:
+    return {
+        "GetWalletTransaction": Link(
+            "get_wallet_transaction", "The ledger entry",
+            parameters={"transaction_id": f"$response.body#{transaction}/id"},
+        ),
+        "GetTransactionWallet": Link(
+            "get_wallet", "Its wallet",
+            parameters={"wallet_id": f"$response.body#{transaction}/wallet_id"},
+        ),
+    }  # fmt: skip
+
+
 WALLET_WRITE_ERRORS = ("not_found", "wallet_is_terminated", "coupons_not_applicable")
 CREDIT_ERRORS = ("amount_too_small", "amount_too_large", "payment_provider_unavailable",
                  "payment_provider_rejected")  # fmt: skip
@@ -36,7 +96,8 @@ CREDIT_ERRORS = ("amount_too_small", "amount_too_large", "payment_provider_unava
     summary="Create the customer's wallet, with paid and/or granted credits",
     body=WalletCreateRequest, response=WalletCreateResponse, status=201,
     errors=["not_found", "no_active_subscription", "wallet_already_exists",
-            "currency_mismatch", "coupons_not_applicable", *CREDIT_ERRORS],
+            "currency_mismatch", "coupons_not_applicable", "validation_errors", *CREDIT_ERRORS],
+    links={**_wallet_links("/wallet"), **_transaction_links("/wallet_transactions/0")},
 )  # fmt: skip
 def create_wallet(body: dict[str, Any]) -> Reply:
     result = purchases.create_wallet(
@@ -52,6 +113,7 @@ def create_wallet(body: dict[str, Any]) -> Reply:
 @endpoint(
     api_v1, "/wallets/<wallet_id>", "GET",
     summary="Get a wallet", response=WalletResponse, errors=["not_found"],
+    links=_wallet_links("/wallet"),
 )  # fmt: skip
 def get_wallet(wallet_id: str) -> Reply:
     return Reply({"wallet": wallets.get_wallet(get_session(), wallet_id)})
@@ -60,7 +122,7 @@ def get_wallet(wallet_id: str) -> Reply:
 @endpoint(
     api_v1, "/wallets", "GET",
     summary="List wallets, newest first", query=WalletListQuery, response=WalletListResponse,
-    errors=["validation_errors"],
+    errors=["validation_errors"], links=_wallet_links("/wallets/0"),
 )  # fmt: skip
 def list_wallets(query: dict[str, Any]) -> Reply:
     rows, total = wallets.list_wallets(
@@ -80,8 +142,9 @@ def list_wallets(query: dict[str, Any]) -> Reply:
     summary="Change a wallet's name, expiration, low-balance threshold (null removes "
             "them) or automatic top-up rules (the list replaces them; [] removes them)",
     body=WalletUpdateRequest, response=WalletResponse,
-    errors=[*WALLET_WRITE_ERRORS, "amount_too_small", "amount_too_large",
+    errors=[*WALLET_WRITE_ERRORS, "validation_errors", "amount_too_small", "amount_too_large",
             "payment_provider_unavailable"],
+    links=_wallet_links("/wallet"),
 )  # fmt: skip
 def update_wallet(wallet_id: str, body: dict[str, Any]) -> Reply:
     wallet = wallets.update_wallet(
@@ -98,6 +161,7 @@ def update_wallet(wallet_id: str, body: dict[str, Any]) -> Reply:
     api_v1, "/wallets/<wallet_id>", "DELETE",
     summary="Terminate a wallet, voiding its remaining credits (cannot be undone)",
     response=WalletResponse, errors=["not_found"],
+    links=_wallet_links("/wallet", terminated=True),
 )  # fmt: skip
 def terminate_wallet(wallet_id: str) -> Reply:
     wallet = wallets.terminate_wallet(get_session(), wallet_id, utcnow(), created_by=api_actor())
@@ -108,7 +172,8 @@ def terminate_wallet(wallet_id: str) -> Reply:
     api_v1, "/wallet_transactions", "POST",
     summary="Top up a wallet with paid and/or granted credits",
     body=TopUpRequest, response=WalletTransactionsResponse, status=201,
-    errors=[*WALLET_WRITE_ERRORS, *CREDIT_ERRORS],
+    errors=[*WALLET_WRITE_ERRORS, "validation_errors", *CREDIT_ERRORS],
+    links=_transaction_links("/wallet_transactions/0"),
 )  # fmt: skip
 def top_up(body: dict[str, Any]) -> Reply:
     data = body["wallet_transaction"]
@@ -127,6 +192,7 @@ def top_up(body: dict[str, Any]) -> Reply:
 @endpoint(
     api_v1, "/wallet_transactions/<transaction_id>", "GET",
     summary="Get one ledger entry", response=WalletTransactionResponse, errors=["not_found"],
+    links=_transaction_links("/wallet_transaction"),
 )  # fmt: skip
 def get_wallet_transaction(transaction_id: str) -> Reply:
     entry = wallets.get_transaction(get_session(), transaction_id)
@@ -137,7 +203,7 @@ def get_wallet_transaction(transaction_id: str) -> Reply:
     api_v1, "/wallets/<wallet_id>/wallet_transactions", "GET",
     summary="List a wallet's ledger entries, newest first",
     query=WalletTransactionListQuery, response=WalletTransactionListResponse,
-    errors=["not_found", "validation_errors"],
+    errors=["not_found", "validation_errors"], links=_transaction_links("/wallet_transactions/0"),
 )  # fmt: skip
 def list_wallet_transactions(wallet_id: str, query: dict[str, Any]) -> Reply:
     rows, total = wallets.list_transactions(
