@@ -174,4 +174,6 @@ def test_stateful_phase_follows_the_links_without_failures(under_test: Flask) ->
     # The chain every other step starts from was walked with real ids (that every link
     # leads to a success is proven step by step in tests/test_openapi.py).
     assert {"upsert_customer", "create_subscription", "create_wallet"} <= succeeded
-    assert len(succeeded) >= 10, succeeded
+    by_wallet_id = {"get_wallet", "update_wallet", "terminate_wallet", "top_up",
+                    "get_wallet_transaction", "list_wallet_transactions"}  # fmt: skip
+    assert by_wallet_id & succeeded, succeeded

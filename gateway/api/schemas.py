@@ -30,6 +30,7 @@ from gateway.models import (
     Purchase,
     PurchaseStatus,
     RuleMethod,
+    RuleStatus,
     RuleTrigger,
     SubscriptionStatus,
     TransactionStatus,
