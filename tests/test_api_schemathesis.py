@@ -171,9 +171,7 @@ def test_stateful_phase_follows_the_links_without_failures(under_test: Flask) ->
         )
     )
     succeeded = {operation for operation, statuses in REACHED.items() if statuses & {200, 201}}
-    # The chain every other step starts from was walked with real ids (that every link
-    # leads to a success is proven step by step in tests/test_openapi.py).
-    assert {"upsert_customer", "create_subscription", "create_wallet"} <= succeeded
-    by_wallet_id = {"get_wallet", "update_wallet", "terminate_wallet", "top_up",
-                    "get_wallet_transaction", "list_wallet_transactions"}  # fmt: skip
-    assert by_wallet_id & succeeded, succeeded
+    # Its scenarios are random walks: they must start where every chain starts and reach a
+    # wallet with real ids. That each link, followed, succeeds is proven step by step in
+    # tests/test_openapi.py::test_every_link_leads_to_a_success_with_real_ids.
+    assert {"upsert_customer", "create_subscription", "create_wallet"} <= succeeded, succeeded
