@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import Connection, func, select, text
 from sqlalchemy.orm import Session
 
-from gateway.models import EntryStatus, Purchase, PurchaseStatus
+from gateway.models import EntryStatus, Purchase, PurchaseStatus, Wallet
 from gateway.providers.base import META_PURCHASE_ID
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.reconcile import (
@@ -25,7 +25,7 @@ from gateway.reconcile import (
     FindingKind,
     ReconcileAborted,
 )
-from tests.helpers import delete
+from tests.helpers import delete, post
 from tests.reconcile_support import (
     actions,
     backdate,
@@ -416,23 +416,25 @@ def test_settled_purchase_whose_invoice_is_no_longer_paid_is_reported(
     assert state.balance == Decimal("5")
 
 
-def test_settled_purchase_whose_invoice_was_refunded_is_reported(
+def test_a_credit_note_the_webhooks_missed_takes_the_credits_back_once(
     app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
-    bought = buy_wallet(client, db_session, paid="5")
-    stub.mark_paid(bought.invoice_id or "")
-    post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
-    stub.refund(bought.invoice_id or "", amount=200)
+    bought = settled_purchase(client, db_session, stub, paid="5")
+    note = stub.credit_note(bought.invoice_id or "", 200, refund=True)
+    assert len(stub.refunds) == 1  # the note's refund of the payment
 
     report = run(app)
 
     finding = only(report, FindingKind.SETTLED_INVOICE_REFUNDED)
-    assert finding.action == FindingAction.REPORTED
-    assert "2.00 USD" in finding.detail
-    assert state_of(db_session, bought.purchase_id).balance == Decimal("5")
+    assert (finding.action, finding.outcome) == (FindingAction.REPAIRED, "refunded")
+    assert note["id"] in finding.detail and "2.00000 credits taken back" in finding.detail
+    assert report.refunds_scanned == 1
+    assert [f.kind for f in report.findings] == [FindingKind.SETTLED_INVOICE_REFUNDED]
+    assert state_of(db_session, bought.purchase_id).balance == Decimal("3")
+    assert run(app).findings == []  # repaired: the next run finds nothing
 
 
-def test_settled_purchase_refunded_on_the_payment_alone_is_reported(
+def test_a_refund_made_on_the_payment_alone_is_applied(
     app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
     bought = settled_purchase(client, db_session, stub, paid="5")
@@ -442,73 +444,64 @@ def test_settled_purchase_refunded_on_the_payment_alone_is_reported(
     report = run(app)
 
     finding = only(report, FindingKind.SETTLED_PAYMENT_REFUNDED)
-    assert finding.action == FindingAction.REPORTED
+    assert (finding.action, finding.outcome) == (FindingAction.REPAIRED, "refunded")
     assert (finding.purchase_id, finding.wallet_id, finding.invoice_id) == (
         bought.purchase_id,
         bought.wallet_id,
         bought.invoice_id,
     )
-    assert finding.invoice_status == "paid"
     assert "3.00 USD" in finding.detail and refund["id"] in finding.detail
-    assert "credits were not removed" in finding.detail
-    assert [f.kind for f in report.findings] == [FindingKind.SETTLED_PAYMENT_REFUNDED]
+    assert "3.00000 credits taken back" in finding.detail
     assert report.exit_code == 1 and report.refunds_scanned == 1
     assert report.to_dict()["summary"]["by_kind"] == {"settled_payment_refunded": 1}
-    assert report.to_dict()["scanned"]["stripe_refunds"] == 1
     calls = [(r.method, r.path) for r in stub.requests[before:]]
     assert calls == [
         ("GET", "/v1/invoices"),
         ("GET", "/v1/refunds"),
-        ("GET", "/v1/invoice_payments"),  # the listed invoice is not read again
+        ("GET", "/v1/invoice_payments"),
     ]
     state = state_of(db_session, bought.purchase_id)
-    assert state.purchase_status == PurchaseStatus.SETTLED  # a person decides
-    assert state.balance == Decimal("5")
+    assert state.purchase_status == PurchaseStatus.SETTLED
+    assert state.balance == Decimal("2")
+    assert run(app).findings == []
 
 
-def test_a_pending_refund_counts_and_failed_ones_do_not(
+def test_a_pending_refund_takes_credits_once_it_succeeds_and_failed_ones_never(
     app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
     bought = settled_purchase(client, db_session, stub, paid="5")
     stub.refund_payment(bought.invoice_id or "", amount=400, status="failed")
     stub.refund_payment(bought.invoice_id or "", amount=100, status="canceled")
-    assert run(app).findings == []
-
     pending = stub.refund_payment(bought.invoice_id or "", amount=200, status="pending")
 
+    assert run(app).findings == []  # the pending one is recorded, nothing to take yet
+    assert state_of(db_session, bought.purchase_id).balance == Decimal("5")
+
+    stub.refunds[pending["id"]]["status"] = "succeeded"
     finding = only(run(app), FindingKind.SETTLED_PAYMENT_REFUNDED)
-    assert "2.00 USD" in finding.detail and f"{pending['id']} (pending)" in finding.detail
+
+    assert "2.00 USD" in finding.detail
+    assert state_of(db_session, bought.purchase_id).balance == Decimal("3")
 
 
-def test_a_credit_note_refund_is_reported_once(
-    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
-) -> None:
-    bought = settled_purchase(client, db_session, stub, paid="5")
-    stub.refund(bought.invoice_id or "", amount=200)  # the credit note's refund object too
-    assert len(stub.refunds) == 1
-
-    report = run(app)
-
-    assert report.refunds_scanned == 1
-    assert [f.kind for f in report.findings] == [FindingKind.SETTLED_INVOICE_REFUNDED]
-
-
-def test_a_direct_refund_beyond_the_credit_notes_reports_only_the_rest(
+def test_a_direct_refund_beside_a_credit_note_counts_each_once(
     app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
     bought = settled_purchase(client, db_session, stub, paid="5")
     stub.refund(bought.invoice_id or "", amount=200)
-    stub.refund_payment(bought.invoice_id or "", amount=100)
+    direct = stub.refund_payment(bought.invoice_id or "", amount=100)
 
     report = run(app)
 
     assert "2.00 USD" in only(report, FindingKind.SETTLED_INVOICE_REFUNDED).detail
-    direct = only(report, FindingKind.SETTLED_PAYMENT_REFUNDED)
-    assert "but 1.00 USD of its payment was refunded" in direct.detail
-    assert "credit notes cover 2.00 USD of the 3.00 USD refunded" in direct.detail
+    payment = only(report, FindingKind.SETTLED_PAYMENT_REFUNDED)
+    assert f"1.00 USD of its payment was refunded ({direct['id']})" in payment.detail
+    assert state_of(db_session, bought.purchase_id).balance == Decimal("2")
+    purchase = db_session.get_one(Purchase, bought.purchase_id)
+    assert purchase.returned_cents == 300
 
 
-def test_a_refund_of_an_invoice_older_than_the_window_reads_that_invoice(
+def test_a_refund_of_an_invoice_older_than_the_window_is_applied(
     app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
     bought = settled_purchase(client, db_session, stub, paid="5")
@@ -526,15 +519,12 @@ def test_a_refund_of_an_invoice_older_than_the_window_reads_that_invoice(
         "/v1/invoices",
         "/v1/refunds",
         "/v1/invoice_payments",
-        f"/v1/invoices/{invoice_id}",
     ]
-
-    stub.fail_next("GET", f"/v1/invoices/{invoice_id}", status=None, times=10)
-    failed = only(run(app), FindingKind.SETTLED_PAYMENT_REFUNDED)
-    assert failed.action == FindingAction.FAILED and "next run" in failed.detail
+    state = state_of(db_session, bought.purchase_id)
+    assert (state.purchase_status, state.balance) == (PurchaseStatus.REFUNDED, 0)
 
 
-def test_refund_of_a_purchase_waiting_for_one_is_not_a_new_problem(
+def test_a_refund_of_a_purchase_waiting_for_one_resolves_it(
     app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
     bought = buy_wallet(client, db_session, paid="5")
@@ -545,12 +535,17 @@ def test_refund_of_a_purchase_waiting_for_one_is_not_a_new_problem(
     )
     refund = stub.refund_payment(bought.invoice_id or "")
 
+    dry = run(app, dry_run=True)
+    waiting = only(dry, FindingKind.REFUND_REQUIRED)
+    assert waiting.action == FindingAction.WOULD_REPAIR
     report = run(app)
 
-    assert findings(report, FindingKind.SETTLED_PAYMENT_REFUNDED) == []
-    waiting = only(report, FindingKind.REFUND_REQUIRED)
-    assert f"Stripe shows 5.00 USD refunded ({refund['id']})" in waiting.detail
+    resolved = only(report, FindingKind.REFUND_REQUIRED)
+    assert (resolved.action, resolved.outcome) == (FindingAction.REPAIRED, "refunded")
+    assert refund["id"] in resolved.detail
     assert [f.kind for f in report.findings] == [FindingKind.REFUND_REQUIRED]
+    assert state_of(db_session, bought.purchase_id).purchase_status == PurchaseStatus.REFUNDED
+    assert run(app).findings == []
 
 
 def test_refunds_of_payments_that_pay_no_invoice_of_ours_are_ignored(
@@ -572,7 +567,39 @@ def test_refunds_of_payments_that_pay_no_invoice_of_ours_are_ignored(
     assert [f.kind for f in report.findings] == [FindingKind.UNKNOWN_PAID_INVOICE]
 
 
-def test_dry_run_reports_payment_refunds_the_same_and_changes_nothing(
+def test_a_shortfall_is_reported_until_a_person_clears_it(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="5")
+    wallet = db_session.get_one(Wallet, bought.wallet_id)
+    apply = post(
+        client,
+        "/credit_applications",
+        {
+            "credit_application": {
+                "invoice_external_id": f"inv-{bought.purchase_id}",
+                "external_customer_id": wallet.customer.external_id,
+                "invoice_type": "usage",
+                "currency": "USD",
+                "subtotal_amount_cents": 400,
+            }
+        },
+    )
+    assert apply.status_code == 201
+    stub.refund_payment(bought.invoice_id or "")
+
+    report = run(app)
+
+    assert only(report, FindingKind.SETTLED_PAYMENT_REFUNDED).action == FindingAction.REPAIRED
+    short = only(report, FindingKind.REFUNDED_AFTER_CONSUMPTION)
+    assert short.action == FindingAction.REPORTED
+    assert "4.00000 of its credits were spent" in short.detail
+    again = run(app)
+    assert [f.kind for f in again.findings] == [FindingKind.REFUNDED_AFTER_CONSUMPTION]
+    assert state_of(db_session, bought.purchase_id).balance == 0
+
+
+def test_dry_run_plans_the_refund_repairs_and_changes_nothing(
     app: Flask,
     client: FlaskClient,
     db_session: Session,
@@ -581,6 +608,7 @@ def test_dry_run_reports_payment_refunds_the_same_and_changes_nothing(
 ) -> None:
     bought = settled_purchase(client, db_session, stub, paid="5")
     stub.refund_payment(bought.invoice_id or "", amount=250)
+    stub.credit_note(bought.invoice_id or "", 100)
     before = table_rows(connection)
     stripe_before = len(stub.requests)
 
@@ -588,12 +616,18 @@ def test_dry_run_reports_payment_refunds_the_same_and_changes_nothing(
 
     assert table_rows(connection) == before
     assert stripe_writes(stub, stripe_before) == []
+    assert {(f.kind, f.action, f.outcome) for f in dry.findings} == {
+        (FindingKind.SETTLED_INVOICE_REFUNDED, FindingAction.WOULD_REPAIR, "take back"),
+        (FindingKind.SETTLED_PAYMENT_REFUNDED, FindingAction.WOULD_REPAIR, "take back"),
+    }
+    assert (
+        dry.exit_code == 1 and "2.50 USD" in only(dry, FindingKind.SETTLED_PAYMENT_REFUNDED).detail
+    )
     real = run(app)
-    assert [(f.kind, f.action, f.detail) for f in dry.findings] == [
-        (f.kind, f.action, f.detail) for f in real.findings
+    assert [(f.kind, f.action) for f in real.findings] == [
+        (f.kind, FindingAction.REPAIRED) for f in dry.findings
     ]
-    assert dry.exit_code == 1 and "2.50 USD" in dry.findings[0].detail
-    assert table_rows(connection) == before
+    assert state_of(db_session, bought.purchase_id).balance == Decimal("1.5")
 
 
 def test_stripe_unreachable_during_the_refund_pass_aborts_the_run(
@@ -875,9 +909,9 @@ def test_stripe_unreachable_aborts_the_run(
 def test_purchases_table_is_read_in_batches(
     app: Flask, db_session: Session, stub: StripeStub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from gateway import reconcile as module
+    from gateway.reconcile import context
 
-    monkeypatch.setattr(module, "DB_BATCH", 7)
+    monkeypatch.setattr(context, "DB_BATCH", 7)
     made = [make_purchase(db_session, invoice_stored=False) for _ in range(16)]
     for purchase in made:
         backdate(db_session, purchase.id, minutes=600)

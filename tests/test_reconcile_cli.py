@@ -161,7 +161,7 @@ def test_a_refund_on_the_payment_is_a_finding_in_json_and_in_the_table(
     bought = settled_purchase(client, db_session, stub, paid="5")
     refund = stub.refund_payment(bought.invoice_id or "", amount=150)
 
-    result = reconcile(runner, "--format", "json")
+    result = reconcile(runner, "--dry-run", "--format", "json")
 
     assert result.exit_code == 1, result.output
     document = as_json(result)
@@ -171,12 +171,12 @@ def test_a_refund_on_the_payment_is_a_finding_in_json_and_in_the_table(
     [finding] = document["findings"]
     assert finding == {
         "kind": "settled_payment_refunded",
-        "action": "reported",
-        "outcome": None,
+        "action": "would_repair",
+        "outcome": "take back",
         "purchase_id": bought.purchase_id,
         "wallet_id": bought.wallet_id,
         "invoice_id": bought.invoice_id,
-        "invoice_status": "paid",
+        "invoice_status": None,
         "stored_balance": None,
         "ledger_balance": None,
         "detail": finding["detail"],
@@ -187,7 +187,7 @@ def test_a_refund_on_the_payment_is_a_finding_in_json_and_in_the_table(
 
     assert table.exit_code == 1, table.output
     assert "settled_payment_refunded" in table.stdout
-    assert "found 1: 1 reported" in table.stdout
+    assert "found 1: 1 repaired" in table.stdout
 
 
 @pytest.mark.usefixtures("stripe_http")

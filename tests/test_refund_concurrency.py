@@ -3,6 +3,7 @@ PostgreSQL take credits back exactly once."""
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 from typing import Any
 
@@ -12,6 +13,11 @@ from sqlalchemy import select
 
 from gateway.db import get_db
 from gateway.models import Purchase, PurchaseStatus, TransactionStatus, WalletTransaction
+from gateway.providers.stripe.sandbox import StripeStub
+from gateway.reconcile import ReconcileReport
+from tests.reconcile_support import settled_purchase
+from tests.stripe_support import stripe_http, stub
+from tests.test_reconcile_concurrency import _run_in_thread
 from tests.test_webhook_concurrency import _at_once, _inspect
 from tests.webhook_support import (
     PurchaseRow,
@@ -19,9 +25,12 @@ from tests.webhook_support import (
     invoice_object,
     make_purchase,
     post_signed,
+    sign,
     state_of,
     stripe_event,
 )
+
+__all__ = ["stripe_http", "stub"]  # fixtures
 
 pytestmark = pytest.mark.postgres
 
@@ -145,5 +154,75 @@ def test_a_credit_note_and_its_refund_racing_count_once(committed_app: Flask) ->
             assert taken_back(session, purchase.wallet_id) == [Decimal("5")]
             row = session.get_one(Purchase, purchase.id)
             assert row.returned_cents == 500
+
+    _inspect(committed_app, check)
+
+
+@pytest.mark.usefixtures("stripe_http")
+def test_reconcile_racing_refund_webhooks_takes_each_refund_back_once(
+    committed_app: Flask, stub: StripeStub
+) -> None:
+    """Purchases refunded at Stripe every way (on the payment, through a credit note,
+    by a credit to the balance): reconciliation applies them while the same refunds and
+    credit notes arrive as webhooks, repeatedly, from several threads."""
+    with committed_app.app_context():
+        session = get_db().session()
+        try:
+            client = committed_app.test_client()
+            bought = [settled_purchase(client, session, stub, paid="10") for _ in range(4)]
+        finally:
+            session.close()
+    objects: list[tuple[dict[str, Any], str]] = []
+    for index, purchase in enumerate(bought):
+        invoice_id = purchase.invoice_id or ""
+        direct = stub.refund_payment(invoice_id, amount=300)
+        objects.append((direct, "refund.created"))
+        if index % 2:
+            note = stub.credit_note(invoice_id, 200, refund=True)
+            objects.append((stub.refunds[note["refunds"][0]["refund"]], "refund.created"))
+        else:
+            note = stub.credit_note(invoice_id, 200)
+        objects.append((note, "credit_note.created"))
+    gate = stub.hold("GET", "/v1/invoices")
+    reports: list[ReconcileReport] = []
+    errors: list[BaseException] = []
+    reconciler = _run_in_thread(committed_app, reports, errors)
+    assert gate.arrived.wait(10), "reconciliation never reached Stripe"
+    senders = 3
+    start = threading.Barrier(senders + 1)
+    statuses: list[int] = []
+
+    def send() -> None:
+        start.wait()
+        while reconciler.is_alive() or not statuses:
+            for obj, event_type in objects:
+                body = encode(stub.object_event(obj, event_type))
+                response = committed_app.test_client().post(
+                    "/webhooks/stripe",
+                    data=body,
+                    headers={"Stripe-Signature": sign(body)},
+                    content_type="application/json",
+                )
+                statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=send) for _ in range(senders)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    gate.release()
+    for thread in [reconciler, *threads]:
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+
+    assert errors == []
+    assert set(statuses) == {200}
+
+    def check(session: Any) -> None:
+        for purchase in bought:
+            assert taken_back(session, purchase.wallet_id) != []
+            assert sum(taken_back(session, purchase.wallet_id)) == Decimal("5")
+            state = state_of(session, purchase.purchase_id)
+            assert state.balance == Decimal("5")
+            assert session.get_one(Purchase, purchase.purchase_id).returned_cents == 500
 
     _inspect(committed_app, check)

@@ -84,6 +84,7 @@ class PaymentRefund:
     currency: str  # upper-case ISO code
     status: str  # succeeded | pending
     created_at: datetime | None = None
+    payment_id: str | None = None  # the payment (payment intent) refunded
 
 
 @dataclass(frozen=True)
@@ -280,6 +281,10 @@ class PaymentProvider(Protocol):
 
     def list_payment_refunds(self, payment_id: str) -> list[Refund]:
         """Every refund of the payment `payment_id`, whatever its status."""
+        ...
+
+    def list_credit_notes(self, invoice_id: str) -> list[CreditNote]:
+        """Every credit note of the invoice `invoice_id`."""
         ...
 
     def iter_invoice_refunds(

@@ -34,6 +34,7 @@ from urllib.parse import quote
 import requests
 import stripe
 from stripe.params import (
+    CreditNoteListParams,
     CustomerCreateParams,
     InvoiceCreateParams,
     InvoiceFinalizeInvoiceParams,
@@ -50,6 +51,7 @@ from gateway.providers.base import (
     META_PURCHASE_ID,
     META_TRANSACTION_ID,
     META_WALLET_ID,
+    CreditNote,
     CustomerRequest,
     InvoiceSnapshot,
     PaymentRefund,
@@ -59,7 +61,7 @@ from gateway.providers.base import (
     Refund,
 )
 from gateway.providers.stripe import limits
-from gateway.providers.stripe.events import read_refund
+from gateway.providers.stripe.events import read_credit_note, read_refund
 from gateway.providers.stripe.objects import int_field as _int
 from gateway.providers.stripe.objects import invoice_snapshot, object_id
 from gateway.settings import Settings
@@ -510,6 +512,7 @@ class StripeProvider:
                     amount_cents=_int(data, "amount"),
                     currency=str(data.get("currency") or "").upper(),
                     status=str(data.get("status")),
+                    payment_id=payment_intent,
                     created_at=(
                         datetime.fromtimestamp(created, UTC)
                         if isinstance(created, int) and not isinstance(created, bool)
@@ -546,6 +549,18 @@ class StripeProvider:
             refunds.extend(read_refund(refund.to_dict()) for refund in page.data)
             if not page.has_more or not page.data:
                 return refunds
+            params["starting_after"] = page.data[-1].id
+
+    def list_credit_notes(self, invoice_id: str) -> list[CreditNote]:
+        """Every credit note of `invoice_id`, newest first."""
+        params: CreditNoteListParams = {"limit": PAGE_SIZE, "invoice": invoice_id}
+        notes: list[CreditNote] = []
+        while True:
+            with _boundary("list the invoice's credit notes"):
+                page = _rate_limited(lambda: self._client.v1.credit_notes.list(params))
+            notes.extend(read_credit_note(note.to_dict()) for note in page.data)
+            if not page.has_more or not page.data:
+                return notes
             params["starting_after"] = page.data[-1].id
 
     def _look_up_invoice_payment(self, payment_intent: str) -> str | None:

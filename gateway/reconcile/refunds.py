@@ -1,0 +1,80 @@
+"""Step 2: Stripe's refunds created in the window (same start), read in pages (100 a
+page), each mapped to the invoice its payment paid (one Invoice Payments lookup per
+refunded payment). A refund made on the payment alone leaves the invoice `paid` with
+nothing on it, so step 1 cannot see it. Refunds of a purchase's payment not yet recorded
+here (a webhook was lost) are applied through `returns`, like the webhook: each counts
+once by its id, a refund a credit note made counts through the note.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from sqlalchemy import select
+
+from gateway import money
+from gateway.models import PaymentReturn, Purchase, PurchaseStatus, ReturnKind
+from gateway.providers.base import PaymentRefund
+from gateway.reconcile.context import CLOCK_SLACK, MATCH_BATCH, Run
+from gateway.reconcile.invoices import PAID_FOR
+from gateway.reconcile.repairs import ApplyRefunds, Repair, refund_names
+
+
+def scan_refunds(run: Run) -> Iterator[Repair]:
+    run.progress.stage("Reading Stripe refunds")
+    by_invoice: dict[str, list[PaymentRefund]] = {}
+    for refund in run.provider.iter_invoice_refunds(
+        created_since=run.report.window_start - CLOCK_SLACK
+    ):
+        run.report.refunds_scanned += 1
+        run.progress.advance()
+        by_invoice.setdefault(refund.invoice_id, []).append(refund)
+    invoice_ids = list(by_invoice)
+    for start in range(0, len(invoice_ids), MATCH_BATCH):
+        chunk = invoice_ids[start : start + MATCH_BATCH]
+        rows = run.rows_where(Purchase.provider_invoice_id.in_(chunk))
+        recorded = _recorded(run, [row.id for row in rows])
+        for purchase in rows:
+            refunds = by_invoice[purchase.invoice_id or ""]
+            if purchase.status == PurchaseStatus.REFUND_REQUIRED:
+                refunded = sum(refund.amount_cents for refund in refunds)
+                currency = refunds[0].currency or purchase.currency
+                run.refunds_of_waiting[purchase.id] = (
+                    f"Stripe shows {money.format_minor(refunded, currency)} refunded "
+                    f"({refund_names(refunds)})"
+                )
+            if purchase.status not in PAID_FOR:
+                continue
+            missing = [refund for refund in refunds if _uncounted(refund, recorded)]
+            if missing:
+                yield ApplyRefunds(purchase, missing)
+
+
+def _uncounted(refund: PaymentRefund, recorded: dict[str, tuple[str, str | None]]) -> bool:
+    """Whether `refund` says something its recorded row does not: new, or a status the
+    row does not have yet. A refund a credit note made counts through the note."""
+    known = recorded.get(refund.refund_id)
+    if known is None:
+        return True
+    status, credit_note_id = known
+    return credit_note_id is None and status not in ("succeeded", refund.status)
+
+
+def _recorded(run: Run, purchase_ids: list[str]) -> dict[str, tuple[str, str | None]]:
+    """The refunds recorded for these purchases: id -> (status, credit note counting it)."""
+    if not purchase_ids:
+        return {}
+    with run.session() as session:
+        return {
+            object_id: (status, credit_note_id)
+            for object_id, status, credit_note_id in session.execute(
+                select(
+                    PaymentReturn.provider_object_id,
+                    PaymentReturn.status,
+                    PaymentReturn.credit_note_id,
+                ).where(
+                    PaymentReturn.purchase_id.in_(purchase_ids),
+                    PaymentReturn.kind == ReturnKind.REFUND,
+                )
+            )
+        }
