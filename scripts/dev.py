@@ -27,6 +27,7 @@ BIN = Path(sys.executable).parent
 
 def _secret(name: str, make: str) -> str:
     """A value kept in instance/NAME, made once (owner-readable only)."""
+    INSTANCE.mkdir(exist_ok=True)
     path = INSTANCE / name
     if not path.exists():
         path.write_text(make + "\n")
@@ -46,6 +47,36 @@ def _wait_for(url: str, seconds: float = 10.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def stripe_setup(
+    env: dict[str, str], host: str, port: str
+) -> tuple[dict[str, str], list[str] | None]:
+    """The Stripe settings to add, and the sandbox's command line, or None.
+
+    With STRIPE_SECRET_KEY set the service talks to that Stripe account: no sandbox, no
+    setting changed. Without it, the sandbox on GATEWAY_SANDBOX_PORT, with a test key
+    and a webhook secret made once for this machine.
+    """
+    if env.get("STRIPE_SECRET_KEY"):
+        return {}, None
+    sandbox_port = env.get("GATEWAY_SANDBOX_PORT", "12111")
+    stripe_key = _secret("dev-sandbox-stripe-key", f"sk_test_sandbox_{secrets.token_hex(8)}")
+    webhook_secret = _secret("dev-sandbox-webhook-secret", f"whsec_{secrets.token_hex(16)}")
+    command = [
+        sys.executable, "-m", "gateway.providers.stripe.sandbox_pages",
+        "--port", sandbox_port, "--api-key", stripe_key,
+        "--webhook-url", f"http://{host}:{port}/webhooks/stripe",
+        "--webhook-secret", webhook_secret,
+        "--return-url", f"http://{host}:{port}/console",
+    ]  # fmt: skip
+    settings = {
+        "STRIPE_SECRET_KEY": stripe_key,
+        "STRIPE_API_BASE": f"http://127.0.0.1:{sandbox_port}",
+        "STRIPE_WEBHOOK_SECRETS": webhook_secret,
+        "STRIPE_SANDBOX": "1",
+    }
+    return settings, command
 
 
 def main() -> int:
@@ -72,34 +103,18 @@ def main() -> int:
         sys.stderr.write(created.stderr)
         return created.returncode
 
+    settings, sandbox_command = stripe_setup(env, host, port)
+    env.update(settings)
     sandbox: subprocess.Popen[bytes] | None = None
-    if env.get("STRIPE_SECRET_KEY"):
+    if sandbox_command is None:
         stripe_line = "Stripe:  your STRIPE_SECRET_KEY (no sandbox)"
     else:
-        sandbox_port = env.get("GATEWAY_SANDBOX_PORT", "12111")
-        sandbox_url = f"http://127.0.0.1:{sandbox_port}"
-        stripe_key = _secret("dev-sandbox-stripe-key", f"sk_test_sandbox_{secrets.token_hex(8)}")
-        webhook_secret = _secret("dev-sandbox-webhook-secret", f"whsec_{secrets.token_hex(16)}")
-        sandbox = subprocess.Popen(
-            [
-                sys.executable, "-m", "gateway.providers.stripe.sandbox_pages",
-                "--port", sandbox_port, "--api-key", stripe_key,
-                "--webhook-url", f"http://{host}:{port}/webhooks/stripe",
-                "--webhook-secret", webhook_secret,
-                "--return-url", f"http://{host}:{port}/console",
-            ],
-            cwd=ROOT,
-        )  # fmt: skip
-        _wait_for(f"{sandbox_url}/sandbox/invoices/in_none")
-        env.update(
-            STRIPE_SECRET_KEY=stripe_key,
-            STRIPE_API_BASE=sandbox_url,
-            STRIPE_WEBHOOK_SECRETS=webhook_secret,
-            STRIPE_SANDBOX="1",
-        )
+        sandbox = subprocess.Popen(sandbox_command, cwd=ROOT)
+        _wait_for(f"{env['STRIPE_API_BASE']}/sandbox/invoices/in_none")
         stripe_line = (
-            f"Stripe:  SANDBOX on {sandbox_url}: an invoice's link opens a local page whose\n"
-            "           Pay / Fail payment buttons send signed webhooks here. No money moves."
+            f"Stripe:  SANDBOX on {env['STRIPE_API_BASE']}: an invoice's link opens a local\n"
+            "           page whose Pay / Fail payment buttons send signed webhooks here.\n"
+            "           No money moves."
         )
     print(
         f"\nCredit gateway (development, SQLite at instance/gateway.sqlite3)\n"
