@@ -55,3 +55,15 @@ CONSOLE_RATE_LIMIT_STORAGE_URI = "memory://"
 STRIPE_SANDBOX = ""
 # A console session lasts this long after sign-in.
 PERMANENT_SESSION_LIFETIME = 8 * 3600
+
+# Outgoing events (webhooks to the billing core, `gateway worker`).
+# Endpoint URLs must be https://; true also allows http:// (development and tests only).
+OUTGOING_WEBHOOKS_ALLOW_HTTP = False
+# Seconds to wait before each retry of a failed delivery; after the last, it is failed.
+OUTGOING_WEBHOOK_RETRY_SCHEDULE = "5,300,1800,7200,18000,36000"
+# One delivery attempt's timeout (connect, and each read).
+OUTGOING_WEBHOOK_TIMEOUT_SECONDS = 10
+# Endpoints one worker delivers to at the same time (one thread per endpoint's queue).
+OUTGOING_WEBHOOK_CONCURRENCY = 8
+# Events are kept this many days, then purged by the worker once nothing is left to send.
+EVENT_RETENTION_DAYS = 30

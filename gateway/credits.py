@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway import ledger, money, topups
+from gateway import events, ledger, money, topups
 from gateway.customers import get_customer
 from gateway.errors import CurrencyMismatch, DomainError
 from gateway.models import CreditApplication, Customer, Wallet, WalletStatus
@@ -279,6 +279,14 @@ def _answer(
         )
         application.transaction_id = entry.id
         session.flush()
+        events.emit_one(
+            session,
+            events.EventType.CREDIT_APPLICATION_APPLIED,
+            wallet.id,
+            now,
+            transaction_id=entry.id,
+            credit_application_id=application.id,
+        )
         # Still under the wallet's lock: a threshold reached starts its top-up here,
         # committed with this answer (the provider is called later, by the worker).
         topups.after_balance_lowered(session, wallet, now)

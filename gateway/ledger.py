@@ -2,8 +2,11 @@
 
 Every function expects the wallet row to be locked by the caller (`lock_wallet`) and
 runs inside the caller's transaction, so an entry and the balance it moves are
-committed together or not at all. Invariant: `wallet.credits_balance` equals the sum
-of the wallet's settled entries (inbound minus outbound) and is never negative.
+committed together or not at all. Each new entry writes its `wallet_transaction.created`
+event (`gateway.events`) in that transaction too, and a spend that empties the wallet
+`wallet.depleted`: a new kind of entry gets its events by going through `_record`.
+Invariant: `wallet.credits_balance` equals the sum of the wallet's settled entries
+(inbound minus outbound) and is never negative.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.selectable import TableValuedAlias
 from sqlalchemy.types import TypeEngine
 
-from gateway import actors, money
+from gateway import actors, events, money
 from gateway.db import new_id
 from gateway.errors import NotFound
 from gateway.models import (
@@ -197,8 +200,25 @@ def grant_credits(
         origin=origin,
     )
     wallet.credits_balance += entry.credit_amount
+    return _record(session, wallet, entry, now)
+
+
+def _record(
+    session: Session, wallet: Wallet, entry: WalletTransaction, now: datetime
+) -> WalletTransaction:
+    """Write a new entry (its balance change already made on `wallet`) with its events:
+    `wallet_transaction.created`, and `wallet.depleted` when a settled outbound entry
+    leaves nothing."""
     session.add(entry)
     session.flush()
+    announced = [events.NewEvent(events.EventType.WALLET_TRANSACTION_CREATED, wallet.id, entry.id)]
+    if (
+        entry.transaction_type == TransactionType.OUTBOUND
+        and entry.status == EntryStatus.SETTLED
+        and wallet.credits_balance == 0
+    ):
+        announced.append(events.NewEvent(events.EventType.WALLET_DEPLETED, wallet.id))
+    events.emit(session, announced, now)
     return entry
 
 
@@ -211,7 +231,11 @@ def open_purchase_entry(
     created_by: str,
     origin: Origin = MANUAL,
 ) -> WalletTransaction:
-    """Purchased credits awaiting payment: a pending inbound entry; the balance waits."""
+    """Purchased credits awaiting payment: a pending inbound entry; the balance waits.
+
+    Its `wallet_transaction.created` event is the purchase's to write
+    (`announce_purchase_entry`), once the purchase row exists and the entry's invoice
+    block can show it."""
     entry = _entry(
         wallet,
         direction=TransactionType.INBOUND,
@@ -227,8 +251,20 @@ def open_purchase_entry(
     return entry
 
 
+def announce_purchase_entry(session: Session, entry: WalletTransaction, now: datetime) -> None:
+    """`wallet_transaction.created` for a purchase entry, once its purchase row exists."""
+    events.emit_one(
+        session, events.EventType.WALLET_TRANSACTION_CREATED, entry.wallet_id, now,
+        transaction_id=entry.id,
+    )  # fmt: skip
+
+
 def terminate_and_void(
-    session: Session, ending: Sequence[tuple[Wallet, datetime]], *, created_by: str
+    session: Session,
+    ending: Sequence[tuple[Wallet, datetime]],
+    *,
+    created_by: str,
+    now: datetime | None = None,
 ) -> int:
     """Wallets end: each (locked, active) wallet is terminated at its time and what it
     held is voided, the entries made by `created_by`. Returns the number of `voided`
@@ -244,10 +280,12 @@ def terminate_and_void(
     UPDATE of all the rows, as Core statements (no unit of work to flush, which was
     most of an expiry batch's time). On PostgreSQL each is a single statement over
     arrays of the rows' values; elsewhere each is executed once for all the rows'
-    parameters. The UPDATE only matches a row that is still active with the balance
-    just voided: if any does not (the caller held no lock, or its object was stale),
-    this raises `LedgerError` and the caller's transaction must be rolled back. The
-    wallet objects get their new state as committed values: nothing is left to flush.
+    parameters. Each `voided` entry writes its `wallet_transaction.created` event, dated
+    `now` (default: the latest ending time), all in one `events.emit`. The UPDATE only
+    matches a row that is still active with the balance just voided: if any does not
+    (the caller held no lock, or its object was stale), this raises `LedgerError` and
+    the caller's transaction must be rolled back. The wallet objects get their new
+    state as committed values: nothing is left to flush.
     """
     if not ending:
         return 0
@@ -315,11 +353,23 @@ def terminate_and_void(
         set_committed_value(wallet, "credits_balance", _ZERO)
         set_committed_value(wallet, "terminated_at", at)
         set_committed_value(wallet, "updated_at", at)
+    if entries:
+        events.emit(
+            session,
+            [
+                events.NewEvent(
+                    events.EventType.WALLET_TRANSACTION_CREATED, entry["wallet_id"], entry["id"]
+                )
+                for entry in entries
+            ],
+            now or max(at for _, at in ending),
+        )
     return len(entries)
 
 
-def _unnest(name: str, *columns: tuple[str, TypeEngine[Any]]) -> TableValuedAlias:
-    """PostgreSQL: rows from parallel arrays, one bound parameter per column."""
+def unnest_rows(name: str, *columns: tuple[str, TypeEngine[Any]]) -> TableValuedAlias:
+    """PostgreSQL: rows from parallel arrays, one bound parameter (`{name}_{column}s`)
+    per column."""
     return (
         func.unnest(
             *(cast(bindparam(f"{name}_{column}s"), ARRAY(type_)) for column, type_ in columns)
@@ -329,7 +379,7 @@ def _unnest(name: str, *columns: tuple[str, TypeEngine[Any]]) -> TableValuedAlia
     )
 
 
-_voided = _unnest(
+_voided = unnest_rows(
     "v",
     ("id", String()),
     ("wallet_id", String()),
@@ -363,7 +413,7 @@ _INSERT_VOIDED_PG = insert(_ENTRIES).from_select(
         bindparam("v_created_by", type_=String()),
     ),
 )
-_ended = _unnest("t", ("id", String()), ("held", Numeric()), ("at", DateTime(timezone=True)))
+_ended = unnest_rows("t", ("id", String()), ("held", Numeric()), ("at", DateTime(timezone=True)))
 _TERMINATE_PG = (
     update(_WALLETS)
     .where(
@@ -418,9 +468,7 @@ def consume_credits(
     wallet.credits_balance -= entry.credit_amount
     wallet.consumed_credits += entry.credit_amount
     wallet.consumed_amount_cents += amount_cents
-    session.add(entry)
-    session.flush()
-    return entry
+    return _record(session, wallet, entry, now)
 
 
 def settled_sum_expression() -> ColumnElement[Decimal]:

@@ -213,6 +213,8 @@ class Wallet(Base):
     low_balance_threshold_credits: Mapped[Decimal | None] = mapped_column(Credits)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # The `sequence` of the wallet's latest outgoing event (gateway.events, under the lock).
+    event_sequence: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
     customer: Mapped[Customer] = relationship()
     recurring_transaction_rules: Mapped[list[RecurringTransactionRule]] = relationship(
@@ -521,3 +523,114 @@ class Operator(Base):
     @property
     def is_active(self) -> bool:
         return self.disabled_at is None
+
+
+# --- outgoing events (gateway.events, gateway.delivery) -------------------------------
+
+
+class WebhookEndpointStatus(enum.StrEnum):
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class Event(Base):
+    """One outgoing event, written in the transaction of the change it reports.
+
+    `body` is the event JSON exactly as delivered and listed. The feed orders events by
+    (`txid`, `position`): on PostgreSQL `txid` is the writing transaction's id, and the
+    feed only shows transactions older than every one still running, so a consumer
+    reading `after=` its last id never skips an event committed late.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_feed", "txid", "position"),
+        Index("ix_events_created_at", "created_at"),
+        Index(
+            "ix_events_undispatched",
+            "position",
+            postgresql_where=text("NOT dispatched"),
+            sqlite_where=text("NOT dispatched"),
+        ),
+    )
+
+    position: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    id: Mapped[str] = mapped_column(String(40), unique=True)
+    type: Mapped[str] = mapped_column(String(64))
+    wallet_id: Mapped[str | None] = mapped_column(String(40))
+    sequence: Mapped[int | None] = mapped_column(BigInteger)
+    body: Mapped[str] = mapped_column(Text)
+    txid: Mapped[int] = mapped_column(BigInteger, default=0)
+    dispatched: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WebhookEndpoint(Base):
+    """A receiver of outgoing events (the billing core), with its signing secret."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_enum_values(WebhookEndpointStatus)})", name="status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("we"))
+    url: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(String(255))
+    event_types: Mapped[list[str] | None] = mapped_column(JSON)  # None: every type
+    secret: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default=WebhookEndpointStatus.ENABLED)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class EventDelivery(Base):
+    """One event on its way to one endpoint: the endpoint's queue is its pending rows."""
+
+    __tablename__ = "event_deliveries"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_enum_values(DeliveryStatus)})", name="status"),
+        UniqueConstraint("event_id", "endpoint_id", name="uq_event_deliveries_event_endpoint"),
+        Index(
+            "ix_event_deliveries_due",
+            "endpoint_id",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        Index("ix_event_deliveries_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("dlv"))
+    event_id: Mapped[str] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id"))
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DeliveryAttempt(Base):
+    """One POST of an event to an endpoint and what came of it."""
+
+    __tablename__ = "delivery_attempts"
+    __table_args__ = (Index("ix_delivery_attempts_delivery", "delivery_id", "attempted_at"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("event_deliveries.id", ondelete="CASCADE"))
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    response_body: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer)

@@ -321,6 +321,7 @@ class PurchaseBatch:
                 details={"idempotency_key": ["in progress"]},
             )
         provider_customer_id = inserted.provider_customer_id
+        ledger.announce_purchase_entry(session, entry, now)
         # The answer reads both; set here, they need no lazy load once phase 1 committed.
         set_committed_value(entry, "wallet", wallet)
         set_committed_value(entry, "purchase", purchase)

@@ -19,7 +19,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "config"
 
 # Names an environment variable may override, with the type to parse it as.
-_ENV_TYPES: dict[str, type] = {
+_ENV_TYPES: dict[str, type | str] = {
     "DATABASE_URL": str,
     "GATEWAY_API_KEYS": str,
     "STRIPE_SECRET_KEY": str,
@@ -44,6 +44,11 @@ _ENV_TYPES: dict[str, type] = {
     "SECRET_KEY": str,
     "CONSOLE_RATE_LIMIT_STORAGE_URI": str,
     "STRIPE_SANDBOX": str,
+    "OUTGOING_WEBHOOKS_ALLOW_HTTP": "boolean",
+    "OUTGOING_WEBHOOK_RETRY_SCHEDULE": str,
+    "OUTGOING_WEBHOOK_TIMEOUT_SECONDS": int,
+    "OUTGOING_WEBHOOK_CONCURRENCY": int,
+    "EVENT_RETENTION_DAYS": int,
 }
 
 # gunicorn kills a worker whose request runs longer than this (config/gunicorn.conf.py);
@@ -66,6 +71,9 @@ _BOUNDS: dict[str, tuple[int, int | None]] = {
     "EXPIRY_BATCH_SIZE": (1, 100_000),
     "MAX_CONTENT_LENGTH": (1024, None),
     "WEBHOOK_EVENT_RETENTION_DAYS": (7, None),  # Stripe redelivers for 3 days
+    "OUTGOING_WEBHOOK_TIMEOUT_SECONDS": (1, 600),
+    "OUTGOING_WEBHOOK_CONCURRENCY": (1, 256),
+    "EVENT_RETENTION_DAYS": (1, None),
 }
 
 TAX_MODES = ("automatic", "rates", "none")
@@ -75,6 +83,45 @@ COLLECTION_METHODS = ("charge_automatically", "send_invoice")
 
 class ConfigurationError(RuntimeError):
     """A setting has a value the service cannot run with."""
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def parse_boolean(value: Any) -> bool:
+    """A boolean setting: a bool in a settings file; in the environment 1/true/yes/on
+    or 0/false/no/off (any case)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _parse_env(kind: type | str, raw: str) -> Any:
+    if kind == "boolean":
+        return parse_boolean(raw)
+    assert isinstance(kind, type)
+    return kind(raw)
+
+
+def _retry_schedule(value: Any) -> tuple[int, ...]:
+    """OUTGOING_WEBHOOK_RETRY_SCHEDULE: seconds, comma-separated (empty: no retry)."""
+    try:
+        delays = tuple(int(part) for part in _split(str(value)))
+    except ValueError as exc:
+        raise ConfigurationError(
+            "OUTGOING_WEBHOOK_RETRY_SCHEDULE must be comma-separated seconds, e.g. 5,300,1800"
+        ) from exc
+    if any(delay < 0 or delay > 30 * 86_400 for delay in delays) or len(delays) > 50:
+        raise ConfigurationError(
+            "OUTGOING_WEBHOOK_RETRY_SCHEDULE: at most 50 delays of 0 to 2592000 seconds"
+        )
+    return delays
 
 
 def _split(value: str) -> tuple[str, ...]:
@@ -121,6 +168,11 @@ class Settings:
     expiry_batch_size: int
     metrics_bearer_token: str
     webhook_event_retention_days: int
+    outgoing_webhooks_allow_http: bool
+    outgoing_webhook_retry_schedule: tuple[int, ...]
+    outgoing_webhook_timeout_seconds: int
+    outgoing_webhook_concurrency: int
+    event_retention_days: int
     environment: str
     secret_key: str
     console_rate_limit_storage_uri: str
@@ -157,6 +209,10 @@ class Settings:
         secret_key = str(config["STRIPE_SECRET_KEY"]).strip()
         if sandbox and "_live_" in secret_key:
             raise ConfigurationError("STRIPE_SANDBOX cannot be used with a live STRIPE_SECRET_KEY")
+        try:
+            allow_http = parse_boolean(config["OUTGOING_WEBHOOKS_ALLOW_HTTP"])
+        except ValueError as exc:
+            raise ConfigurationError("OUTGOING_WEBHOOKS_ALLOW_HTTP must be true or false") from exc
         return cls(
             database_url=str(config["DATABASE_URL"]),
             api_keys=tuple(key for _label, key in api_keys),
@@ -183,6 +239,13 @@ class Settings:
             console_rate_limit_storage_uri=str(config["CONSOLE_RATE_LIMIT_STORAGE_URI"]).strip()
             or "memory://",
             stripe_sandbox=sandbox,
+            outgoing_webhooks_allow_http=allow_http,
+            outgoing_webhook_retry_schedule=_retry_schedule(
+                config["OUTGOING_WEBHOOK_RETRY_SCHEDULE"]
+            ),
+            outgoing_webhook_timeout_seconds=number["OUTGOING_WEBHOOK_TIMEOUT_SECONDS"],
+            outgoing_webhook_concurrency=number["OUTGOING_WEBHOOK_CONCURRENCY"],
+            event_retention_days=number["EVENT_RETENTION_DAYS"],
         )
 
 
@@ -210,9 +273,10 @@ def load_config(app: Flask, overrides: dict[str, Any] | None = None) -> Settings
         if name in os.environ:
             raw = os.environ[name]
             try:
-                app.config[name] = kind(raw)
+                app.config[name] = _parse_env(kind, raw)
             except ValueError as exc:
-                raise ConfigurationError(f"{name} must be {kind.__name__}, got {raw!r}") from exc
+                kind_name = kind if isinstance(kind, str) else kind.__name__
+                raise ConfigurationError(f"{name} must be {kind_name}, got {raw!r}") from exc
     if overrides:
         app.config.update(overrides)
     if not app.config["DATABASE_URL"]:

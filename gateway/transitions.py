@@ -13,7 +13,9 @@ settlement path (every webhook delivery) needs them. Callers holding ORM objects
 flush first and pass `session.connection()`, then read the rows again
 (`sync_purchase`). Each transition writes the purchase row in one UPDATE, together
 with any other column changes the caller gathered (`changes`: the invoice's id,
-status and amounts, read in the same delivery).
+status and amounts, read in the same delivery), then its outgoing events
+(`gateway.events`: `wallet_transaction.settled` / `.failed`,
+`purchase.attention_required`), so the entry's `invoice` block in them is current.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from gateway import ledger, rules
+from gateway import events, ledger, rules
 from gateway.models import EntryStatus, Purchase, PurchaseStatus, WalletTransaction
 
 # Failure texts are kept, but not without bound.
@@ -79,6 +81,35 @@ class PurchaseRef:
 _purchases = cast(Table, Purchase.__table__)
 # SET columns come from each execution's parameters.
 _UPDATE_PURCHASE = update(_purchases).where(_purchases.c.id == bindparam("b_purchase_id"))
+
+
+class AttentionReason(enum.StrEnum):
+    """`attention_reason` of a `purchase.attention_required` event."""
+
+    REFUND_REQUIRED = "refund_required"
+    REVIEW_REQUIRED = "review_required"
+
+
+def _announce(
+    conn: Connection,
+    purchase: PurchaseRef,
+    now: datetime,
+    *types: events.EventType,
+    attention: tuple[AttentionReason, str] | None = None,
+) -> None:
+    """The transition's events, about the purchase's entry (and its wallet)."""
+    announced = [events.NewEvent(t, purchase.wallet_id, purchase.transaction_id) for t in types]
+    if attention is not None:
+        reason, detail = attention
+        announced.append(
+            events.NewEvent(
+                events.EventType.PURCHASE_ATTENTION_REQUIRED,
+                purchase.wallet_id,
+                purchase.transaction_id,
+                extra={"attention_reason": reason.value, "detail": detail},
+            )
+        )
+    events.emit_on_connection(conn, announced, now)
 
 
 def lock_purchase(session: Session, purchase_id: str) -> Purchase:
@@ -150,6 +181,7 @@ def settle(
         failure_message=None,
         provider_void_pending=False,
     )
+    _announce(conn, purchase, now, events.EventType.WALLET_TRANSACTION_SETTLED)
     return credited
 
 
@@ -169,7 +201,7 @@ def fail(
     `creation_abandoned`, `wallet_ended`); `void_pending` flags an invoice still to be
     voided at the provider (a wallet that ended).
     """
-    ledger.fail_pending_purchase(conn, purchase.wallet_id, purchase.transaction_id, now)
+    failed = ledger.fail_pending_purchase(conn, purchase.wallet_id, purchase.transaction_id, now)
     _write(
         conn,
         purchase.purchase_id,
@@ -180,6 +212,8 @@ def fail(
         failure_message=message[:MESSAGE_LIMIT],
         provider_void_pending=void_pending,
     )
+    if failed:
+        _announce(conn, purchase, now, events.EventType.WALLET_TRANSACTION_FAILED)
     # An automatic top-up that failed is not bought again and again: its rule pauses.
     rules.pause_rule_of_entry(conn, purchase.transaction_id, f"{code}: {message}", now)
 
@@ -193,7 +227,7 @@ def require_refund(
 ) -> None:
     """→ refund_required: paid, but for a wallet that has ended; the entry fails and
     nothing is credited. A person refunds the payment (`refunded` resolves it)."""
-    ledger.fail_pending_purchase(conn, purchase.wallet_id, purchase.transaction_id, now)
+    failed = ledger.fail_pending_purchase(conn, purchase.wallet_id, purchase.transaction_id, now)
     _write(
         conn,
         purchase.purchase_id,
@@ -201,6 +235,13 @@ def require_refund(
         now,
         changes,
         attention_reason=reason[:MESSAGE_LIMIT],
+    )
+    _announce(
+        conn,
+        purchase,
+        now,
+        *([events.EventType.WALLET_TRANSACTION_FAILED] if failed else []),
+        attention=(AttentionReason.REFUND_REQUIRED, reason),
     )
 
 
@@ -221,6 +262,7 @@ def require_review(
         changes,
         attention_reason=reason[:MESSAGE_LIMIT],
     )
+    _announce(conn, purchase, now, attention=(AttentionReason.REVIEW_REQUIRED, reason))
 
 
 def mark_refunded(

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway import actors, ledger, rules
+from gateway import actors, events, ledger, rules
 from gateway.customers import get_customer, has_active_subscription
 from gateway.errors import (
     CurrencyMismatch,
@@ -27,6 +27,7 @@ from gateway.errors import (
     WalletAlreadyExists,
     WalletIsTerminated,
 )
+from gateway.events import EventType, TerminationReason
 from gateway.models import Customer, Wallet, WalletStatus, WalletTransaction
 from gateway.providers.base import PaymentProvider
 
@@ -188,7 +189,10 @@ def create_wallet(
                 raise _already_exists(customer)
             # Expired but not swept yet: record its expiry now; then a new wallet may exist.
             assert active.expiration_at is not None
-            _end_wallet(session, active, active.expiration_at, created_by=actors.SYSTEM)
+            _end_wallet(
+                session, active, active.expiration_at, TerminationReason.EXPIRED, now,
+                created_by=actors.SYSTEM,
+            )  # fmt: skip
     wallet = Wallet(
         customer_id=customer.id,
         status=WalletStatus.ACTIVE,
@@ -210,6 +214,7 @@ def create_wallet(
         raise _already_exists(customer) from exc
     if data.recurring_transaction_rules:
         rules.replace_rules(session, wallet, data.recurring_transaction_rules, now)
+    events.emit_one(session, EventType.WALLET_CREATED, wallet.id, now)
     if not data.granted_credits and not data.paid_credits:
         return WalletResult(wallet)
     transactions = _add_credits(
@@ -281,7 +286,7 @@ def update_wallet(
         assert name is None or isinstance(name, str)
         wallet.name = name
     wallet.updated_at = now
-    session.flush()
+    events.emit_one(session, EventType.WALLET_UPDATED, wallet.id, now)
     return wallet
 
 
@@ -293,29 +298,54 @@ def terminate_wallet(session: Session, wallet_id: str, now: datetime, *, created
     if wallet.is_expired(now):
         # Expired and not swept yet: it ended at its expiration, by itself.
         assert wallet.expiration_at is not None
-        _end_wallet(session, wallet, wallet.expiration_at, created_by=actors.SYSTEM)
+        _end_wallet(
+            session, wallet, wallet.expiration_at, TerminationReason.EXPIRED, now,
+            created_by=actors.SYSTEM,
+        )  # fmt: skip
     else:
-        _end_wallet(session, wallet, now, created_by=created_by)
+        _end_wallet(session, wallet, now, TerminationReason.MANUAL, now, created_by=created_by)
     return wallet
 
 
-def _end_wallet(session: Session, wallet: Wallet, at: datetime, *, created_by: str) -> None:
-    _end_wallets(session, [(wallet, at)], created_by=created_by)
+def _end_wallet(
+    session: Session,
+    wallet: Wallet,
+    at: datetime,
+    reason: TerminationReason,
+    now: datetime,
+    *,
+    created_by: str,
+) -> None:
+    _end_wallets(session, [(wallet, at)], reason, now, created_by=created_by)
 
 
 def _end_wallets(
-    session: Session, ending: Sequence[tuple[Wallet, datetime]], *, created_by: str
+    session: Session,
+    ending: Sequence[tuple[Wallet, datetime]],
+    reason: TerminationReason,
+    now: datetime,
+    *,
+    created_by: str,
 ) -> None:
     """End each (locked) wallet at its time: remaining credits voided, terminated.
 
     The ledger does it set-based (one INSERT of the voided entries, one UPDATE of the
     rows, whatever their number), then each hook runs once for all of them: a sweep
-    pays a few statements per batch instead of a few per wallet.
+    pays a few statements per batch instead of a few per wallet. Last, one
+    `wallet.terminated` event per wallet (`reason` manual or expired), written together.
     """
-    ledger.terminate_and_void(session, ending, created_by=created_by)
+    ledger.terminate_and_void(session, ending, created_by=created_by, now=now)
     ended = [wallet for wallet, _ in ending]
     for hook in WALLET_ENDED_HOOKS:
         hook(session, ended)
+    events.emit(
+        session,
+        [
+            events.NewEvent(EventType.WALLET_TERMINATED, wallet.id, extra={"reason": reason.value})
+            for wallet in ended
+        ],
+        now,
+    )
 
 
 # Called in the transaction that ends wallets, with the wallets it ended: their
@@ -353,7 +383,7 @@ def expire_due_wallets(session: Session, now: datetime, batch_size: int) -> list
         assert wallet.expiration_at is not None
         ending.append((wallet, wallet.expiration_at))
     if ending:
-        _end_wallets(session, ending, created_by=actors.SYSTEM)
+        _end_wallets(session, ending, TerminationReason.EXPIRED, now, created_by=actors.SYSTEM)
     return [wallet.id for wallet in wallets]
 
 

@@ -39,6 +39,8 @@ TEST_SETTINGS: dict[str, Any] = {
     "STRIPE_COLLECTION_METHOD": "charge_automatically",
     "STRIPE_MAX_NETWORK_RETRIES": 0,
     "SECRET_KEY": "test-secret-key-for-console-sessions",
+    # Test receivers listen on loopback over plain http.
+    "OUTGOING_WEBHOOKS_ALLOW_HTTP": True,
 }
 API_KEY = "test-key-1"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

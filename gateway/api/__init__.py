@@ -15,7 +15,7 @@ api_v1.before_request(refuse_nul_in_url)
 def register_api(app: Flask) -> None:
     # Importing the view modules attaches their routes to the blueprints.
     import gateway.api.credit_applications  # noqa: F401
-    from gateway.api import customers, health, spec, wallets  # noqa: F401
+    from gateway.api import customers, events, health, spec, wallets  # noqa: F401
 
     app.register_blueprint(api_v1)
     app.register_blueprint(health.service)

@@ -22,6 +22,7 @@ from gateway import ledger, money
 from gateway.api.fields import DecimalString, UTCDateTimeField, decimal_schema
 from gateway.credits import ApplicationStatus, InvoiceType, NotApplicableReason
 from gateway.errors import CouponsNotApplicable
+from gateway.events import EVENT_TYPES
 from gateway.intervals import Interval
 from gateway.models import (
     DisputeStatus,
@@ -585,6 +586,104 @@ class CreditApplicationSchema(Answer):
 
 class CreditApplicationResponse(Answer):
     credit_application = fields.Nested(CreditApplicationSchema)
+
+
+# --- outgoing events: webhook endpoints and the feed -------------------------------
+
+
+def _event_types_field(**kwargs: Any) -> fields.List[Any]:
+    return fields.List(
+        fields.String(validate=validate.OneOf(EVENT_TYPES, error="unknown event type")),
+        validate=validate.Length(min=1, max=len(EVENT_TYPES) * 2),
+        **kwargs,
+    )
+
+
+class WebhookEndpointInputSchema(Schema):
+    url = fields.String(required=True, validate=validate.Length(min=1, max=2048))
+    event_types = _event_types_field(
+        allow_none=True,
+        metadata={"description": "Event types to send; absent or null: every type"},
+    )
+    description = fields.String(allow_none=True, validate=validate.Length(max=255))
+
+
+class WebhookEndpointRequest(Schema):
+    webhook_endpoint = fields.Nested(WebhookEndpointInputSchema, required=True)
+
+
+class WebhookEndpointSchema(Schema):
+    id = fields.String()
+    url = fields.String()
+    description = fields.String(allow_none=True)
+    event_types = fields.List(
+        fields.String(), allow_none=True, metadata={"description": "null: every type"}
+    )
+    status = fields.String(metadata={"description": "enabled or disabled"})
+    created_at = UTCDateTimeField()
+    disabled_at = UTCDateTimeField(allow_none=True)
+
+
+class WebhookEndpointCreatedSchema(WebhookEndpointSchema):
+    secret = fields.String(
+        metadata={"description": "whsec_… signing secret (Standard Webhooks); shown only here"}
+    )
+
+
+class WebhookEndpointResponse(Schema):
+    webhook_endpoint = fields.Nested(WebhookEndpointSchema)
+
+
+class WebhookEndpointCreatedResponse(Schema):
+    webhook_endpoint = fields.Nested(WebhookEndpointCreatedSchema)
+
+
+class WebhookEndpointListResponse(Schema):
+    webhook_endpoints = fields.List(fields.Nested(WebhookEndpointSchema))
+    meta = fields.Nested(PaginationMeta)
+
+
+class EventListQuery(Schema):
+    after = fields.String(
+        validate=_identifier, metadata={"description": "list the events after this event id"}
+    )
+    type = fields.String(validate=validate.OneOf(EVENT_TYPES, error="unknown event type"))
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=100))
+
+
+class EventSchema(Schema):
+    id = fields.String()
+    type = fields.String()
+    created_at = fields.String(metadata={"format": "date-time"})
+    data = fields.Dict(
+        metadata={"description": "the resources under their API root keys, plus sequence"}
+    )
+
+
+class EventListResponse(Schema):
+    events = fields.List(fields.Nested(EventSchema))
+    has_more = fields.Boolean()
+
+
+class DeliveryAttemptSchema(Schema):
+    attempted_at = UTCDateTimeField()
+    status_code = fields.Integer(allow_none=True)
+    error = fields.String(allow_none=True)
+    duration_ms = fields.Integer()
+
+
+class EventDeliverySchema(Schema):
+    endpoint_id = fields.String()
+    url = fields.String()
+    status = fields.String(metadata={"description": "pending, delivered or failed"})
+    next_attempt_at = UTCDateTimeField(allow_none=True)
+    delivered_at = UTCDateTimeField(allow_none=True)
+    attempts = fields.List(fields.Nested(DeliveryAttemptSchema))
+
+
+class EventResponse(Schema):
+    event = fields.Nested(EventSchema)
+    deliveries = fields.List(fields.Nested(EventDeliverySchema))
 
 
 # --- service endpoints (health) ----------------------------------------------------

@@ -1,0 +1,312 @@
+"""Outgoing events: the one place that builds and writes them (the transactional outbox).
+
+The owner of each change calls `emit` in the transaction that makes the change, after
+the change is written: the event row commits with it or not at all. The worker
+(`gateway.delivery`) sends the rows to the webhook endpoints; the feed lists them.
+
+An event is `{"id", "type", "created_at", "data"}`. `data` holds the resources the
+event is about under their API root keys (`wallet`, `wallet_transaction`,
+`credit_application`), dumped by the API's own schemas from the rows as they are at
+that moment, plus `sequence`: per wallet, one more with each event about it, assigned
+under the wallet's row lock (the UPDATE that takes it), so a consumer can order a
+wallet's events whatever order they arrive in.
+
+Adding an event type: a member of `EventType`, then `emit(session, [NewEvent(...)])`
+where the change happens. Batches (the expiry sweep) emit many events in a few
+statements.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import (
+    BigInteger,
+    Numeric,
+    String,
+    Table,
+    Text,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session, joinedload, selectinload
+
+from gateway.db import new_id
+from gateway.models import CreditApplication, Event, Wallet, WalletTransaction
+
+
+class EventType(enum.StrEnum):
+    WALLET_CREATED = "wallet.created"
+    WALLET_UPDATED = "wallet.updated"
+    WALLET_TERMINATED = "wallet.terminated"
+    WALLET_DEPLETED = "wallet.depleted"
+    WALLET_TRANSACTION_CREATED = "wallet_transaction.created"
+    WALLET_TRANSACTION_SETTLED = "wallet_transaction.settled"
+    WALLET_TRANSACTION_FAILED = "wallet_transaction.failed"
+    CREDIT_APPLICATION_APPLIED = "credit_application.applied"
+    PURCHASE_ATTENTION_REQUIRED = "purchase.attention_required"
+
+
+EVENT_TYPES: tuple[str, ...] = tuple(member.value for member in EventType)
+
+
+class TerminationReason(enum.StrEnum):
+    MANUAL = "manual"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to write: its type, the wallet it is about, the other resources it
+    carries (by id) and any extra fields of `data` (`reason`, `attention_reason`)."""
+
+    type: EventType
+    wallet_id: str
+    transaction_id: str | None = None
+    credit_application_id: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+_wallets = cast(Table, Wallet.__table__)
+_events = cast(Table, Event.__table__)
+
+_NEXT_SEQUENCE = (
+    update(_wallets)
+    .where(_wallets.c.id == bindparam("s_id"))
+    .values(
+        event_sequence=_wallets.c.event_sequence + bindparam("s_n", type_=BigInteger()),
+        updated_at=_wallets.c.updated_at,  # an event is no change: no onupdate default
+    )
+    .returning(_wallets.c.event_sequence)
+)
+
+
+def _next_sequences_pg(conn: Connection, counts: dict[str, int]) -> dict[str, int]:
+    """PostgreSQL: every wallet's sequence moved in one UPDATE over arrays."""
+    from gateway.ledger import unnest_rows
+
+    rows = unnest_rows("q", ("id", String()), ("n", Numeric()))
+    statement = (
+        update(_wallets)
+        .where(_wallets.c.id == rows.c.id)
+        .values(
+            event_sequence=_wallets.c.event_sequence + sql_cast(rows.c.n, BigInteger()),
+            updated_at=_wallets.c.updated_at,
+        )
+        .returning(_wallets.c.id, _wallets.c.event_sequence)
+    )
+    result = conn.execute(statement, {"q_ids": list(counts), "q_ns": list(counts.values())})
+    return {row.id: int(row.event_sequence) for row in result}
+
+
+def _last_sequences(conn: Connection, counts: dict[str, int]) -> dict[str, int]:
+    """Raise each wallet's `event_sequence` by its number of new events (taking or
+    keeping the row lock) and return the new values: the last sequence of each."""
+    if len(counts) > 1 and conn.dialect.name == "postgresql":
+        last = _next_sequences_pg(conn, counts)
+    else:
+        last = {}
+        for wallet_id, n in counts.items():
+            value = conn.execute(_NEXT_SEQUENCE, {"s_id": wallet_id, "s_n": n}).scalar_one_or_none()
+            if value is not None:
+                last[wallet_id] = int(value)
+    missing = set(counts) - set(last)
+    if missing:
+        raise LookupError(f"events about unknown wallet(s): {', '.join(sorted(missing))}")
+    return last
+
+
+def _txid(conn: Connection) -> Any:
+    """The writing transaction's id on PostgreSQL (the feed's order), 0 elsewhere."""
+    if conn.dialect.name == "postgresql":
+        return sql_cast(sql_cast(func.pg_current_xact_id(), Text()), BigInteger())
+    return 0
+
+
+def format_time(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def emit(session: Session, events: Sequence[NewEvent], now: datetime) -> list[str]:
+    """Write `events`, in order, in the session's transaction; returns their ids.
+
+    Pending ORM changes are flushed first, so payloads show the change being reported.
+    Rows changed by Core statements are read again (the session's objects refreshed).
+    """
+    if not events:
+        return []
+    from gateway.api.schemas import (
+        CreditApplicationSchema,
+        WalletSchema,
+        WalletTransactionSchema,
+    )
+
+    session.flush()
+    conn = session.connection()
+    counts: dict[str, int] = {}
+    for event in events:
+        counts[event.wallet_id] = counts.get(event.wallet_id, 0) + 1
+    last = _last_sequences(conn, counts)
+    wallets = {
+        wallet.id: wallet
+        for wallet in session.execute(
+            select(Wallet)
+            .where(Wallet.id.in_(list(counts)))
+            .options(joinedload(Wallet.customer), selectinload(Wallet.recurring_transaction_rules))
+            .execution_options(populate_existing=True)
+        ).scalars()
+    }
+    transaction_ids = {event.transaction_id for event in events if event.transaction_id}
+    transactions = (
+        {
+            entry.id: entry
+            for entry in session.execute(
+                select(WalletTransaction)
+                .where(WalletTransaction.id.in_(list(transaction_ids)))
+                .options(joinedload(WalletTransaction.purchase))
+                .execution_options(populate_existing=True)
+            ).scalars()
+        }
+        if transaction_ids
+        else {}
+    )
+    application_ids = [event.credit_application_id for event in events]
+    applications = {
+        application.id: application
+        for application in session.execute(
+            select(CreditApplication).where(
+                CreditApplication.id.in_([i for i in application_ids if i])
+            )
+        ).scalars()
+    } if any(application_ids) else {}  # fmt: skip
+
+    wallet_schema = WalletSchema()
+    transaction_schema = WalletTransactionSchema()
+    application_schema = CreditApplicationSchema()
+    dumped_wallets = {wallet_id: wallet_schema.dump(w) for wallet_id, w in wallets.items()}
+    first = {wallet_id: last[wallet_id] - n + 1 for wallet_id, n in counts.items()}
+    created_at = format_time(now)
+    rows: list[dict[str, Any]] = []
+    for event in events:
+        sequence = first[event.wallet_id]
+        first[event.wallet_id] += 1
+        data: dict[str, Any] = {"wallet": dumped_wallets[event.wallet_id]}
+        if event.transaction_id is not None:
+            data["wallet_transaction"] = transaction_schema.dump(transactions[event.transaction_id])
+        if event.credit_application_id is not None:
+            data["credit_application"] = application_schema.dump(
+                applications[event.credit_application_id]
+            )
+        data.update(event.extra)
+        data["sequence"] = sequence
+        event_id = new_id("evt")
+        body = {"id": event_id, "type": event.type.value, "created_at": created_at, "data": data}
+        rows.append(
+            {
+                "id": event_id,
+                "type": event.type.value,
+                "wallet_id": event.wallet_id,
+                "sequence": sequence,
+                "body": json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+                "dispatched": False,
+                "created_at": now,
+            }
+        )
+    conn.execute(insert(_events).values(txid=_txid(conn)), rows)
+    return [row["id"] for row in rows]
+
+
+def emit_one(
+    session: Session,
+    type_: EventType,
+    wallet_id: str,
+    now: datetime,
+    *,
+    transaction_id: str | None = None,
+    credit_application_id: str | None = None,
+    **extra: Any,
+) -> str:
+    """`emit` for a single event."""
+    [event_id] = emit(
+        session,
+        [NewEvent(type_, wallet_id, transaction_id, credit_application_id, extra)],
+        now,
+    )
+    return event_id
+
+
+def emit_on_connection(conn: Connection, events: Sequence[NewEvent], now: datetime) -> list[str]:
+    """`emit` for callers holding only a connection (the Core settlement path): a
+    throwaway session joins the connection's transaction and never ends it."""
+    session = Session(bind=conn, join_transaction_mode="rollback_only")
+    try:
+        return emit(session, events, now)
+    finally:
+        session.close()
+
+
+# --- the feed -----------------------------------------------------------------------
+
+
+def _visible(conn: Connection) -> Any:
+    """PostgreSQL: only events of transactions older than every one still running (and
+    this transaction's own), so the feed's order never gains an event behind a position
+    already shown. SQLite serialises writers: every committed event is in order."""
+    if conn.dialect.name != "postgresql":
+        return None
+    xmin = sql_cast(
+        sql_cast(func.pg_snapshot_xmin(func.pg_current_snapshot()), Text()), BigInteger()
+    )
+    own = sql_cast(sql_cast(func.pg_current_xact_id_if_assigned(), Text()), BigInteger())
+    return (Event.txid < xmin) | (Event.txid == own)
+
+
+def list_events(
+    session: Session, *, after: str | None, type_: str | None, limit: int
+) -> tuple[list[dict[str, Any]], bool]:
+    """Events in creation order after the event `after` (all when None), at most
+    `limit`; and whether more follow."""
+    from gateway.errors import ValidationFailed
+
+    query = select(Event.body)
+    visible = _visible(session.connection())
+    if visible is not None:
+        query = query.where(visible)
+    if after is not None:
+        cursor = session.execute(
+            select(Event.txid, Event.position).where(Event.id == after)
+        ).one_or_none()
+        if cursor is None:
+            raise ValidationFailed(
+                f"event {after} does not exist (or was purged)",
+                details={"after": ["unknown event"]},
+            )
+        query = query.where(
+            (Event.txid > cursor.txid)
+            | ((Event.txid == cursor.txid) & (Event.position > cursor.position))
+        )
+    if type_ is not None:
+        query = query.where(Event.type == type_)
+    bodies = list(
+        session.execute(query.order_by(Event.txid, Event.position).limit(limit + 1)).scalars()
+    )
+    return [json.loads(body) for body in bodies[:limit]], len(bodies) > limit
+
+
+def get_event(session: Session, event_id: str) -> Event:
+    from gateway.errors import NotFound
+
+    event = session.execute(select(Event).where(Event.id == event_id)).scalar_one_or_none()
+    if event is None:
+        raise NotFound(f"event {event_id} does not exist", details={"event": ["not_found"]})
+    return event

@@ -1,0 +1,256 @@
+"""The transactional outbox: every change writes its event in its own transaction,
+with the API's JSON of the resources and a per-wallet sequence."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient, FlaskCliRunner
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from gateway import events
+from gateway.db import get_db
+from gateway.models import Event, Wallet
+from tests.helpers import create_wallet, delete, get, post, put, subscribed_customer, unique
+from tests.test_credit_applications import apply
+from tests.webhook_support import invoice_event, make_purchase, post_signed
+
+
+def wallet_events(session: Session, wallet_id: str) -> list[dict[str, Any]]:
+    """The wallet's events as stored (the delivered JSON), in the order written."""
+    session.expire_all()
+    bodies = session.execute(
+        select(Event.body).where(Event.wallet_id == wallet_id).order_by(Event.position)
+    ).scalars()
+    return [json.loads(body) for body in bodies]
+
+
+def types_of(rows: list[dict[str, Any]]) -> list[str]:
+    return [row["type"] for row in rows]
+
+
+def test_a_wallets_life_is_published_in_order_with_the_apis_json(
+    client: FlaskClient, db_session: Session
+) -> None:
+    customer = subscribed_customer(client)
+    created = create_wallet(client, customer, granted_credits="10")
+    wallet_id = created["wallet"]["id"]
+    renamed = put(client, f"/wallets/{wallet_id}", {"wallet": {"name": "main"}})
+    assert renamed.status_code == 200
+    applied = apply(client, customer, 1000)  # 10 credits at 1.00: the whole balance
+    assert applied.status_code == 201
+    ended = delete(client, f"/wallets/{wallet_id}")
+    assert ended.status_code == 200
+
+    rows = wallet_events(db_session, wallet_id)
+    assert types_of(rows) == [
+        "wallet.created",
+        "wallet_transaction.created",  # the granted credits
+        "wallet.updated",
+        "wallet_transaction.created",  # the invoiced credits
+        "wallet.depleted",
+        "credit_application.applied",
+        "wallet.terminated",
+    ]
+    assert [row["data"]["sequence"] for row in rows] == list(range(1, 8))
+    for row in rows:
+        assert row["id"].startswith("evt_")
+        assert row["created_at"].endswith("Z")
+        assert set(row) == {"id", "type", "created_at", "data"}
+    # Each resource exactly as the API answered it at that moment.
+    assert rows[0]["data"]["wallet"]["credits_balance"] == "0.00000"
+    assert rows[1]["data"]["wallet_transaction"] == created["wallet_transactions"][0]
+    assert rows[1]["data"]["wallet"] == created["wallet"]
+    assert rows[2]["data"]["wallet"] == renamed.json["wallet"]  # type: ignore[index]
+    application = applied.json["credit_application"]  # type: ignore[index]
+    assert rows[5]["data"]["credit_application"] == application
+    invoiced_id = rows[3]["data"]["wallet_transaction"]["id"]
+    entry = get(client, f"/wallet_transactions/{invoiced_id}")
+    assert rows[3]["data"]["wallet_transaction"] == entry.json["wallet_transaction"]  # type: ignore[index]
+    assert rows[4]["data"]["wallet"]["credits_balance"] == "0.00000"
+    assert rows[6]["data"]["reason"] == "manual"
+    assert rows[6]["data"]["wallet"] == ended.json["wallet"]  # type: ignore[index]
+
+
+def test_termination_voids_with_an_event_per_entry(
+    client: FlaskClient, db_session: Session
+) -> None:
+    wallet_id = create_wallet(client, subscribed_customer(client), granted_credits="5")["wallet"][
+        "id"
+    ]
+    delete(client, f"/wallets/{wallet_id}")
+    rows = wallet_events(db_session, wallet_id)
+    assert types_of(rows)[-2:] == ["wallet_transaction.created", "wallet.terminated"]
+    voided = rows[-2]["data"]["wallet_transaction"]
+    assert (voided["transaction_status"], voided["credit_amount"]) == ("voided", "5.00000")
+    assert rows[-1]["data"]["reason"] == "manual"
+    # A repeated DELETE changes nothing, so it publishes nothing.
+    delete(client, f"/wallets/{wallet_id}")
+    assert len(wallet_events(db_session, wallet_id)) == len(rows)
+
+
+def test_the_expiry_sweep_publishes_reason_expired(
+    client: FlaskClient, runner: FlaskCliRunner, db_session: Session
+) -> None:
+    expires = (datetime.now(UTC) + timedelta(days=3)).isoformat()
+    ids = [
+        create_wallet(
+            client, subscribed_customer(client), granted_credits="2", expiration_at=expires
+        )["wallet"]["id"]
+        for _ in range(3)
+    ]
+    db_session.execute(
+        update(Wallet)
+        .where(Wallet.id.in_(ids))
+        .values(expiration_at=datetime.now(UTC) - timedelta(hours=1))
+    )
+    db_session.commit()
+
+    assert runner.invoke(args=["expire-wallets"]).exit_code == 0
+
+    for wallet_id in ids:
+        rows = wallet_events(db_session, wallet_id)
+        assert types_of(rows) == [
+            "wallet.created",
+            "wallet_transaction.created",
+            "wallet_transaction.created",
+            "wallet.terminated",
+        ]
+        assert rows[2]["data"]["wallet_transaction"]["transaction_status"] == "voided"
+        assert rows[3]["data"]["reason"] == "expired"
+        assert rows[3]["data"]["wallet"]["status"] == "terminated"
+        assert [row["data"]["sequence"] for row in rows] == [1, 2, 3, 4]
+
+
+def test_a_paid_invoice_publishes_the_settled_entry_with_its_paid_invoice(
+    client: FlaskClient, db_session: Session
+) -> None:
+    purchase = make_purchase(db_session)
+    assert post_signed(client, invoice_event(purchase, "invoice.paid")).status_code == 200
+
+    rows = wallet_events(db_session, purchase.wallet_id)
+    assert types_of(rows)[-1] == "wallet_transaction.settled"
+    settled = rows[-1]["data"]
+    answer = get(client, f"/wallet_transactions/{purchase.transaction_id}").json
+    assert settled["wallet_transaction"] == answer["wallet_transaction"]  # type: ignore[index]
+    assert settled["wallet_transaction"]["invoice"]["status"] == "paid"
+    assert settled["wallet"]["credits_balance"] == "10.00000"
+    # The same event again changes nothing and publishes nothing.
+    post_signed(client, invoice_event(purchase, "invoice.paid"))
+    assert len(wallet_events(db_session, purchase.wallet_id)) == len(rows)
+
+
+def test_a_void_invoice_publishes_the_failed_entry(
+    client: FlaskClient, db_session: Session
+) -> None:
+    purchase = make_purchase(db_session)
+    post_signed(client, invoice_event(purchase, "invoice.voided"))
+    rows = wallet_events(db_session, purchase.wallet_id)
+    assert types_of(rows)[-1] == "wallet_transaction.failed"
+    assert rows[-1]["data"]["wallet_transaction"]["status"] == "failed"
+
+
+def test_a_payment_on_an_ended_wallet_needs_attention(
+    client: FlaskClient, db_session: Session
+) -> None:
+    purchase = make_purchase(db_session)
+    db_session.execute(update(Wallet).where(Wallet.id == purchase.wallet_id).values(
+        status="terminated", terminated_at=datetime.now(UTC)))  # fmt: skip
+    db_session.commit()
+    post_signed(client, invoice_event(purchase, "invoice.paid"))
+    rows = wallet_events(db_session, purchase.wallet_id)
+    assert types_of(rows)[-2:] == ["wallet_transaction.failed", "purchase.attention_required"]
+    attention = rows[-1]["data"]
+    assert attention["attention_reason"] == "refund_required"
+    assert attention["wallet_transaction"]["id"] == purchase.transaction_id
+    assert "refund" in attention["detail"]
+
+
+def test_a_payment_that_cannot_be_accepted_needs_review(
+    client: FlaskClient, db_session: Session
+) -> None:
+    purchase = make_purchase(db_session)
+    post_signed(client, invoice_event(purchase, "invoice.paid", amount_paid=1))
+    rows = wallet_events(db_session, purchase.wallet_id)
+    assert types_of(rows)[-1] == "purchase.attention_required"
+    assert rows[-1]["data"]["attention_reason"] == "review_required"
+    assert rows[-1]["data"]["wallet_transaction"]["status"] == "pending"
+
+
+class TestRolledBackWorkPublishesNothing:
+    @pytest.fixture
+    def settings_overrides(self) -> dict[str, Any]:
+        return {"STRIPE_SECRET_KEY": ""}  # paid credits refused after the wallet is written
+
+    def test_a_refused_request_leaves_no_event(
+        self, client: FlaskClient, db_session: Session
+    ) -> None:
+        customer = subscribed_customer(client)
+        before = db_session.execute(select(Event.id)).scalars().all()
+        response = post(
+            client,
+            "/wallets",
+            {"wallet": {"external_customer_id": customer, "rate_amount": "1", "paid_credits": "5"}},
+        )
+        assert response.status_code == 503
+        db_session.expire_all()
+        assert db_session.execute(select(Event.id)).scalars().all() == before
+
+
+def test_emit_refuses_an_unknown_wallet(db_session: Session) -> None:
+    with pytest.raises(LookupError):
+        events.emit_one(
+            db_session, events.EventType.WALLET_UPDATED, "wal_missing", datetime.now(UTC)
+        )
+
+
+@pytest.mark.postgres
+def test_concurrent_changes_to_one_wallet_get_consecutive_sequences(
+    committed_app: Flask,
+) -> None:
+    client = committed_app.test_client()
+    customer = subscribed_customer(client)
+    wallet_id = create_wallet(client, customer, granted_credits="100")["wallet"]["id"]
+    barrier = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def spend() -> None:
+        try:
+            barrier.wait(timeout=10)
+            for _ in range(3):
+                response = apply(committed_app.test_client(), customer, 100, invoice=unique("inv"))
+                assert response.status_code == 201, response.json
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=spend) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    with committed_app.app_context():
+        session = get_db().session()
+        rows = session.execute(
+            select(Event.sequence, Event.body).where(Event.wallet_id == wallet_id)
+        ).all()
+        session.close()
+    sequences = sorted(sequence for sequence, _ in rows)
+    # created + granted entry, then 18 applications of two events each
+    assert sequences == list(range(1, 2 + 18 * 2 + 1))
+    # The wallet JSON of each application's event shows the balance it left, and
+    # balances fall as sequences rise: each was read under the wallet's lock.
+    applied = sorted(
+        (sequence, json.loads(body)["data"]["wallet"]["credits_balance"])
+        for sequence, body in rows
+        if json.loads(body)["type"] == "credit_application.applied"
+    )
+    balances = [float(balance) for _, balance in applied]
+    assert balances == sorted(balances, reverse=True)
+    assert len(set(balances)) == 18
