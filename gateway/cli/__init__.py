@@ -24,11 +24,13 @@ def main() -> None:
 
 def register_commands(app: Flask) -> None:
     from gateway.cli.db import db_group
+    from gateway.cli.events import events_group
     from gateway.cli.expiry import expire_wallets_command
     from gateway.cli.idempotency import idempotency_group
     from gateway.cli.operators import operators_group
     from gateway.cli.reconcile import reconcile_command
     from gateway.cli.webhooks import webhooks_group
+    from gateway.cli.worker import worker_command
 
     for command in (
         db_group,
@@ -37,5 +39,7 @@ def register_commands(app: Flask) -> None:
         webhooks_group,
         reconcile_command,
         operators_group,
+        worker_command,
+        events_group,
     ):
         app.cli.add_command(command)
