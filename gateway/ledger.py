@@ -616,7 +616,11 @@ def _write_settled_entry(
     kind: TransactionStatus,
     credits: Decimal,
     now: datetime,
+    empties: bool = False,
 ) -> None:
+    """A settled entry written with Core statements (the returns path), with its
+    events: `wallet_transaction.created`, and `wallet.depleted` when it `empties` the
+    wallet."""
     entry = _entry_columns(
         wallet_id,
         rate_amount,
@@ -628,10 +632,15 @@ def _write_settled_entry(
         # Money going back is Stripe's doing, applied by the service on its own.
         created_by=actors.SYSTEM,
     )
-    conn.execute(insert(_ENTRIES), {"id": new_id("wtx"), **entry})
+    entry_id = new_id("wtx")
+    conn.execute(insert(_ENTRIES), {"id": entry_id, **entry})
     credited = entry["credit_amount"]
     delta = credited if direction == TransactionType.INBOUND else -credited
     conn.execute(_MOVE_BALANCE, {"b_wallet_id": wallet_id, "b_delta": delta, "b_now": now})
+    announced = [events.NewEvent(events.EventType.WALLET_TRANSACTION_CREATED, wallet_id, entry_id)]
+    if empties:
+        announced.append(events.NewEvent(events.EventType.WALLET_DEPLETED, wallet_id))
+    events.emit_on_connection(conn, announced, now)
 
 
 def take_back(
@@ -654,6 +663,7 @@ def take_back(
         kind=kind,
         credits=taken,
         now=now,
+        empties=taken == Decimal(balance),
     )
     return money.quantize_credits(taken)
 

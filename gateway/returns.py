@@ -295,6 +295,14 @@ def _follow(
         transitions.mark_refunded(conn, locked.ref, now, changes)
     else:
         transitions.record(conn, purchase.id, {**changes, "updated_at": now})
+    if shortfall > purchase.shortfall_credits:
+        transitions.announce_attention(
+            conn,
+            locked.ref,
+            REFUNDED_AFTER_CONSUMPTION,
+            f"{shortfall} credits returned at the provider were already consumed",
+            now,
+        )
     log.info(
         "%s: purchase %s returned %s of %s, %s credits out (%s taken, %s reinstated, "
         "%s short), dispute %s",

@@ -112,6 +112,25 @@ def _announce(
     events.emit_on_connection(conn, announced, now)
 
 
+def announce_attention(
+    conn: Connection, purchase: PurchaseRef, reason: str, detail: str, now: datetime
+) -> None:
+    """`purchase.attention_required` for a purchase that needs a person for `reason`
+    (a status-preserving change, such as a refund shortfall)."""
+    events.emit_on_connection(
+        conn,
+        [
+            events.NewEvent(
+                events.EventType.PURCHASE_ATTENTION_REQUIRED,
+                purchase.wallet_id,
+                purchase.transaction_id,
+                extra={"attention_reason": reason, "detail": detail},
+            )
+        ],
+        now,
+    )
+
+
 def lock_purchase(session: Session, purchase_id: str) -> Purchase:
     """The purchase, locked for this transaction (its wallet must be locked first)."""
     return session.execute(

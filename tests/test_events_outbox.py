@@ -17,9 +17,15 @@ from sqlalchemy.orm import Session
 from gateway import events
 from gateway.db import get_db
 from gateway.models import Event, Wallet
+from gateway.providers.stripe.sandbox import StripeStub
 from tests.helpers import create_wallet, delete, get, post, put, subscribed_customer, unique
+from tests.reconcile_support import settled_purchase
+from tests.stripe_support import stripe_http, stub
 from tests.test_credit_applications import apply
+from tests.test_refunds import customer_of, deliver, spend
 from tests.webhook_support import invoice_event, make_purchase, post_signed
+
+__all__ = ["stripe_http", "stub"]  # fixtures
 
 
 def wallet_events(session: Session, wallet_id: str) -> list[dict[str, Any]]:
@@ -254,3 +260,48 @@ def test_concurrent_changes_to_one_wallet_get_consecutive_sequences(
     balances = [float(balance) for _, balance in applied]
     assert balances == sorted(balances, reverse=True)
     assert len(set(balances)) == 18
+
+
+# --- credits following the money back out (section 7) ----------------------------------
+
+
+@pytest.mark.usefixtures("stripe_http")
+def test_a_refund_after_consumption_publishes_the_take_back_and_the_shortfall(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    spend(client, customer_of(db_session, bought), 700)
+    deliver(client, stub, stub.refund_payment(bought.invoice_id or ""), "refund.created")
+
+    rows = wallet_events(db_session, bought.wallet_id)
+    assert types_of(rows)[-3:] == [
+        "wallet_transaction.created",
+        "wallet.depleted",
+        "purchase.attention_required",
+    ]
+    taken = rows[-3]["data"]["wallet_transaction"]
+    assert (taken["transaction_status"], taken["credit_amount"]) == ("refunded", "3.00000")
+    attention = rows[-1]["data"]
+    assert attention["attention_reason"] == "refunded_after_consumption"
+    assert attention["wallet_transaction"]["id"] == bought.transaction_id
+    sequences = [row["data"]["sequence"] for row in rows]
+    assert sequences == list(range(1, len(rows) + 1))
+
+
+@pytest.mark.usefixtures("stripe_http")
+def test_a_won_dispute_publishes_the_hold_and_the_reinstatement(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    dispute = stub.dispute(bought.invoice_id or "")
+    deliver(client, stub, dispute, "charge.dispute.created")
+    deliver(client, stub, stub.close_dispute(dispute["id"], "won"), "charge.dispute.closed")
+
+    rows = wallet_events(db_session, bought.wallet_id)
+    created = [
+        row["data"]["wallet_transaction"]["transaction_status"]
+        for row in rows
+        if row["type"] == "wallet_transaction.created"
+    ]
+    assert created[-2:] == ["disputed", "reinstated"]
+    assert rows[-1]["data"]["wallet"]["credits_balance"] == "10.00000"
