@@ -6,6 +6,7 @@ in bench/RESULTS.md (bench/results.json holds the raw numbers).
     python -m bench credit-applications   # 3. many wallets and one hot wallet
     python -m bench expire                # 4. gateway expire-wallets at 10k and 100k
     python -m bench reconcile             # 4. gateway reconcile at 1k and 10k
+    python -m bench outgoing              # 6. gateway worker: webhooks out, one slow endpoint
     python -m bench all                   # everything, about 10-15 minutes on 2 cores
     python -m bench report                # rewrite RESULTS.md from results.json
 
@@ -63,12 +64,19 @@ def _reconcile(args: argparse.Namespace) -> ScenarioResult:
     return scenario_sweeps.run_reconcile(sizes=args.reconcile_sizes, paid=args.paid_fraction)
 
 
+def _outgoing(args: argparse.Namespace) -> ScenarioResult:
+    from bench import scenario_outgoing
+
+    return scenario_outgoing.run(events=args.outgoing_events)
+
+
 SCENARIOS: dict[str, Callable[[argparse.Namespace], ScenarioResult]] = {
     "webhooks": _webhooks,
     "purchases": _purchases,
     "credit-applications": _credit_applications,
     "expire": _expire,
     "reconcile": _reconcile,
+    "outgoing": _outgoing,
 }
 
 
@@ -94,6 +102,9 @@ def parser() -> argparse.ArgumentParser:
     )
     main.add_argument(
         "--requests", type=int, default=1500, help="credit applications per run (scenario 3)"
+    )
+    main.add_argument(
+        "--outgoing-events", type=int, default=3000, help="events delivered per run (scenario 6)"
     )
     main.add_argument("--expire-sizes", type=_sizes, default=[10_000, 100_000])
     main.add_argument("--reconcile-sizes", type=_sizes, default=[1_000, 10_000])

@@ -22,7 +22,7 @@ RESULTS_MD = ROOT / "bench" / "RESULTS.md"
 PROFILES_MD = ROOT / "bench" / "PROFILES.md"
 
 # The order scenarios appear in RESULTS.md.
-ORDER = ("webhooks", "purchases", "credit-applications", "expire", "reconcile")
+ORDER = ("webhooks", "purchases", "credit-applications", "expire", "reconcile", "outgoing")
 
 INTRO = """\
 # Benchmark results

@@ -1,7 +1,8 @@
 """`gateway worker`: delivers outgoing events and runs the periodic duties.
 
 A loop, about once a second: the duties that are due (the expiry sweep every minute;
-the Idempotency-Key and event retention purges every hour; more join `DUTIES`), then
+the Idempotency-Key, outgoing-event and stored-Stripe-event purges every hour; more
+join `DUTIES`), then
 the fan-out of new events (`delivery.dispatch`), then one delivery round per endpoint
 with something due, each endpoint's queue in its own thread (at most
 `OUTGOING_WEBHOOK_CONCURRENCY` at once, never two for one endpoint in one process), so
@@ -80,10 +81,22 @@ def _purge_events(db: Database, settings: Settings, now: datetime) -> str | None
     return f"purged {purged} event(s) past EVENT_RETENTION_DAYS" if purged else None
 
 
+def _purge_stripe_events(db: Database, settings: Settings, now: datetime) -> str | None:
+    from datetime import timedelta
+
+    from gateway.webhooks import purge_events
+
+    purged = purge_events(
+        db, now=now, retention=timedelta(days=settings.webhook_event_retention_days)
+    )
+    return f"purged {purged} stored Stripe event(s)" if purged else None
+
+
 DUTIES: list[Duty] = [
     Duty("expire-wallets", 60, _expire_wallets),
     Duty("purge-idempotency-keys", 3600, _purge_idempotency_keys),
     Duty("purge-events", 3600, _purge_events),
+    Duty("purge-stripe-events", 3600, _purge_stripe_events),
 ]
 
 

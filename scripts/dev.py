@@ -4,7 +4,9 @@ Creates (once, under instance/) a development API key, a console operator `admin
 a random password and a session secret; migrates the SQLite database; and, unless
 STRIPE_SECRET_KEY is set, starts the Stripe sandbox (the project's Stripe-compatible
 server with hosted invoice pages, gateway/providers/stripe/sandbox_pages.py) and points
-the service at it. Then starts the Flask development server on http://127.0.0.1:5000.
+the service at it. Then starts `gateway worker` (outgoing webhooks, which may go to
+plain http:// here; the expiry sweep; purges) and the Flask development server on
+http://127.0.0.1:5000; Ctrl-C stops both.
 Everything is random per machine: no default key or password could also open a
 production setup.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -86,6 +89,7 @@ def main() -> int:
     env = dict(os.environ)
     env.setdefault("GATEWAY_API_KEYS", key)
     env.setdefault("GATEWAY_ENV", "development")
+    env.setdefault("OUTGOING_WEBHOOKS_ALLOW_HTTP", "true")
     env.setdefault("SECRET_KEY", _secret("dev-secret-key", secrets.token_hex(32)))
     host, port = env.get("GATEWAY_HOST", "127.0.0.1"), env.get("GATEWAY_PORT", "5000")
     gateway = str(BIN / "gateway")
@@ -123,14 +127,23 @@ def main() -> int:
         f"  API:     http://{host}:{port}/api/v1  (OpenAPI: /api/v1/openapi.json)\n"
         f"  API key: {key}   (from instance/dev-api-key)\n"
         f"  Try:     curl -H 'Authorization: Bearer {key}' http://{host}:{port}/api/v1/wallets\n"
-        f"  {stripe_line}\n",
+        f"  {stripe_line}\n"
+        f"  Worker:  gateway worker runs beside it (webhooks to POST /api/v1/webhook_endpoints)\n",
         flush=True,
     )
+    worker = subprocess.Popen([gateway, "worker"], env=env, cwd=ROOT)
     try:
         return subprocess.call([gateway, "run", "--host", host, "--port", port], env=env, cwd=ROOT)
     except KeyboardInterrupt:
         return 0
     finally:
+        # The worker finishes the delivery in hand, then exits.
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
         if sandbox is not None:
             sandbox.terminate()
             sandbox.wait(timeout=10)

@@ -22,7 +22,7 @@ class Received:
 @dataclass
 class Behaviour:
     """How to answer: a status and body, after a delay; `garbage` answers bytes that
-    are not HTTP; `hold` blocks each request until released."""
+    are not HTTP; `hold` blocks each request (once recorded) until released."""
 
     status: int = 200
     body: bytes = b"ok"
@@ -77,13 +77,13 @@ def _handler(receiver_ref: list[Receiver]) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("content-length", "0"))
             body = self.rfile.read(length)
             behaviour = receiver.behaviour
-            if behaviour.hold is not None:
-                behaviour.hold.wait(30)
             with receiver.arrived:
                 receiver.received.append(
                     Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 )
                 receiver.arrived.notify_all()
+            if behaviour.hold is not None:
+                behaviour.hold.wait(30)
             if behaviour.delay:
                 time.sleep(behaviour.delay)
             if behaviour.garbage:
