@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session, joinedload, selectinload
+from sqlalchemy.orm import Session, joinedload
 
 from gateway.db import new_id
 from gateway.models import CreditApplication, Event, Wallet, WalletTransaction
@@ -133,6 +133,52 @@ def _txid(conn: Connection) -> Any:
     return 0
 
 
+def _wallet_loading() -> tuple[Any, ...]:
+    """What a wallet's JSON reads besides its row: its customer and its rules."""
+    return (joinedload(Wallet.customer), joinedload(Wallet.recurring_transaction_rules))
+
+
+def _load(
+    session: Session, wallet_ids: list[str], events: Sequence[NewEvent]
+) -> tuple[dict[str, Wallet], dict[str, WalletTransaction]]:
+    """The wallets and entries the events carry, as they now are, in as few SELECTs as
+    possible: the entries with their purchase and wallet (and its customer and rules)
+    in one, the wallets no entry brought in another."""
+    wallets: dict[str, Wallet] = {}
+    transactions: dict[str, WalletTransaction] = {}
+    transaction_ids = list({event.transaction_id for event in events if event.transaction_id})
+    if transaction_ids:
+        for entry in (
+            session.execute(
+                select(WalletTransaction)
+                .where(WalletTransaction.id.in_(transaction_ids))
+                .options(
+                    joinedload(WalletTransaction.purchase),
+                    joinedload(WalletTransaction.wallet).options(*_wallet_loading()),
+                )
+                .execution_options(populate_existing=True)
+            )
+            .unique()
+            .scalars()
+        ):
+            transactions[entry.id] = entry
+            wallets[entry.wallet_id] = entry.wallet
+    missing = [wallet_id for wallet_id in wallet_ids if wallet_id not in wallets]
+    if missing:
+        for wallet in (
+            session.execute(
+                select(Wallet)
+                .where(Wallet.id.in_(missing))
+                .options(*_wallet_loading())
+                .execution_options(populate_existing=True)
+            )
+            .unique()
+            .scalars()
+        ):
+            wallets[wallet.id] = wallet
+    return wallets, transactions
+
+
 def format_time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -157,29 +203,7 @@ def emit(session: Session, events: Sequence[NewEvent], now: datetime) -> list[st
     for event in events:
         counts[event.wallet_id] = counts.get(event.wallet_id, 0) + 1
     last = _last_sequences(conn, counts)
-    wallets = {
-        wallet.id: wallet
-        for wallet in session.execute(
-            select(Wallet)
-            .where(Wallet.id.in_(list(counts)))
-            .options(joinedload(Wallet.customer), selectinload(Wallet.recurring_transaction_rules))
-            .execution_options(populate_existing=True)
-        ).scalars()
-    }
-    transaction_ids = {event.transaction_id for event in events if event.transaction_id}
-    transactions = (
-        {
-            entry.id: entry
-            for entry in session.execute(
-                select(WalletTransaction)
-                .where(WalletTransaction.id.in_(list(transaction_ids)))
-                .options(joinedload(WalletTransaction.purchase))
-                .execution_options(populate_existing=True)
-            ).scalars()
-        }
-        if transaction_ids
-        else {}
-    )
+    wallets, transactions = _load(session, list(counts), events)
     application_ids = [event.credit_application_id for event in events]
     applications = {
         application.id: application

@@ -84,7 +84,7 @@ def recorded(connection: Connection) -> Iterator[tuple[list[str], list[int]]]:
         event.remove(Session, "after_begin", began)
 
 
-def test_a_paid_top_up_is_eleven_statements_in_two_transactions(
+def test_a_paid_top_up_is_nine_statements_in_two_transactions(
     client: FlaskClient,
     stripe_http: responses.RequestsMock,
     stub: StripeStub,
@@ -106,11 +106,10 @@ def test_a_paid_top_up_is_eleven_statements_in_two_transactions(
         ("INSERT", "wallet_transactions"),
         ("INSERT", "purchases"),
         # its `wallet_transaction.created` event (gateway.events): the wallet's sequence,
-        # the payload's rows as the API shows them (wallet with its rules, entry with its
-        # purchase, the wallet's pending credits), the event row
+        # the payload's rows as the API shows them (the entry with its purchase and its
+        # wallet, customer and rules in one SELECT; the wallet's pending credits), the
+        # event row
         ("UPDATE", "wallets"),
-        ("SELECT", "wallets"),
-        ("SELECT", "recurring_transaction_rules"),
         ("SELECT", "wallet_transactions"),
         ("SELECT", "wallet_transactions"),
         ("INSERT", "events"),
