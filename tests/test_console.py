@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -500,10 +501,23 @@ def test_attention_lists_purchases_that_need_a_person(
     )
     db_session.commit()
 
+    spent = make_purchase(db_session)
+    db_session.execute(
+        update(Purchase)
+        .where(Purchase.id == spent.id)
+        .values(status="settled", shortfall_credits=Decimal("2.5"),
+                attention_reason="refunded_after_consumption")
+    )  # fmt: skip
+    quiet = make_purchase(db_session)  # open: nothing to do
+    db_session.commit()
+
     page = signed_in.get("/console/attention").get_data(as_text=True)
 
     assert "Refund required" in page
     assert "paid after the wallet ended &lt;b&gt;" in page
+    assert "Refund shortfall" in page and "2.50000 credits already spent" in page
+    customers = re.findall(r'href="/console/customers/([^"]+)"', page)
+    assert quiet.id and len(customers) == 2  # the open purchase is not listed
 
 
 def test_sandbox_cannot_run_with_a_live_key() -> None:

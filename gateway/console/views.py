@@ -43,11 +43,13 @@ from gateway.models import (
 )
 
 PER_PAGE = 20
-# Purchases a person must look at, and what the console calls them.
+# Purchases a person must look at, and what the console calls them; a purchase whose
+# refund took back credits already spent (`shortfall_credits`) is a "Refund shortfall".
 ATTENTION = {
     PurchaseStatus.REFUND_REQUIRED: "Refund required",
     PurchaseStatus.REVIEW_REQUIRED: "Review required",
 }
+REFUND_SHORTFALL = "Refund shortfall"
 # The API's field names, as the console's labels say them.
 _PLAIN_WORDS = {
     "paid_credits": "credits to be purchased",
@@ -495,7 +497,9 @@ def terminate(wallet_id: str) -> ResponseReturnValue:
 @console.route("/attention")
 def attention() -> ResponseReturnValue:
     session = get_session()
-    query = select(Purchase).where(Purchase.status.in_(list(ATTENTION)))
+    query = select(Purchase).where(
+        or_(Purchase.status.in_(list(ATTENTION)), Purchase.shortfall_credits > 0)
+    )
     total = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
     page = Page(_page_number(), int(total))
     rows = session.execute(
@@ -506,7 +510,7 @@ def attention() -> ResponseReturnValue:
     ).scalars()
     return render_template(
         "console/attention.html", purchases=list(rows), page=page, labels=ATTENTION,
-        safe_link=safe_link,
+        shortfall=REFUND_SHORTFALL, safe_link=safe_link,
     )  # fmt: skip
 
 
