@@ -67,3 +67,7 @@ OUTGOING_WEBHOOK_TIMEOUT_SECONDS = 10
 OUTGOING_WEBHOOK_CONCURRENCY = 8
 # Events are kept this many days, then purged by the worker once nothing is left to send.
 EVENT_RETENTION_DAYS = 30
+
+# Logs on standard error: `text` (lines for people) or `json` (one object per line:
+# requests, Stripe events and everything else; see README, Logs).
+LOG_FORMAT = "text"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flask import Flask
@@ -20,7 +19,7 @@ def create_app(
     `overrides` replace settings (tests); `bind` reuses an engine or connection
     instead of building one from DATABASE_URL (tests, benchmarks).
     """
-    from gateway import cli, metrics
+    from gateway import cli, logs, metrics
     from gateway.api import register_api
     from gateway.api.errors import register_error_handlers
     from gateway.console import init_console
@@ -29,7 +28,17 @@ def create_app(
 
     app = Flask(__name__, instance_relative_config=True, static_folder=None)
     settings = load_config(app, overrides)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(
+        settings.log_format,
+        secrets=(
+            *settings.api_keys,
+            *settings.stripe_webhook_secrets,
+            settings.stripe_secret_key,
+            settings.secret_key,
+            settings.metrics_bearer_token,
+        ),
+    )
+    logs.init_app(app)
 
     Database(bind if bind is not None else build_engine(settings.database_url)).init_app(app)
     metrics.init_app(app)

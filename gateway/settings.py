@@ -49,6 +49,7 @@ _ENV_TYPES: dict[str, type | str] = {
     "OUTGOING_WEBHOOK_TIMEOUT_SECONDS": int,
     "OUTGOING_WEBHOOK_CONCURRENCY": int,
     "EVENT_RETENTION_DAYS": int,
+    "LOG_FORMAT": str,
 }
 
 # gunicorn kills a worker whose request runs longer than this (config/gunicorn.conf.py);
@@ -77,6 +78,7 @@ _BOUNDS: dict[str, tuple[int, int | None]] = {
 }
 
 TAX_MODES = ("automatic", "rates", "none")
+LOG_FORMATS = ("text", "json")
 ENVIRONMENTS = ("production", "development")
 COLLECTION_METHODS = ("charge_automatically", "send_invoice")
 
@@ -177,6 +179,7 @@ class Settings:
     secret_key: str
     console_rate_limit_storage_uri: str
     stripe_sandbox: bool
+    log_format: str = "text"
 
     @property
     def is_development(self) -> bool:
@@ -200,6 +203,9 @@ class Settings:
             raise ConfigurationError(
                 f"STRIPE_COLLECTION_METHOD must be one of {', '.join(COLLECTION_METHODS)}"
             )
+        log_format = str(config.get("LOG_FORMAT") or "text").strip().lower()
+        if log_format not in LOG_FORMATS:
+            raise ConfigurationError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
         api_keys = parse_api_keys(str(config["GATEWAY_API_KEYS"]))
         number = {name: _bounded(name, config[name], *bounds) for name, bounds in _BOUNDS.items()}
         environment = str(config["GATEWAY_ENV"]).strip()
@@ -246,6 +252,7 @@ class Settings:
             outgoing_webhook_timeout_seconds=number["OUTGOING_WEBHOOK_TIMEOUT_SECONDS"],
             outgoing_webhook_concurrency=number["OUTGOING_WEBHOOK_CONCURRENCY"],
             event_retention_days=number["EVENT_RETENTION_DAYS"],
+            log_format=log_format,
         )
 
 

@@ -8,6 +8,7 @@ endpoint secret is configured; 500 when processing failed (recorded; Stripe retr
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -23,7 +24,12 @@ from gateway.providers.stripe.webhook import (
     verify_event,
 )
 from gateway.settings import current_settings
-from gateway.webhooks import EventProcessingFailed, check_livemode, receive_event
+from gateway.webhooks import (
+    EventProcessingFailed,
+    LivemodeMismatch,
+    check_livemode,
+    receive_event,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +64,24 @@ def receive_stripe_event() -> Response:
         )
     except WebhookRejected as exc:
         return _rejected(exc)
-    check_livemode(event, settings.stripe_livemode)
+    try:
+        check_livemode(event, settings.stripe_livemode)
+    except LivemodeMismatch:
+        _log_event(event.get("id"), event.get("type"), "rejected", reason="livemode_mismatch")
+        raise
     try:
         result = receive_event(get_db(), event, utcnow())
     except EventProcessingFailed as exc:
+        _log_event(exc.event_id, event.get("type"), "failed", reason=exc.error)
         return error_response(
             "webhook_processing_failed",
             "processing the event failed; it is recorded and will be processed again "
             "when Stripe retries the delivery",
             {"event_id": exc.event_id},
         )
+    _log_event(
+        result.event_id, result.type, "duplicate" if result.duplicate else result.status.value
+    )
     receipt = {
         "id": result.event_id,
         "type": result.type,
@@ -77,9 +91,19 @@ def receive_stripe_event() -> Response:
     return json_response(_RECEIVED.dump({"received": True, "event": receipt}), 200)
 
 
+def _log_event(event_id: Any, event_type: Any, outcome: str, *, reason: str | None = None) -> None:
+    """One line per delivery (`event: webhook_event`, see gateway.logs)."""
+    fields = {"event": "webhook_event", "event_id": event_id, "event_type": event_type,
+              "outcome": outcome}  # fmt: skip
+    if reason is not None:
+        fields["reason"] = reason
+    level = logging.WARNING if outcome in ("rejected", "failed") else logging.INFO
+    log.log(level, "Stripe event %s %s: %s", event_id, event_type, outcome, extra=fields)
+
+
 def _rejected(exc: WebhookRejected) -> Response:
-    log.warning("refused a Stripe webhook delivery: %s (%s)", exc.reason, exc.message)
     code = "invalid_signature" if exc.reason in _SIGNATURE_REASONS else "invalid_webhook_payload"
+    _log_event(None, None, "rejected", reason=exc.reason)
     return error_response(code, exc.message, {"reason": exc.reason})
 
 
