@@ -600,26 +600,35 @@ def _event_types_field(**kwargs: Any) -> fields.List[Any]:
 
 
 class WebhookEndpointInputSchema(Schema):
-    url = fields.String(required=True, validate=validate.Length(min=1, max=2048))
+    url = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=2048),
+        metadata={"example": "https://billing.example.com/hooks/credits"},
+    )
     event_types = _event_types_field(
         allow_none=True,
-        metadata={"description": "Event types to send; absent or null: every type"},
+        metadata={
+            "description": "Event types to send; absent or null: every type",
+            "example": ["wallet.created", "wallet_transaction.settled"],
+        },
     )
-    description = fields.String(allow_none=True, validate=validate.Length(max=255))
+    description = fields.String(
+        allow_none=True, validate=validate.Length(max=255), metadata={"example": "Billing core"}
+    )
 
 
 class WebhookEndpointRequest(Schema):
     webhook_endpoint = fields.Nested(WebhookEndpointInputSchema, required=True)
 
 
-class WebhookEndpointSchema(Schema):
+class WebhookEndpointSchema(Answer):
     id = fields.String()
     url = fields.String()
     description = fields.String(allow_none=True)
     event_types = fields.List(
         fields.String(), allow_none=True, metadata={"description": "null: every type"}
     )
-    status = fields.String(metadata={"description": "enabled or disabled"})
+    status = enum_answer(["enabled", "disabled"])
     created_at = UTCDateTimeField()
     disabled_at = UTCDateTimeField(allow_none=True)
 
@@ -630,15 +639,15 @@ class WebhookEndpointCreatedSchema(WebhookEndpointSchema):
     )
 
 
-class WebhookEndpointResponse(Schema):
+class WebhookEndpointResponse(Answer):
     webhook_endpoint = fields.Nested(WebhookEndpointSchema)
 
 
-class WebhookEndpointCreatedResponse(Schema):
+class WebhookEndpointCreatedResponse(Answer):
     webhook_endpoint = fields.Nested(WebhookEndpointCreatedSchema)
 
 
-class WebhookEndpointListResponse(Schema):
+class WebhookEndpointListResponse(Answer):
     webhook_endpoints = fields.List(fields.Nested(WebhookEndpointSchema))
     meta = fields.Nested(PaginationMeta)
 
@@ -651,37 +660,37 @@ class EventListQuery(Schema):
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=100))
 
 
-class EventSchema(Schema):
+class EventSchema(Answer):
     id = fields.String()
-    type = fields.String()
+    type = enum_answer(EVENT_TYPES)
     created_at = fields.String(metadata={"format": "date-time"})
     data = fields.Dict(
         metadata={"description": "the resources under their API root keys, plus sequence"}
     )
 
 
-class EventListResponse(Schema):
+class EventListResponse(Answer):
     events = fields.List(fields.Nested(EventSchema))
     has_more = fields.Boolean()
 
 
-class DeliveryAttemptSchema(Schema):
+class DeliveryAttemptSchema(Answer):
     attempted_at = UTCDateTimeField()
     status_code = fields.Integer(allow_none=True)
     error = fields.String(allow_none=True)
     duration_ms = fields.Integer()
 
 
-class EventDeliverySchema(Schema):
+class EventDeliverySchema(Answer):
     endpoint_id = fields.String()
     url = fields.String()
-    status = fields.String(metadata={"description": "pending, delivered or failed"})
+    status = enum_answer(["pending", "delivered", "failed"])
     next_attempt_at = UTCDateTimeField(allow_none=True)
     delivered_at = UTCDateTimeField(allow_none=True)
     attempts = fields.List(fields.Nested(DeliveryAttemptSchema))
 
 
-class EventResponse(Schema):
+class EventResponse(Answer):
     event = fields.Nested(EventSchema)
     deliveries = fields.List(fields.Nested(EventDeliverySchema))
 

@@ -34,6 +34,8 @@ PATH_PARAMETER_EXAMPLES: dict[str, str] = {
     "external_id": "acme-42",
     "wallet_id": "wal_01JEXAMPLE",
     "transaction_id": "wtx_01JEXAMPLE",
+    "endpoint_id": "whe_01JEXAMPLE",
+    "event_id": "evt_01JEXAMPLE",
 }
 
 # Kept from the field's own schema when `_exact_field` replaces the rest.
