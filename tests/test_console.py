@@ -523,3 +523,24 @@ def test_attention_lists_purchases_that_need_a_person(
 def test_sandbox_cannot_run_with_a_live_key() -> None:
     with pytest.raises(ConfigurationError, match="STRIPE_SANDBOX"):
         create_app({**TEST_SETTINGS, "STRIPE_SANDBOX": "1", "STRIPE_SECRET_KEY": "sk_live_x"})
+
+
+def test_the_operator_is_named_in_the_entrys_event(signed_in: FlaskClient) -> None:
+    wallet_id = create_wallet(signed_in, subscribed_customer(signed_in))["wallet"]["id"]
+    assert (
+        submit(signed_in, f"/console/wallets/{wallet_id}/top-up", granted_credits="3").status_code
+        == 303
+    )
+
+    listed = signed_in.get(
+        "/api/v1/events",
+        query_string={"type": "wallet_transaction.created", "limit": 100},
+        headers={"Authorization": "Bearer test-key-1"},
+    ).json["events"]
+
+    authors = [
+        event["data"]["wallet_transaction"]["created_by"]
+        for event in listed
+        if event["data"]["wallet_transaction"]["wallet_id"] == wallet_id
+    ]
+    assert authors == ["operator:alice"]
