@@ -38,7 +38,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, Table, bindparam, event, select
+from sqlalchemy import ColumnElement, Select, Table, bindparam, event, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -317,6 +317,40 @@ def record_payment_failure(
         )
     log.info("%s: purchase %s payment failed: %s", source, purchase.id, message)
     return SettlementOutcome(SettlementAction.PAYMENT_FAILURE_RECORDED, purchase.id, message)
+
+
+_LINK_PAYMENT = (
+    update(_purchases)
+    .where(
+        _purchases.c.provider_invoice_id == bindparam("b_invoice_id"),
+        _purchases.c.payment_id.is_(None),
+    )
+    .values(payment_id=bindparam("b_payment_id"))
+    .returning(_purchases.c.id)
+)
+_PURCHASE_OF_INVOICE = select(_purchases.c.id).where(
+    _purchases.c.provider_invoice_id == bindparam("b_invoice_id")
+)
+
+
+def record_payment(
+    conn: Connection, invoice_id: str, payment_id: str, source: str
+) -> SettlementOutcome:
+    """The payment that paid a purchase's invoice, stored on the purchase (once) so its
+    refunds and disputes map to it without asking the provider. One UPDATE of the
+    purchase row: no status changes, no other lock is taken."""
+    linked = conn.execute(
+        _LINK_PAYMENT, {"b_invoice_id": invoice_id, "b_payment_id": payment_id}
+    ).scalar()
+    if linked is not None:
+        log.info("%s: purchase %s paid by %s", source, linked, payment_id)
+        return SettlementOutcome(SettlementAction.LINKED, linked)
+    known = conn.execute(_PURCHASE_OF_INVOICE, {"b_invoice_id": invoice_id}).scalar()
+    if known is None:
+        return SettlementOutcome(
+            SettlementAction.NOT_OURS, reason=f"invoice {invoice_id} is not a purchase of ours"
+        )
+    return SettlementOutcome(SettlementAction.UNCHANGED, known, "payment already known")
 
 
 def invoice_columns(invoice: InvoiceSnapshot) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from gateway.providers.base import (
     DisputeChanged,
     InvoiceChanged,
     InvoicePaymentFailed,
+    InvoicePaymentMade,
     OtherEvent,
     ProviderEvent,
     Refund,
@@ -433,6 +434,8 @@ def apply_event(
         )
     elif isinstance(meaning, InvoiceChanged):
         outcome = settlement.apply_invoice(conn, meaning.invoice, now, source)
+    elif isinstance(meaning, InvoicePaymentMade):
+        outcome = settlement.record_payment(conn, meaning.invoice_id, meaning.payment_id, source)
     elif isinstance(meaning, RefundsChanged | CreditNoteIssued | DisputeChanged):
         return _returned(conn, meaning, lookup or PaymentLookup(), now, source)
     else:

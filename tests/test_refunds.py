@@ -468,3 +468,27 @@ def test_a_failure_rolls_everything_back_and_the_event_is_replayable(
     assert post_signed(client, event).status_code == 200  # Stripe's retry
 
     assert balance(db_session, bought.wallet_id) == D("5")
+
+
+def test_the_invoice_payment_event_stores_the_payment_so_refunds_need_no_lookup(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = buy_wallet(client, db_session, paid="10")
+    stub.mark_paid(bought.invoice_id or "")
+    [invoice_payment] = [
+        row for row in stub.invoice_payments.values() if row["invoice"] == bought.invoice_id
+    ]
+    assert deliver(client, stub, invoice_payment, "invoice_payment.paid") == "processed"
+    post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
+    pi = stub.payment_intent_of(bought.invoice_id or "")
+    assert purchase_row(db_session, bought.purchase_id).payment_id == pi
+    lookups = len(stub.requests_to("GET", "/v1/invoice_payments"))
+
+    deliver(
+        client, stub, stub.refund_payment(bought.invoice_id or "", amount=100), "refund.created"
+    )
+
+    assert len(stub.requests_to("GET", "/v1/invoice_payments")) == lookups
+    assert balance(db_session, bought.wallet_id) == D("9")
+    other = {**invoice_payment, "id": "inpay_other", "invoice": "in_not_ours"}
+    assert deliver(client, stub, other, "invoice_payment.paid") == "ignored"

@@ -154,6 +154,15 @@ class InvoicePaymentFailed:
 
 
 @dataclass(frozen=True)
+class InvoicePaymentMade:
+    """A payment paid (part of) an invoice: which payment, so that its refunds and
+    disputes later map to the purchase without asking the provider."""
+
+    invoice_id: str
+    payment_id: str
+
+
+@dataclass(frozen=True)
 class RefundsChanged:
     """Refunds of one payment were made or changed. `complete` says the event lists
     every refund of the payment; otherwise they must be read from the provider."""
@@ -184,6 +193,7 @@ class OtherEvent:
 ProviderEvent = (
     InvoiceChanged
     | InvoicePaymentFailed
+    | InvoicePaymentMade
     | RefundsChanged
     | CreditNoteIssued
     | DisputeChanged

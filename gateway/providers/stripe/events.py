@@ -20,6 +20,7 @@ from gateway.providers.base import (
     DisputeOutcome,
     InvoiceChanged,
     InvoicePaymentFailed,
+    InvoicePaymentMade,
     OtherEvent,
     ProviderEvent,
     Refund,
@@ -32,6 +33,7 @@ INVOICE_TYPES = frozenset(
     {"invoice.paid", "invoice.payment_succeeded", "invoice.voided", "invoice.marked_uncollectible"}
 )
 PAYMENT_FAILED_TYPE = "invoice.payment_failed"
+INVOICE_PAYMENT_PAID_TYPE = "invoice_payment.paid"
 REFUND_TYPES = frozenset({"refund.created", "refund.updated"})
 CHARGE_REFUNDED_TYPE = "charge.refunded"
 CREDIT_NOTE_TYPE = "credit_note.created"
@@ -41,7 +43,7 @@ HANDLED_TYPES = (
     INVOICE_TYPES
     | REFUND_TYPES
     | DISPUTE_TYPES
-    | {PAYMENT_FAILED_TYPE, CHARGE_REFUNDED_TYPE, CREDIT_NOTE_TYPE}
+    | {PAYMENT_FAILED_TYPE, INVOICE_PAYMENT_PAID_TYPE, CHARGE_REFUNDED_TYPE, CREDIT_NOTE_TYPE}
 )
 # A dispute Stripe closed in the merchant's favour (`warning_closed`: an inquiry that
 # never became a chargeback).
@@ -64,6 +66,8 @@ def read_event(event: Mapping[str, Any]) -> ProviderEvent:
         return InvoiceChanged(invoice_snapshot(data))
     if event_type == PAYMENT_FAILED_TYPE:
         return InvoicePaymentFailed(invoice_snapshot(data), payment_error(data, event))
+    if event_type == INVOICE_PAYMENT_PAID_TYPE:
+        return _invoice_payment(data)
     if event_type in REFUND_TYPES:
         refund = read_refund(data)
         return RefundsChanged(refund.payment_id, (refund,))
@@ -85,6 +89,17 @@ def _required_id(data: Mapping[str, Any], what: str) -> str:
 
 def _currency(data: Mapping[str, Any]) -> str:
     return str(data.get("currency") or "").upper()
+
+
+def _invoice_payment(data: Mapping[str, Any]) -> InvoicePaymentMade | OtherEvent:
+    """`invoice_payment.paid`: an Invoice Payment, whose `payment` names the payment
+    intent (other kinds of payment, out-of-band records, are not refunded through us)."""
+    invoice_id = object_id(data.get("invoice"))
+    payment = data.get("payment")
+    payment_id = object_id(payment.get("payment_intent")) if isinstance(payment, Mapping) else None
+    if invoice_id is None or payment_id is None:
+        return OtherEvent()
+    return InvoicePaymentMade(invoice_id, payment_id)
 
 
 def read_refund(data: Mapping[str, Any]) -> Refund:
