@@ -418,8 +418,10 @@ def _apply_payment(
         conn, locked.ref, EntryStatus(purchase.entry_status), now, locked.take_changes()
     )
     metrics.CREDITS_MOVED.labels("purchased").inc(float(credited))
-    # Money that went back before the payment was seen here (events in any order).
-    returns.follow_after_settlement(conn, purchase.id, now)
+    if purchase.returned_cents or purchase.dispute_status:
+        # Money went back before the payment was seen here (events in any order): its
+        # credits follow it out now. Rare, so the common settlement reads nothing more.
+        returns.follow_after_settlement(conn, purchase.id, now)
     return SettlementOutcome(SettlementAction.SETTLED, purchase.id)
 
 
