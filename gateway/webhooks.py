@@ -1,12 +1,18 @@
 """Stripe events: record each verified event once, and apply it exactly once.
 
-A delivery (already verified by `gateway.providers.stripe.webhook`) is handled in
-one transaction: the event is applied (`gateway.settlement`) and its row, keyed by
+A delivery (already verified by `gateway.providers.stripe.webhook`) is read into a
+provider-neutral event (`gateway.providers.read_event`) and handled in one
+transaction: the event is applied (`gateway.settlement` for invoices, `gateway.returns`
+for refunds, credit notes and disputes) and its row, keyed by
 the Stripe event id, written with the outcome in one upsert that refuses to touch
 an event already processed or ignored. When it refuses, the delivery is a repeat
 and its transaction is rolled back, so a repeat changes nothing, and the answer
 is the stored outcome. An effect and "this event is done" commit together or not
 at all.
+
+A refund or dispute names a payment: when no purchase has stored it yet, the provider
+is asked which invoice it paid (and, for a `charge.refunded` that does not list them,
+the payment's refunds) before the transaction opens, never while a lock is held.
 
 Concurrent deliveries of one event are serialised by settlement's row locks (wallet,
 then purchase) and by the primary key: the second waits for the first to commit,
