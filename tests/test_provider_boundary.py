@@ -98,3 +98,34 @@ def test_invoice_statuses_are_compared_as_the_enum() -> None:
                     if isinstance(value, ast.Constant) and value.value in _INVOICE_STATUS_WORDS
                 )
     assert spelled == []
+
+
+_RECONCILE_STEPS = ("invoices", "refunds", "unmatched", "voids", "attention")
+
+
+@pytest.mark.parametrize("step", _RECONCILE_STEPS)
+def test_reconcile_steps_only_plan_and_know_nothing_of_a_dry_run(step: str) -> None:
+    """A step plans repairs (`gateway.reconcile.repairs`); only the run decides whether
+    they are made, so no step tests for a dry run or reaches the code that writes."""
+    path = GATEWAY / "reconcile" / f"{step}.py"
+    source = path.read_text()
+    tree = ast.parse(source)
+    assert "dry_run" not in source
+    writers = {"gateway.settlement", "gateway.returns", "gateway.purchases"}
+    assert _imported_modules(tree).isdisjoint(writers)
+    from_gateway = {
+        f"gateway.{alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "gateway"
+        for alias in node.names
+    }
+    assert from_gateway.isdisjoint(writers | {"gateway.transitions"})
+    # The transitions module lends its vocabulary, never a transition.
+    from_transitions = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "gateway.transitions"
+        for alias in node.names
+    }
+    assert from_transitions <= {"InvoiceStatus", "FAILED_INVOICE_STATUSES"}
+    assert "unit_of_work" not in source
