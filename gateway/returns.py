@@ -27,6 +27,7 @@ Callers own the transaction and have locked nothing: each function locks the pur
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 from collections.abc import Iterable
@@ -110,6 +111,7 @@ def _rows(conn: Connection, purchase_id: str) -> dict[str, _Row]:
 
 def _insert(
     conn: Connection,
+    rows: dict[str, _Row],
     purchase_id: str,
     object_id: str,
     *,
@@ -119,9 +121,10 @@ def _insert(
     now: datetime,
     credit_note_id: str | None = None,
 ) -> None:
-    """A new row; one recorded meanwhile by another purchase's event is left alone."""
+    """A new row, added to `rows` too; one recorded meanwhile for another purchase is
+    left alone (and not counted here)."""
     dialect_insert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    conn.execute(
+    inserted = conn.execute(
         dialect_insert(_returns)
         .values(
             id=new_id("ret"),
@@ -135,11 +138,18 @@ def _insert(
             updated_at=now,
         )
         .on_conflict_do_nothing(index_elements=[_returns.c.provider_object_id])
-    )
+        .returning(_returns.c.id)
+    ).first()
+    if inserted is not None:
+        rows[object_id] = _Row(object_id, kind, max(amount_cents, 0), status, credit_note_id)
 
 
-def _update(conn: Connection, object_id: str, now: datetime, **values: Any) -> None:
+def _update(
+    conn: Connection, rows: dict[str, _Row], object_id: str, now: datetime, **values: Any
+) -> None:
+    """Change a recorded row (its status, amount or counting note), in `rows` too."""
     conn.execute(_UPDATE_RETURN, {"b_object_id": object_id, "updated_at": now, **values})
+    rows[object_id] = dataclasses.replace(rows[object_id], **values)
 
 
 # --- recording what the provider says ------------------------------------------------
@@ -151,7 +161,7 @@ def _record_refund(
     """Remember `refund` (its latest status and amount). True if anything changed."""
     known = rows.get(refund.id)
     if known is None:
-        _insert(conn, purchase_id, refund.id, kind=ReturnKind.REFUND,
+        _insert(conn, rows, purchase_id, refund.id, kind=ReturnKind.REFUND,
                 amount_cents=refund.amount_cents, status=refund.status, now=now)  # fmt: skip
         return True
     if known.status == "succeeded" and not refund.succeeded:
@@ -162,7 +172,9 @@ def _record_refund(
         return False
     if (known.status, known.amount_cents) == (refund.status, refund.amount_cents):
         return False
-    _update(conn, refund.id, now, status=refund.status, amount_cents=max(refund.amount_cents, 0))
+    _update(
+        conn, rows, refund.id, now, status=refund.status, amount_cents=max(refund.amount_cents, 0)
+    )
     return True
 
 
@@ -173,20 +185,20 @@ def _record_credit_note(
     status = NOTE_VOID if note.voided else NOTE_ISSUED
     known = rows.get(note.id)
     if known is None:
-        _insert(conn, purchase_id, note.id, kind=ReturnKind.CREDIT_NOTE,
+        _insert(conn, rows, purchase_id, note.id, kind=ReturnKind.CREDIT_NOTE,
                 amount_cents=note.amount_cents, status=status, now=now)  # fmt: skip
         changed = True
     elif known.status != status and note.voided:
-        _update(conn, note.id, now, status=status)
+        _update(conn, rows, note.id, now, status=status)
         changed = True
     for refund_id in note.refund_ids:
         refund = rows.get(refund_id)
         if refund is None:
-            _insert(conn, purchase_id, refund_id, kind=ReturnKind.REFUND, amount_cents=0,
+            _insert(conn, rows, purchase_id, refund_id, kind=ReturnKind.REFUND, amount_cents=0,
                     status=UNSEEN, now=now, credit_note_id=note.id)  # fmt: skip
             changed = True
         elif refund.credit_note_id is None:
-            _update(conn, refund_id, now, credit_note_id=note.id)
+            _update(conn, rows, refund_id, now, credit_note_id=note.id)
             changed = True
     return changed
 
@@ -199,13 +211,13 @@ def _record_dispute(
 ) -> bool:
     known = rows.get(dispute.id)
     if known is None:
-        _insert(conn, purchase_id, dispute.id, kind=ReturnKind.DISPUTE,
+        _insert(conn, rows, purchase_id, dispute.id, kind=ReturnKind.DISPUTE,
                 amount_cents=dispute.amount_cents, status=dispute.outcome, now=now)  # fmt: skip
         return True
     # A closed dispute stays closed: `created` delivered after `closed` changes nothing.
     if _DISPUTE_RANK[DisputeOutcome(known.status)] >= _DISPUTE_RANK[dispute.outcome]:
         return False
-    _update(conn, dispute.id, now, status=dispute.outcome)
+    _update(conn, rows, dispute.id, now, status=dispute.outcome)
     return True
 
 
@@ -339,7 +351,7 @@ def apply_refunds(
     changed = False
     for refund in refunds:
         changed |= _record_refund(conn, locked.purchase.id, refund, rows, now)
-    return _after_recording(conn, locked, changed, now, source)
+    return _after_recording(conn, locked, rows, changed=changed, now=now, source=source)
 
 
 def apply_credit_note(
@@ -352,9 +364,9 @@ def apply_credit_note(
         return ReturnOutcome(
             ReturnAction.NOT_OURS, None, f"invoice {note.invoice_id} is not a purchase of ours"
         )
-    changed = _record_credit_note(conn, locked.purchase.id, note, _rows(conn, locked.purchase.id),
-                                  now)  # fmt: skip
-    return _after_recording(conn, locked, changed, now, source)
+    rows = _rows(conn, locked.purchase.id)
+    changed = _record_credit_note(conn, locked.purchase.id, note, rows, now)
+    return _after_recording(conn, locked, rows, changed=changed, now=now, source=source)
 
 
 def apply_dispute(
@@ -371,9 +383,9 @@ def apply_dispute(
         return _not_ours(f"payment {dispute.payment_id}")
     if dispute.payment_id and locked.purchase.payment_id is None:
         transitions.record(conn, locked.purchase.id, {"payment_id": dispute.payment_id})
-    changed = _record_dispute(conn, locked.purchase.id, dispute, _rows(conn, locked.purchase.id),
-                              now)  # fmt: skip
-    return _after_recording(conn, locked, changed, now, source)
+    rows = _rows(conn, locked.purchase.id)
+    changed = _record_dispute(conn, locked.purchase.id, dispute, rows, now)
+    return _after_recording(conn, locked, rows, changed=changed, now=now, source=source)
 
 
 def follow_after_settlement(conn: Connection, purchase_id: str, now: datetime) -> None:
@@ -401,9 +413,16 @@ def _lock(
 
 
 def _after_recording(
-    conn: Connection, locked: settlement.LockedRows, changed: bool, now: datetime, source: str
+    conn: Connection,
+    locked: settlement.LockedRows,
+    rows: dict[str, _Row],
+    *,
+    changed: bool,
+    now: datetime,
+    source: str,
 ) -> ReturnOutcome:
-    outcome = _follow(conn, locked, _rows(conn, locked.purchase.id), now, source)
+    """Follow the rows as recorded (read once, changed in place by the recording)."""
+    outcome = _follow(conn, locked, rows, now, source)
     if outcome.action == ReturnAction.UNCHANGED and changed:
         return ReturnOutcome(ReturnAction.RECORDED, locked.purchase.id, outcome.reason)
     return outcome
