@@ -253,3 +253,39 @@ def test_idempotency_and_subscription_refusals_are_documented(document: dict[str
         assert "idempotency_key_reused" in codes["properties"]["code"]["enum"], path
     subscription = document["paths"]["/api/v1/subscriptions"]["post"]["responses"]["422"]
     assert "validation_errors" in subscription["description"]
+
+
+def _enum(schema: dict[str, Any]) -> set[Any]:
+    """The values a property allows, whether it lists them or is `anyOf` with null."""
+    values = set(schema.get("enum", []))
+    for option in schema.get("anyOf", []):
+        values |= set(option.get("enum", []))
+    return values
+
+
+def test_money_going_back_is_in_the_document(document: dict[str, Any]) -> None:
+    """The new transaction_status values, the invoice block's `returned_cents` and
+    `dispute_status`, and its `refunded` status (contract section 7)."""
+    schemas = document["components"]["schemas"]
+    entry = next(
+        schema
+        for schema in schemas.values()
+        if {"transaction_status", "invoice"} <= set(schema.get("properties", {}))
+    )
+    assert {"refunded", "disputed", "reinstated"} <= _enum(
+        entry["properties"]["transaction_status"]
+    )
+    invoice = next(
+        schema for schema in schemas.values() if "returned_cents" in schema.get("properties", {})
+    )
+    properties = invoice["properties"]
+    assert properties["returned_cents"]["type"] == "integer"
+    assert "refunded" in _enum(properties["status"])
+    assert {"open", "won", "lost"} <= _enum(properties["dispute_status"])
+    [listing] = [
+        operation["get"]
+        for path, operation in document["paths"].items()
+        if path.endswith("/wallet_transactions") and "get" in operation
+    ]
+    [kind_filter] = [p for p in listing["parameters"] if p["name"] == "transaction_status"]
+    assert "reinstated" in _enum(kind_filter["schema"])
