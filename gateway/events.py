@@ -35,13 +35,14 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, joinedload
 
-from gateway.db import new_id
+from gateway.db import UTCDateTime, new_id
 from gateway.models import CreditApplication, Event, Wallet, WalletTransaction
 
 
@@ -140,43 +141,73 @@ def _wallet_loading() -> tuple[Any, ...]:
 
 def _load(
     session: Session, wallet_ids: list[str], events: Sequence[NewEvent]
-) -> tuple[dict[str, Wallet], dict[str, WalletTransaction]]:
-    """The wallets and entries the events carry, as they now are, in as few SELECTs as
-    possible: the entries with their purchase and wallet (and its customer and rules)
-    in one, the wallets no entry brought in another."""
+) -> tuple[dict[str, Wallet], dict[str, WalletTransaction], dict[str, Any]]:
+    """The wallets and entries the events carry, as they now are, and each wallet's
+    pending credits, in as few SELECTs as possible: the entries with their purchase and
+    wallet (and its customer and rules) in one, the wallets no entry brought in
+    another."""
+    from gateway.ledger import pending_credits_of
+
     wallets: dict[str, Wallet] = {}
     transactions: dict[str, WalletTransaction] = {}
+    pending: dict[str, Any] = {}
     transaction_ids = list({event.transaction_id for event in events if event.transaction_id})
     if transaction_ids:
-        for entry in (
-            session.execute(
-                select(WalletTransaction)
-                .where(WalletTransaction.id.in_(transaction_ids))
-                .options(
-                    joinedload(WalletTransaction.purchase),
-                    joinedload(WalletTransaction.wallet).options(*_wallet_loading()),
-                )
-                .execution_options(populate_existing=True)
+        for entry, entry_pending in session.execute(
+            select(WalletTransaction, pending_credits_of(WalletTransaction.wallet_id))
+            .where(WalletTransaction.id.in_(transaction_ids))
+            .options(
+                joinedload(WalletTransaction.purchase),
+                joinedload(WalletTransaction.wallet).options(*_wallet_loading()),
             )
-            .unique()
-            .scalars()
-        ):
+            .execution_options(populate_existing=True)
+        ).unique():
             transactions[entry.id] = entry
             wallets[entry.wallet_id] = entry.wallet
+            pending[entry.wallet_id] = entry_pending
     missing = [wallet_id for wallet_id in wallet_ids if wallet_id not in wallets]
     if missing:
-        for wallet in (
-            session.execute(
-                select(Wallet)
-                .where(Wallet.id.in_(missing))
-                .options(*_wallet_loading())
-                .execution_options(populate_existing=True)
-            )
-            .unique()
-            .scalars()
-        ):
+        for wallet, wallet_pending in session.execute(
+            select(Wallet, pending_credits_of(Wallet.id))
+            .where(Wallet.id.in_(missing))
+            .options(*_wallet_loading())
+            .execution_options(populate_existing=True)
+        ).unique():
             wallets[wallet.id] = wallet
-    return wallets, transactions
+            pending[wallet.id] = wallet_pending
+    unknown = set(wallet_ids) - set(wallets)
+    if unknown:
+        raise LookupError(f"events about unknown wallet(s): {', '.join(sorted(unknown))}")
+    return wallets, transactions, pending
+
+
+# PostgreSQL, one wallet: its sequence moves and the events are written in one
+# statement; each body is its prefix (the JSON up to `"sequence":`) + the number + `}}`.
+_SEQUENCE_AND_INSERT_PG = text(
+    """
+    WITH s AS (
+        UPDATE wallets SET event_sequence = event_sequence + :n
+        WHERE id = :wallet_id RETURNING event_sequence
+    )
+    INSERT INTO events (id, type, wallet_id, sequence, body, txid, dispatched, created_at)
+    SELECT v.id, v.type, :wallet_id, s.event_sequence - :n + v.ord,
+           v.prefix || (s.event_sequence - :n + v.ord)::text || '}}',
+           pg_current_xact_id()::text::bigint, false, :created_at
+    FROM s, unnest(CAST(:ids AS text[]), CAST(:types AS text[]), CAST(:prefixes AS text[]),
+                   CAST(:ords AS integer[])) AS v(id, type, prefix, ord)
+    """
+).bindparams(bindparam("created_at", type_=UTCDateTime()))
+
+
+def _body_prefix(event_id: str, type_: str, created_at: str, data: dict[str, Any]) -> str:
+    """The event's JSON up to its `sequence`, the last member of `data`."""
+    head = json.dumps(
+        {"id": event_id, "type": type_, "created_at": created_at},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    members = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return f'{head[:-1]},"data":{members[:-1]},"sequence":'
 
 
 def format_time(value: datetime) -> str:
@@ -196,14 +227,14 @@ def emit(session: Session, events: Sequence[NewEvent], now: datetime) -> list[st
         WalletSchema,
         WalletTransactionSchema,
     )
+    from gateway.ledger import known_pending_credits
 
     session.flush()
     conn = session.connection()
     counts: dict[str, int] = {}
     for event in events:
         counts[event.wallet_id] = counts.get(event.wallet_id, 0) + 1
-    last = _last_sequences(conn, counts)
-    wallets, transactions = _load(session, list(counts), events)
+    wallets, transactions, pending = _load(session, list(counts), events)
     application_ids = [event.credit_application_id for event in events]
     applications = {
         application.id: application
@@ -217,31 +248,58 @@ def emit(session: Session, events: Sequence[NewEvent], now: datetime) -> list[st
     wallet_schema = WalletSchema()
     transaction_schema = WalletTransactionSchema()
     application_schema = CreditApplicationSchema()
-    dumped_wallets = {wallet_id: wallet_schema.dump(w) for wallet_id, w in wallets.items()}
-    first = {wallet_id: last[wallet_id] - n + 1 for wallet_id, n in counts.items()}
-    created_at = format_time(now)
-    rows: list[dict[str, Any]] = []
-    for event in events:
-        sequence = first[event.wallet_id]
-        first[event.wallet_id] += 1
-        data: dict[str, Any] = {"wallet": dumped_wallets[event.wallet_id]}
-        if event.transaction_id is not None:
-            data["wallet_transaction"] = transaction_schema.dump(transactions[event.transaction_id])
-        if event.credit_application_id is not None:
-            data["credit_application"] = application_schema.dump(
-                applications[event.credit_application_id]
+    with known_pending_credits(session, pending):
+        dumped_wallets = {wallet_id: wallet_schema.dump(w) for wallet_id, w in wallets.items()}
+        created_at = format_time(now)
+        prepared: list[tuple[str, NewEvent, str]] = []  # id, event, body prefix
+        for event in events:
+            data: dict[str, Any] = {"wallet": dumped_wallets[event.wallet_id]}
+            if event.transaction_id is not None:
+                data["wallet_transaction"] = transaction_schema.dump(
+                    transactions[event.transaction_id]
+                )
+            if event.credit_application_id is not None:
+                data["credit_application"] = application_schema.dump(
+                    applications[event.credit_application_id]
+                )
+            data.update(event.extra)
+            data.pop("sequence", None)
+            event_id = new_id("evt")
+            prepared.append(
+                (event_id, event, _body_prefix(event_id, event.type.value, created_at, data))
             )
-        data.update(event.extra)
-        data["sequence"] = sequence
-        event_id = new_id("evt")
-        body = {"id": event_id, "type": event.type.value, "created_at": created_at, "data": data}
+
+    if conn.dialect.name == "postgresql" and len(counts) == 1:
+        [(wallet_id, n)] = counts.items()
+        written = conn.execute(
+            _SEQUENCE_AND_INSERT_PG,
+            {
+                "n": n,
+                "wallet_id": wallet_id,
+                "created_at": now,
+                "ids": [event_id for event_id, _, _ in prepared],
+                "types": [event.type.value for _, event, _ in prepared],
+                "prefixes": [prefix for _, _, prefix in prepared],
+                "ords": list(range(1, n + 1)),
+            },
+        ).rowcount
+        if written != n:
+            raise LookupError(f"events about unknown wallet {wallet_id}")
+        return [event_id for event_id, _, _ in prepared]
+
+    last = _last_sequences(conn, counts)
+    next_sequence = {wallet_id: last[wallet_id] - n + 1 for wallet_id, n in counts.items()}
+    rows: list[dict[str, Any]] = []
+    for event_id, event, prefix in prepared:
+        sequence = next_sequence[event.wallet_id]
+        next_sequence[event.wallet_id] += 1
         rows.append(
             {
                 "id": event_id,
                 "type": event.type.value,
                 "wallet_id": event.wallet_id,
                 "sequence": sequence,
-                "body": json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+                "body": f"{prefix}{sequence}}}}}",
                 "dispatched": False,
                 "created_at": now,
             }

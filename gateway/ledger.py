@@ -11,7 +11,8 @@ Invariant: `wallet.credits_balance` equals the sum of the wallet's settled entri
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -35,9 +36,9 @@ from sqlalchemy import (
 from sqlalchemy import column as sql_column
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.sql.selectable import TableValuedAlias
+from sqlalchemy.sql.selectable import ScalarSelect, TableValuedAlias
 from sqlalchemy.types import TypeEngine
 
 from gateway import actors, events, money
@@ -509,8 +510,48 @@ _PENDING_CREDITS = select(
 
 def pending_credits(session: Session, wallet_id: str) -> Decimal:
     """Credits bought for `wallet_id` and not paid yet (its pending purchase entries)."""
+    known = session.info.get(_KNOWN_PENDING)
+    if known is not None and wallet_id in known:
+        return known[wallet_id]  # type: ignore[no-any-return]
     total = session.execute(_PENDING_CREDITS, {"wallet_id": wallet_id}).scalar_one()
     return money.quantize_credits(Decimal(total))
+
+
+_KNOWN_PENDING = "gateway.ledger.known_pending_credits"
+
+
+def pending_credits_of(
+    wallet_id: ColumnElement[str] | InstrumentedAttribute[str],
+) -> ScalarSelect[Decimal]:
+    """SQL: the pending credits of the wallet `wallet_id` names (a correlated subquery,
+    to read them in the same SELECT as the wallet)."""
+    return (
+        select(func.coalesce(func.sum(_ENTRIES.c.credit_amount), 0))
+        .where(
+            _ENTRIES.c.wallet_id == wallet_id,
+            _ENTRIES.c.status == EntryStatus.PENDING,
+            _ENTRIES.c.transaction_status == TransactionStatus.PURCHASED,
+        )
+        .scalar_subquery()
+    )
+
+
+@contextmanager
+def known_pending_credits(session: Session, values: Mapping[str, Decimal]) -> Iterator[None]:
+    """Within it, `pending_credits` answers these wallets' values (read by the caller
+    with `pending_credits_of`, in this transaction) without another query."""
+    previous = session.info.get(_KNOWN_PENDING)
+    session.info[_KNOWN_PENDING] = {
+        **(previous or {}),
+        **{wallet_id: money.quantize_credits(Decimal(v)) for wallet_id, v in values.items()},
+    }
+    try:
+        yield
+    finally:
+        if previous is None:
+            session.info.pop(_KNOWN_PENDING, None)
+        else:
+            session.info[_KNOWN_PENDING] = previous
 
 
 # --- purchase entries by id, on a connection (the settlement path) -------------------

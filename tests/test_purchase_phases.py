@@ -53,6 +53,9 @@ def _shape(statement: str) -> tuple[str, str]:
     """(verb, table) of a statement: ("SELECT", "wallets"), ("UPDATE", "purchases")…"""
     words = statement.split()
     verb = words[0].upper()
+    if verb == "WITH":  # a CTE feeding an INSERT: named by what it inserts into
+        upper = [word.upper() for word in words]
+        return "INSERT", words[upper.index("INSERT") + 2]
     if verb == "INSERT":
         return verb, words[2]
     if verb == "UPDATE":
@@ -84,7 +87,7 @@ def recorded(connection: Connection) -> Iterator[tuple[list[str], list[int]]]:
         event.remove(Session, "after_begin", began)
 
 
-def test_a_paid_top_up_is_nine_statements_in_two_transactions(
+def test_a_paid_top_up_is_a_few_statements_in_two_transactions(
     client: FlaskClient,
     stripe_http: responses.RequestsMock,
     stub: StripeStub,
@@ -97,6 +100,7 @@ def test_a_paid_top_up_is_nine_statements_in_two_transactions(
     transactions.clear()
 
     response = top_up(client, wallet_id, paid_credits="10")
+    postgres = client.application.extensions["db"].engine.dialect.name == "postgresql"
 
     assert response.status_code == 201, response.json
     assert [_shape(statement) for statement in statements] == [
@@ -105,13 +109,12 @@ def test_a_paid_top_up_is_nine_statements_in_two_transactions(
         ("SELECT", "wallets"),
         ("INSERT", "wallet_transactions"),
         ("INSERT", "purchases"),
-        # its `wallet_transaction.created` event (gateway.events): the wallet's sequence,
-        # the payload's rows as the API shows them (the entry with its purchase and its
-        # wallet, customer and rules in one SELECT; the wallet's pending credits), the
-        # event row
-        ("UPDATE", "wallets"),
+        # its `wallet_transaction.created` event (gateway.events): the payload's rows as
+        # the API shows them (the entry with its purchase, its wallet, customer, rules
+        # and pending credits, in one SELECT), then the wallet's sequence and the event
+        # row (one statement on PostgreSQL, a CTE)
         ("SELECT", "wallet_transactions"),
-        ("SELECT", "wallet_transactions"),
+        *([] if postgres else [("UPDATE", "wallets")]),
         ("INSERT", "events"),
         # phase 3: the wallet's lock, the purchase taken to `open` with its invoice
         ("SELECT", "wallets"),
