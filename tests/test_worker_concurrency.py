@@ -148,7 +148,7 @@ def test_a_worker_killed_mid_delivery_loses_nothing(
         try:
             # The request arrived and waits for its answer: the worker claimed the
             # delivery and sent it, and has recorded nothing yet.
-            assert receiver.wait_for(1, timeout=30)
+            assert receiver.wait_for(1, timeout=120)
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=10)
         finally:
@@ -175,7 +175,7 @@ def test_sigterm_finishes_the_attempt_in_hand(
         make_wallets(committed_app, 3)
         process = _worker_process(postgres_engine)
         try:
-            receiver.wait_for(1, timeout=30)
+            receiver.wait_for(1, timeout=120)
             process.send_signal(signal.SIGTERM)
             output = process.communicate(timeout=30)[0].decode()
         finally:
