@@ -163,15 +163,17 @@ def run(*, events: int = 3000) -> ScenarioResult:
     load = os.getloadavg()[0]
     receiver_env = {"BENCH_RECEIVER_SLOW_SECONDS": str(TIMEOUT_SECONDS * 3)}
     with (
+        # gthread workers keep connections alive, as a production receiver does.
         gunicorn(
-            "bench.receiver_app:app", receiver_env, workers=2, threads=1, health_path="/fast"
+            "bench.receiver_app:app", receiver_env, workers=2, threads=4, health_path="/fast"
         ) as fast_base,
         gunicorn(
             "bench.receiver_app:app", receiver_env, workers=1, threads=32, health_path="/fast"
         ) as slow_base,
     ):
         # 1. throughput of one worker, against its own start-up (same run)
-        idle, _ = _once(url)
+        idle, _ = _once(url)  # fans the events out to no endpoint: reset below
+        _reset_outbox(url)
         healthy = _register(url, f"{fast_base}/fast")
         elapsed, output = _once(url)
         delivered = _delivered(url, healthy)
