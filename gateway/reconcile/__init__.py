@@ -116,6 +116,7 @@ def reconcile(
     )
     plan: list[Repair] = []
     try:
+        run.check_database()
         report.window_start = run.window_start()
         for planning in PLANNING_STEPS:
             for repair in planning(run):

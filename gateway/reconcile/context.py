@@ -20,8 +20,11 @@ from gateway.reconcile.report import Finding, FindingAction, ProgressSink, Recon
 
 log = logging.getLogger(__name__)
 
-# Without --since, Stripe is read back this far, or to the oldest unsettled purchase if
-# that is older, so settled purchases and unknown payments of the last weeks are checked.
+# Without --since, Stripe's invoices and refunds are listed back this far, so settled
+# purchases and unknown payments of the last weeks are checked. Never further: an
+# unsettled purchase older than this (an unpaid `send_invoice`) is read from the
+# database in pages by id and its invoice retrieved on its own (step 3), instead of
+# listing the whole account back to it on every run.
 DEFAULT_LOOKBACK = timedelta(days=30)
 # An invoice is made after its purchase row; this covers clocks that disagree.
 CLOCK_SLACK = timedelta(hours=1)
@@ -151,15 +154,17 @@ class Run:
     def session(self) -> Session:
         return self.db.session()
 
+    def check_database(self) -> None:
+        """Fail now (SQLAlchemy's error) if the database or its purchases table cannot be
+        read, before Stripe is asked anything."""
+        with self.session() as session:
+            session.execute(select(Purchase.id).limit(1)).first()
+
     def window_start(self) -> datetime:
+        """`--since`, else `DEFAULT_LOOKBACK` back: bounded whatever is still open."""
         if self.since is not None:
             return self.since
-        with self.session() as session:
-            oldest = session.execute(
-                select(func.min(Purchase.created_at)).where(Purchase.status.in_(UNSETTLED))
-            ).scalar_one_or_none()
-        start = self.started_at - DEFAULT_LOOKBACK
-        return min(start, oldest) if oldest is not None else start
+        return self.started_at - DEFAULT_LOOKBACK
 
     def in_window(self, created_at: datetime) -> bool:
         return self.since is None or created_at >= self.since

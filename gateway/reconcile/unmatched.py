@@ -1,8 +1,9 @@
 """Step 3: purchases still `creating` or `open` that no listed invoice named, read in
-batches: a stored invoice is read on its own (rare); a purchase still `creating` that
-no caller can claim any more is looked up by metadata and, with no invoice at Stripe,
-failed after `PURCHASE_STUCK_GRACE_MINUTES` (its pending entry fails; the balance never
-saw it).
+batches by id (`DB_BATCH` a page, whatever their age: without `--since` this is how
+those older than the listed window are checked). A stored invoice is read on its own;
+a purchase still `creating` that no caller can claim any more is looked up by metadata
+and, with no invoice at Stripe, failed after `PURCHASE_STUCK_GRACE_MINUTES` (its
+pending entry fails; the balance never saw it).
 """
 
 from __future__ import annotations
