@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import Connection, func, select, text
 from sqlalchemy.orm import Session
 
+from gateway.api.auth import principal_of
 from gateway.models import EntryStatus, Purchase, PurchaseStatus, Wallet
 from gateway.providers.base import META_PURCHASE_ID
 from gateway.providers.stripe.sandbox import StripeStub
@@ -25,6 +26,7 @@ from gateway.reconcile import (
     FindingKind,
     ReconcileAborted,
 )
+from tests.conftest import API_KEY
 from tests.helpers import delete, post
 from tests.reconcile_support import (
     actions,
@@ -941,3 +943,25 @@ def test_an_automatic_top_up_left_creating_is_left_to_the_worker(
     assert findings(report, FindingKind.STUCK_PURCHASE) == []
     assert stripe_writes(stub, before) == []
     assert state_of(db_session, purchase.id).purchase_status == PurchaseStatus.CREATING
+
+
+def test_a_purchase_whose_api_key_was_rotated_out_cannot_be_claimed(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    """Issue 12 #1: its caller retried with its new API key (another purchase); the
+    old key is gone, so nobody can claim the first one, whose key is still live."""
+    first = buy_wallet(client, db_session, paid="1")
+    stub.fail_next("POST", "/v1/invoices/", after=True)  # finalized at Stripe, answer lost
+    stuck = buy_more(client, db_session, first.wallet_id, paid="2", key="buy-1")  # test-key-1
+    [invoice] = stub.invoices_with(**{META_PURCHASE_ID: stuck.purchase_id})
+    backdate(db_session, stuck.purchase_id, minutes=10)
+
+    # With its key still configured its caller may claim it: the invoice would be adopted.
+    still_configured = run(app, dry_run=True, api_principals={principal_of(API_KEY)})
+    assert only(still_configured, FindingKind.STUCK_PURCHASE).outcome == "adopt the invoice"
+
+    rotated = run(app, api_principals={principal_of("test-key-2")})
+
+    assert only(rotated, FindingKind.STUCK_PURCHASE).outcome == "voided"
+    assert stub.invoices[invoice["id"]]["status"] == "void"
+    assert state_of(db_session, stuck.purchase_id).purchase_status == PurchaseStatus.FAILED

@@ -398,3 +398,34 @@ def test_progress_bar_is_drawn_on_a_terminal(tmp_path: Path, stub_server: Stripe
     assert "Checking wallet balances against the ledger" in output
     assert "all consistent" in output
     assert [r.path for r in stub_server.requests] == ["/v1/invoices", "/v1/refunds"]
+
+
+@pytest.mark.usefixtures("stripe_http")
+def test_the_command_knows_which_api_keys_can_still_claim_a_purchase(
+    app: Flask, runner: FlaskCliRunner, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    """A purchase made with an API key since removed from GATEWAY_API_KEYS has no
+    caller left: the command voids its finalized invoice."""
+    import dataclasses
+
+    from gateway.providers.base import META_PURCHASE_ID
+    from gateway.settings import current_settings
+    from tests.reconcile_support import backdate, buy_more
+
+    first = buy_wallet(client, db_session, paid="1")
+    stub.fail_next("POST", "/v1/invoices/", after=True)
+    stuck = buy_more(client, db_session, first.wallet_id, paid="2", key="buy-1")
+    [invoice] = stub.invoices_with(**{META_PURCHASE_ID: stuck.purchase_id})
+    backdate(db_session, stuck.purchase_id, minutes=10)
+    with app.app_context():
+        settings = current_settings()
+    app.extensions["settings"] = dataclasses.replace(
+        settings, api_keys=("test-key-2",), api_key_labels=settings.api_key_labels[1:]
+    )
+
+    result = reconcile(runner, "--format", "json")
+
+    assert result.exit_code == 1, result.output
+    [finding] = as_json(result)["findings"]
+    assert (finding["kind"], finding["outcome"]) == ("stuck_purchase", "voided")
+    assert stub.invoices[invoice["id"]]["status"] == "void"

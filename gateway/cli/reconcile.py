@@ -27,6 +27,7 @@ from rich.progress import (
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.api.auth import principal_of
 from gateway.db import get_db, utcnow
 from gateway.providers import get_provider
 from gateway.providers.base import ProviderNotConfigured
@@ -100,8 +101,8 @@ def _since_option(_ctx: click.Context, param: click.Parameter, value: str | None
     "--grace-minutes",
     type=click.IntRange(1),
     default=None,
-    help="Fail purchases stuck before their invoice was made after this long "
-    "(default: PURCHASE_STUCK_GRACE_MINUTES).",
+    help="Fail stuck purchases no caller can claim and Stripe never finalized after this "
+    "long (default: PURCHASE_STUCK_GRACE_MINUTES).",
 )
 @with_appcontext
 def reconcile_command(
@@ -110,15 +111,19 @@ def reconcile_command(
     """Compare purchases with Stripe; repair what lost webhooks and crashes left behind.
 
     Settles purchases whose invoice was paid, fails those voided or uncollectible,
-    resumes or gives up on purchases stuck before their invoice was stored, voids
-    invoices of ended wallets; reports unknown payments, settled purchases whose
+    gives up on purchases stuck before their invoice was stored that no caller can
+    claim any more (voiding an invoice Stripe finalized), voids invoices of ended
+    wallets; reports unknown payments, settled purchases whose
     invoice is no longer paid or was refunded, refunds and reviews waiting for a person,
     and wallets whose balance differs from their ledger.
 
     Exit status: 0 all consistent, 1 something found or repaired, 2 could not run.
     """
     stdout = sys.stdout
-    grace = timedelta(minutes=grace_minutes or current_settings().purchase_stuck_grace_minutes)
+    settings = current_settings()
+    grace = timedelta(minutes=grace_minutes or settings.purchase_stuck_grace_minutes)
+    # A purchase made with an API key no longer configured has no caller to claim it.
+    principals = frozenset(principal_of(key) for key in settings.api_keys)
     try:
         provider = get_provider()
     except ProviderNotConfigured as exc:
@@ -135,9 +140,17 @@ def reconcile_command(
                     since=since,
                     grace=grace,
                     progress=_BarSink(bar),
+                    api_principals=principals,
                 )
         else:
-            report = reconcile(get_db(), provider, dry_run=dry_run, since=since, grace=grace)
+            report = reconcile(
+                get_db(),
+                provider,
+                dry_run=dry_run,
+                since=since,
+                grace=grace,
+                api_principals=principals,
+            )
     except ReconcileAborted as aborted:
         report = aborted.report
     except SQLAlchemyError as exc:

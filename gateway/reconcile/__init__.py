@@ -30,7 +30,7 @@ listed invoice matched. No transaction is open while Stripe is called.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime, timedelta
 
 from gateway.db import Database, utcnow
@@ -93,9 +93,14 @@ def reconcile(
     grace: timedelta = timedelta(minutes=60),
     clock: Callable[[], datetime] = utcnow,
     progress: ProgressSink | None = None,
+    api_principals: Collection[str] | None = None,
 ) -> ReconcileReport:
     """One reconciliation run (see the module doc). Raises `ReconcileAborted` when it
-    cannot go on; what was repaired before that stays repaired."""
+    cannot go on; what was repaired before that stays repaired.
+
+    `api_principals`: the principals of the API keys configured now; a purchase made
+    under a key no longer among them has no caller left to claim it (None: unchecked).
+    """
     started_at = clock()
     report = ReconcileReport(
         started_at=started_at,
@@ -113,6 +118,7 @@ def reconcile(
         progress=progress or Silent(),
         report=report,
         started_at=started_at,
+        api_principals=None if api_principals is None else frozenset(api_principals),
     )
     plan: list[Repair] = []
     try:

@@ -54,6 +54,8 @@ class PurchaseRow:
     currency: str
     credit_amount: Decimal
     claimable_until: datetime | None  # the caller's Idempotency-Key may resume it till then
+    # "<principal>:<key>:purchase:<n>" of the request that made it (None without a key)
+    request_key: str | None
     automatic: bool  # an automatic top-up: no caller, the worker completes it
     # Credit notes counted for it so far (issued, post-payment), minor units.
     credited_cents: int
@@ -78,6 +80,7 @@ ROW_COLUMNS = (
     Purchase.currency,
     Purchase.credit_amount,
     Purchase.claimable_until,
+    Purchase.request_key,
     Purchase.collection_method.is_not(None),
     _credited,
 )
@@ -85,7 +88,7 @@ ROW_COLUMNS = (
 
 def purchase_row(values: Sequence[Any]) -> PurchaseRow:
     (purchase_id, wallet_id, status, invoice_id, created_at, currency, credits,
-     claimable_until, automatic, credited) = values  # fmt: skip
+     claimable_until, request_key, automatic, credited) = values  # fmt: skip
     return PurchaseRow(
         id=purchase_id,
         wallet_id=wallet_id,
@@ -95,6 +98,7 @@ def purchase_row(values: Sequence[Any]) -> PurchaseRow:
         currency=currency,
         credit_amount=credits,
         claimable_until=claimable_until,
+        request_key=request_key,
         automatic=bool(automatic),
         credited_cents=int(credited or 0),
     )
@@ -112,6 +116,10 @@ class Run:
     progress: ProgressSink
     report: ReconcileReport
     started_at: datetime
+    # Principals of the API keys still configured (`api.auth.principal_of`): a purchase
+    # made with a key since removed cannot be claimed by its caller any more. None: not
+    # checked (the caller does not know the keys).
+    api_principals: frozenset[str] | None = None
     # Unsettled purchases an invoice of the listing named: step 3 skips them.
     seen: set[str] = field(default_factory=set)
     # Purchases already in a finding: the attention report does not repeat them.
@@ -130,13 +138,18 @@ class Run:
 
     def claimable(self, purchase: PurchaseRow) -> bool:
         """Whether someone is still to take `purchase` up: the caller of the request
-        that opened it (a retry with the same Idempotency-Key before the key expires),
-        or, for an automatic top-up (no caller was told anything), the worker
-        (`topups.complete_automatic_purchases`)."""
+        that opened it (a retry with the same Idempotency-Key, by the same API key,
+        before the key expires), or, for an automatic top-up (no caller was told
+        anything), the worker (`topups.complete_automatic_purchases`)."""
         if purchase.automatic:
             return True
         until = purchase.claimable_until
-        return until is not None and until > self.started_at
+        if until is None or until <= self.started_at:
+            return False
+        if self.api_principals is None:
+            return True
+        principal = (purchase.request_key or "").partition(":")[0]
+        return principal in self.api_principals
 
     def add(self, finding: Finding) -> None:
         self.report.findings.append(finding)
