@@ -57,10 +57,9 @@ def service(committed_app: Flask, stripe_server: StripeStub) -> Iterator[str]:
     """gunicorn -c config/gunicorn.conf.py wsgi:app, one worker, the config's defaults
     otherwise (worker class, threads), on the test database."""
     port = _free_port()
+    # A clean environment: nothing another test left in os.environ reaches the service.
     environment = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("GATEWAY_THREADS", "GATEWAY_SETTINGS")
+        key: os.environ[key] for key in ("PATH", "HOME", "LANG", "TZ") if key in os.environ
     }
     environment.update(
         {
@@ -74,25 +73,29 @@ def service(committed_app: Flask, stripe_server: StripeStub) -> Iterator[str]:
         }
     )
     gunicorn = Path(sys.executable).parent / "gunicorn"
-    process = subprocess.Popen(  # noqa: S603 - our own gunicorn and config
-        [str(gunicorn), "-c", str(ROOT / "config" / "gunicorn.conf.py"), "wsgi:app"],
-        cwd=ROOT,
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(url + "/healthz")
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(  # noqa: S603 - our own gunicorn and config
+            [str(gunicorn), "-c", str(ROOT / "config" / "gunicorn.conf.py"), "wsgi:app"],
+            cwd=ROOT,
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            _wait_until_up(url + "/healthz")
+            yield url
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            # Shown by pytest only when the test failed (captured teardown output).
+            log.seek(0)
+            print(f"gunicorn's log:\n{log.read().decode(errors='replace')[-8000:]}")
 
 
 def _wait_until_up(url: str) -> None:
