@@ -35,6 +35,8 @@ from sqlalchemy import (
 )
 from sqlalchemy import column as sql_column
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -722,3 +724,84 @@ def reinstate(conn: Connection, wallet_id: str, credits: Decimal, now: datetime)
         credits=credits,
         now=now,
     )
+
+
+# --- interval top-ups, a batch at a time (the worker's duty) ---------------------------
+
+
+@dataclass(frozen=True)
+class RuleTopUp:
+    """One period's top-up of an interval rule into a (locked) wallet: purchased
+    credits (a pending entry) and/or granted ones (settled at once)."""
+
+    wallet_id: str
+    rate_amount: Decimal
+    origin: Origin  # the rule and the period: unique per (rule, period, kind)
+    paid: Decimal | None
+    granted: Decimal | None
+
+
+_RULE_ENTRY_KEY = [_ENTRIES.c.rule_id, _ENTRIES.c.rule_period_at, _ENTRIES.c.transaction_status]
+# A period already bought makes no row and no error: the unique index decides.
+_INSERT_RULE_ENTRIES = {
+    name: dialect_insert(_ENTRIES)
+    .on_conflict_do_nothing(
+        index_elements=_RULE_ENTRY_KEY, index_where=_ENTRIES.c.rule_period_at.is_not(None)
+    )
+    .returning(
+        _ENTRIES.c.id,
+        _ENTRIES.c.wallet_id,
+        _ENTRIES.c.rule_id,
+        _ENTRIES.c.transaction_status,
+        _ENTRIES.c.credit_amount,
+    )
+    for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
+}
+
+
+def open_rule_top_ups(
+    conn: Connection, top_ups: Sequence[RuleTopUp], now: datetime, *, created_by: str
+) -> dict[str, str | None]:
+    """The entries of `top_ups` (wallets locked by the caller), set-based: one INSERT
+    of every entry, then one balance UPDATE per granted wallet, in one round trip.
+
+    A top-up whose (rule, period) already has its entries is skipped whole. Returns,
+    for each top-up written, its rule id -> the id of its pending purchased entry (None
+    when it only granted credits).
+    """
+    rows: list[dict[str, Any]] = []
+    for top_up in top_ups:
+        if top_up.origin.rule_id is None or top_up.origin.period_at is None:
+            raise LedgerError("an interval top-up names its rule and its period")
+        for kind, status, credits in (
+            (TransactionStatus.PURCHASED, EntryStatus.PENDING, top_up.paid),
+            (TransactionStatus.GRANTED, EntryStatus.SETTLED, top_up.granted),
+        ):
+            if credits:
+                entry = _entry_columns(
+                    top_up.wallet_id,
+                    top_up.rate_amount,
+                    direction=TransactionType.INBOUND,
+                    kind=kind,
+                    status=status,
+                    credits=credits,
+                    now=now,
+                    created_by=created_by,
+                    origin=top_up.origin,
+                )
+                rows.append({"id": new_id("wtx"), **entry})
+    if not rows:
+        return {}
+    written = conn.execute(_INSERT_RULE_ENTRIES[conn.dialect.name], rows).all()
+    result: dict[str, str | None] = {}
+    raised: list[dict[str, Any]] = []
+    for row in written:
+        result.setdefault(row.rule_id, None)
+        if row.transaction_status == TransactionStatus.PURCHASED:
+            result[row.rule_id] = row.id
+        else:
+            raised.append({"b_wallet_id": row.wallet_id, "b_delta": row.credit_amount,
+                           "b_now": now})  # fmt: skip
+    if raised:
+        conn.execute(_MOVE_BALANCE, raised)
+    return result

@@ -33,10 +33,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -453,6 +453,48 @@ _INSERT_PURCHASE = {
     )
     for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", postgresql_insert))
 }
+
+
+@dataclass(frozen=True)
+class AutomaticPurchase:
+    """A purchase an automatic top-up rule makes (its pending entry already written)."""
+
+    wallet_id: str
+    customer_id: str
+    currency: str
+    transaction_id: str
+    credits: Decimal
+    amount_cents: int  # checked against the provider's limits by the caller
+
+
+def open_automatic_purchases(
+    conn: Connection, provider_name: str, opened: Sequence[AutomaticPurchase], now: datetime
+) -> None:
+    """Phase 1 for many automatic top-ups at once (the interval duty's batch): their
+    purchase rows, `creating`, charged automatically; the worker makes the invoices."""
+    if not opened:
+        return
+    conn.execute(
+        insert(_purchases),
+        [
+            {
+                "id": new_id("pur"),
+                "wallet_id": purchase.wallet_id,
+                "customer_id": purchase.customer_id,
+                "transaction_id": purchase.transaction_id,
+                "status": PurchaseStatus.CREATING,
+                "currency": purchase.currency,
+                "credit_amount": purchase.credits,
+                "amount_cents": purchase.amount_cents,
+                "provider": provider_name,
+                "provider_void_pending": False,
+                "collection_method": AUTOMATIC_COLLECTION_METHOD,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for purchase in opened
+        ],
+    )
 
 
 def _insert_purchase(session: Session, purchase: Purchase) -> Row[Any] | None:

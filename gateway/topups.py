@@ -26,7 +26,7 @@ until it is paid or has failed, and a failure pauses the rule (`gateway.rules`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -34,8 +34,8 @@ from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, case, func, select
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from gateway import actors, intervals, ledger, money, purchases, rules
 from gateway.db import utcnow
@@ -56,7 +56,6 @@ from gateway.models import (
     RuleTrigger,
     TransactionStatus,
     Wallet,
-    WalletStatus,
     WalletTransaction,
 )
 from gateway.providers.base import PaymentProvider
@@ -264,46 +263,153 @@ def buy_due_interval_top_ups(
     caller commits, then calls again until `rules` is 0).
 
     Rules another worker holds are skipped (SKIP LOCKED). A rule whose wallet has
-    ended or expired, or that still has an unpaid top-up, buys nothing this period. A
-    period already bought (the unique (rule, period) index, should two workers ever
-    meet on one) is not bought again.
+    ended or expired, or that still has an unpaid top-up, buys nothing this period; one
+    whose purchase the provider could not charge pauses. A period already bought (the
+    unique (rule, period) index, should two workers ever meet on one) is not bought
+    again. Set-based: a few statements per batch, whatever its size (the ledger's
+    `open_rule_top_ups`, then `purchases.open_automatic_purchases`).
     """
     run = IntervalRun()
-    for rule, wallet in _due_rules(session, now, batch_size):
-        run.rules += 1
+    due = _due_rules(session, now, batch_size)
+    if not due:
+        return run
+    run.rules = len(due)
+    pending = _pending_of_wallets(session, due)
+    plans: dict[str, tuple[Wallet, ledger.RuleTopUp, int]] = {}
+    for rule, wallet in due:
         assert rule.interval is not None and rule.started_at is not None
         interval = intervals.Interval(rule.interval)
         latest = intervals.latest_run_at_or_before(rule.started_at, interval, now)
         assert latest is not None, "a due rule has a date at or before now"
         period_at = latest[1]
         rule.next_run_at = intervals.run_after(rule.started_at, interval, now)
-        if wallet.status != WalletStatus.ACTIVE or not wallet.is_usable(now):
+        held, unpaid_of_rule = pending.get(wallet.id, (Decimal(0), 0))
+        if not wallet.is_usable(now) or unpaid_of_rule:
             run.skipped.append(rule.id)
-            log.info("rule %s: wallet %s has ended; period %s not bought",
-                     rule.id, wallet.id, period_at)  # fmt: skip
+            why = "its last top-up is unpaid" if unpaid_of_rule else "the wallet has ended"
+            log.info("rule %s: period %s not bought (%s)", rule.id, period_at, why)
             continue
-        pending, unpaid_of_rule = _pending(session, wallet.id, rule.id)
-        if unpaid_of_rule:
+        plan = _interval_plan(rule, wallet, period_at, pending=held, now=now, provider=provider)
+        if plan is None:
             run.skipped.append(rule.id)
-            log.warning("rule %s: its last top-up is still unpaid; period %s not bought",
-                        rule.id, period_at)  # fmt: skip
             continue
-        fired = _Rule(rule.id, rule.method, rule.paid_credits, rule.granted_credits,
-                      rule.target_credits)  # fmt: skip
-        origin = ledger.Origin(EntrySource.INTERVAL, rule.id, period_at)
-        try:
-            with session.begin_nested():
-                entries = _top_up(
-                    session, wallet, fired, origin, pending=pending, now=now, provider=provider
+        plans[rule.id] = (wallet, *plan)
+    conn = session.connection()
+    written = ledger.open_rule_top_ups(
+        conn, [top_up for _, top_up, _ in plans.values()], now, created_by=actors.SYSTEM
+    )
+    opened: list[purchases.AutomaticPurchase] = []
+    for rule_id, (wallet, top_up, amount_cents) in plans.items():
+        if rule_id not in written:
+            run.skipped.append(rule_id)
+            log.info("rule %s: period %s was already bought", rule_id, top_up.origin.period_at)
+            continue
+        run.started += 1
+        if top_up.granted:
+            set_committed_value(wallet, "credits_balance", wallet.credits_balance + top_up.granted)
+        transaction_id = written[rule_id]
+        if transaction_id is not None:
+            assert top_up.paid is not None
+            opened.append(
+                purchases.AutomaticPurchase(
+                    wallet_id=wallet.id,
+                    customer_id=wallet.customer_id,
+                    currency=wallet.currency,
+                    transaction_id=transaction_id,
+                    credits=top_up.paid,
+                    amount_cents=amount_cents,
                 )
-        except IntegrityError:
-            run.skipped.append(rule.id)
-            log.info("rule %s: period %s was already bought", rule.id, period_at)
-            continue
-        if entries:
-            run.started += 1
-    session.flush()
+            )
+    if opened:
+        name = (provider or purchases.configured_provider()).name
+        purchases.open_automatic_purchases(conn, name, opened, now)
+    session.flush()  # the rules' next dates (and pauses), in one executemany
+    log.info("interval top-ups: %d due rules, %d top-ups started, %d skipped",
+             run.rules, run.started, len(run.skipped))  # fmt: skip
     return run
+
+
+def _pending_of_wallets(session: Session, due: Sequence[Any]) -> dict[str, tuple[Decimal, int]]:
+    """For the batch's wallets: pending credits and unpaid top-ups of their interval rule."""
+    rows = session.execute(
+        _PENDING_OF_WALLETS,
+        {
+            "wallet_ids": [wallet.id for _, wallet in due],
+            "rule_ids": [rule.id for rule, _ in due],
+        },
+    )
+    return {
+        row.wallet_id: (money.quantize_credits(Decimal(row.pending)), int(row.unpaid_of_rule))
+        for row in rows
+    }
+
+
+_PENDING_OF_WALLETS = (
+    select(
+        _entries.c.wallet_id,
+        func.coalesce(func.sum(_entries.c.credit_amount), 0).label("pending"),
+        func.coalesce(
+            func.sum(
+                case((_entries.c.rule_id.in_(bindparam("rule_ids", expanding=True)), 1), else_=0)
+            ),
+            0,
+        ).label("unpaid_of_rule"),
+    )
+    .where(
+        _entries.c.wallet_id.in_(bindparam("wallet_ids", expanding=True)),
+        _entries.c.status == EntryStatus.PENDING,
+        _entries.c.transaction_status == TransactionStatus.PURCHASED,
+    )
+    .group_by(_entries.c.wallet_id)
+)
+
+
+def _interval_plan(
+    rule: RecurringTransactionRule,
+    wallet: Wallet,
+    period_at: datetime,
+    *,
+    pending: Decimal,
+    now: datetime,
+    provider: PaymentProvider | None,
+) -> tuple[ledger.RuleTopUp, int] | None:
+    """What `rule` buys for `period_at` and what it bills (minor units), or None when
+    there is nothing to buy, or nothing the provider can charge (the rule pauses)."""
+    paid: Decimal | None
+    granted: Decimal | None
+    if rule.method == RuleMethod.TARGET:
+        assert rule.target_credits is not None
+        paid = money.quantize_credits(rule.target_credits - wallet.credits_balance - pending)
+        granted = None
+        if paid <= 0:
+            return None
+    else:
+        paid, granted = rule.paid_credits, rule.granted_credits
+    amount = 0
+    if paid:
+        try:
+            chosen = provider or purchases.configured_provider()
+            amount = purchases.check_purchase_amount(
+                chosen, paid, wallet.rate_amount, wallet.currency
+            )
+        except PaymentProviderUnavailable as exc:
+            _pause_row(rule, rules.PausedReason.PROVIDER_NOT_CONFIGURED, exc, now)
+            return None
+        except DomainError as exc:
+            if rule.method == RuleMethod.TARGET and isinstance(exc, AmountTooSmall):
+                return None  # too little missing to the target to charge: nothing to do
+            _pause_row(rule, rules.PausedReason.AMOUNT_NOT_CHARGEABLE, exc, now)
+            return None
+    origin = ledger.Origin(EntrySource.INTERVAL, rule.id, period_at)
+    return ledger.RuleTopUp(wallet.id, wallet.rate_amount, origin, paid, granted), amount
+
+
+def _pause_row(rule: RecurringTransactionRule, code: str, exc: Exception, now: datetime) -> None:
+    """Pause a rule the caller holds locked (flushed with the batch)."""
+    log.warning("automatic top-up rule %s paused: %s: %s", rule.id, code, exc)
+    rule.status = RuleStatus.PAUSED
+    rule.paused_reason = f"{code}: {exc}"[:2000]
+    rule.updated_at = now
 
 
 def buy_all_due_interval_top_ups(
