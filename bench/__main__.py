@@ -6,6 +6,7 @@ in bench/RESULTS.md (bench/results.json holds the raw numbers).
     python -m bench credit-applications   # 3. many wallets and one hot wallet
     python -m bench expire                # 4. gateway expire-wallets at 10k and 100k
     python -m bench reconcile             # 4. gateway reconcile at 1k and 10k
+    python -m bench topups                # 5. threshold rules' cost, the interval duty
     python -m bench outgoing              # 6. gateway worker: webhooks out, one slow endpoint
     python -m bench all                   # everything, about 10-15 minutes on 2 cores
     python -m bench report                # rewrite RESULTS.md from results.json
@@ -64,6 +65,16 @@ def _reconcile(args: argparse.Namespace) -> ScenarioResult:
     return scenario_sweeps.run_reconcile(sizes=args.reconcile_sizes, paid=args.paid_fraction)
 
 
+def _topups(args: argparse.Namespace) -> ScenarioResult:
+    from bench import scenario_topups
+
+    return scenario_topups.run(
+        requests=args.requests,
+        rounds=args.rounds,
+        workers=args.workers,
+        concurrency=args.concurrency,
+        sizes=args.topup_sizes,
+    )
 def _outgoing(args: argparse.Namespace) -> ScenarioResult:
     from bench import scenario_outgoing
 
@@ -76,6 +87,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], ScenarioResult]] = {
     "credit-applications": _credit_applications,
     "expire": _expire,
     "reconcile": _reconcile,
+    "topups": _topups,
     "outgoing": _outgoing,
 }
 
@@ -108,6 +120,10 @@ def parser() -> argparse.ArgumentParser:
     )
     main.add_argument("--expire-sizes", type=_sizes, default=[10_000, 100_000])
     main.add_argument("--reconcile-sizes", type=_sizes, default=[1_000, 10_000])
+    main.add_argument("--topup-sizes", type=_sizes, default=[1_000, 10_000])
+    main.add_argument(
+        "--rounds", type=int, default=3, help="turns of the credit-application groups (scenario 5)"
+    )
     main.add_argument(
         "--paid-fraction",
         type=float,
