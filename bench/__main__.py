@@ -75,6 +75,8 @@ def _topups(args: argparse.Namespace) -> ScenarioResult:
         concurrency=args.concurrency,
         sizes=args.topup_sizes,
     )
+
+
 def _outgoing(args: argparse.Namespace) -> ScenarioResult:
     from bench import scenario_outgoing
 

@@ -22,7 +22,15 @@ RESULTS_MD = ROOT / "bench" / "RESULTS.md"
 PROFILES_MD = ROOT / "bench" / "PROFILES.md"
 
 # The order scenarios appear in RESULTS.md.
-ORDER = ("webhooks", "purchases", "credit-applications", "expire", "reconcile", "outgoing")
+ORDER = (
+    "webhooks",
+    "purchases",
+    "credit-applications",
+    "expire",
+    "reconcile",
+    "topups",
+    "outgoing",
+)
 
 INTRO = """\
 # Benchmark results
