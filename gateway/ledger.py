@@ -759,15 +759,25 @@ _INSERT_RULE_ENTRIES = {
 }
 
 
+@dataclass(frozen=True)
+class RuleEntry:
+    """An entry `open_rule_top_ups` wrote."""
+
+    id: str
+    wallet_id: str
+    rule_id: str
+    transaction_status: str
+
+
 def open_rule_top_ups(
     conn: Connection, top_ups: Sequence[RuleTopUp], now: datetime, *, created_by: str
-) -> dict[str, str | None]:
+) -> list[RuleEntry]:
     """The entries of `top_ups` (wallets locked by the caller), set-based: one INSERT
     of every entry, then one balance UPDATE per granted wallet, in one round trip.
 
-    A top-up whose (rule, period) already has its entries is skipped whole. Returns,
-    for each top-up written, its rule id -> the id of its pending purchased entry (None
-    when it only granted credits).
+    A top-up whose (rule, period) already has its entries is skipped whole. Returns the
+    entries written; their `wallet_transaction.created` events are the caller's to
+    write (`announce_rule_entries`), once the purchases of the purchased ones exist.
     """
     rows: list[dict[str, Any]] = []
     for top_up in top_ups:
@@ -791,17 +801,26 @@ def open_rule_top_ups(
                 )
                 rows.append({"id": new_id("wtx"), **entry})
     if not rows:
-        return {}
+        return []
     written = conn.execute(_INSERT_RULE_ENTRIES[conn.dialect.name], rows).all()
-    result: dict[str, str | None] = {}
-    raised: list[dict[str, Any]] = []
-    for row in written:
-        result.setdefault(row.rule_id, None)
-        if row.transaction_status == TransactionStatus.PURCHASED:
-            result[row.rule_id] = row.id
-        else:
-            raised.append({"b_wallet_id": row.wallet_id, "b_delta": row.credit_amount,
-                           "b_now": now})  # fmt: skip
+    raised = [
+        {"b_wallet_id": row.wallet_id, "b_delta": row.credit_amount, "b_now": now}
+        for row in written
+        if row.transaction_status == TransactionStatus.GRANTED
+    ]
     if raised:
         conn.execute(_MOVE_BALANCE, raised)
-    return result
+    return [RuleEntry(row.id, row.wallet_id, row.rule_id, row.transaction_status)
+            for row in written]  # fmt: skip
+
+
+def announce_rule_entries(session: Session, entries: Sequence[RuleEntry], now: datetime) -> None:
+    """`wallet_transaction.created` for entries `open_rule_top_ups` wrote, in one emit."""
+    events.emit(
+        session,
+        [
+            events.NewEvent(events.EventType.WALLET_TRANSACTION_CREATED, entry.wallet_id, entry.id)
+            for entry in entries
+        ],
+        now,
+    )

@@ -295,9 +295,14 @@ def buy_due_interval_top_ups(
             continue
         plans[rule.id] = (wallet, *plan)
     conn = session.connection()
-    written = ledger.open_rule_top_ups(
+    entries = ledger.open_rule_top_ups(
         conn, [top_up for _, top_up, _ in plans.values()], now, created_by=actors.SYSTEM
     )
+    written: dict[str, str | None] = {}  # rule id -> its purchased entry, if any
+    for entry in entries:
+        purchased = entry.transaction_status == TransactionStatus.PURCHASED
+        if purchased or entry.rule_id not in written:
+            written[entry.rule_id] = entry.id if purchased else None
     opened: list[purchases.AutomaticPurchase] = []
     for rule_id, (wallet, top_up, amount_cents) in plans.items():
         if rule_id not in written:
@@ -324,6 +329,7 @@ def buy_due_interval_top_ups(
         name = (provider or purchases.configured_provider()).name
         purchases.open_automatic_purchases(conn, name, opened, now)
     session.flush()  # the rules' next dates (and pauses), in one executemany
+    ledger.announce_rule_entries(session, entries, now)
     log.info("interval top-ups: %d due rules, %d top-ups started, %d skipped",
              run.rules, run.started, len(run.skipped))  # fmt: skip
     return run

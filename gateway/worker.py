@@ -1,8 +1,9 @@
 """`gateway worker`: delivers outgoing events and runs the periodic duties.
 
-A loop, about once a second: the duties that are due (the expiry sweep every minute;
-the Idempotency-Key, outgoing-event and stored-Stripe-event purges every hour; more
-join `DUTIES`), then
+A loop, about once a second: the duties that are due (interval top-ups and the expiry
+sweep every minute, the invoices of automatic top-ups every 5 seconds; the
+Idempotency-Key, outgoing-event and stored-Stripe-event purges every hour; more join
+`DUTIES`), then
 the fan-out of new events (`delivery.dispatch`), then one delivery round per endpoint
 with something due, each endpoint's queue in its own thread (at most
 `OUTGOING_WEBHOOK_CONCURRENCY` at once, never two for one endpoint in one process), so
@@ -92,7 +93,52 @@ def _purge_stripe_events(db: Database, settings: Settings, now: datetime) -> str
     return f"purged {purged} stored Stripe event(s)" if purged else None
 
 
+# Automatic top-ups (gateway.topups): due interval rules a batch per transaction; then
+# the invoices of automatic purchases, a bounded number per round so that deliveries
+# and the other duties never wait long behind Stripe.
+TOP_UP_BATCH_SIZE = 200
+TOP_UP_INVOICES_PER_ROUND = 50
+
+
+def _interval_top_ups(db: Database, _settings: Settings, now: datetime) -> str | None:
+    from gateway.topups import buy_all_due_interval_top_ups
+
+    session = db.session()
+    try:
+        run = buy_all_due_interval_top_ups(session, now, TOP_UP_BATCH_SIZE)
+    finally:
+        session.close()
+    if not run.rules:
+        return None
+    return f"{run.started} interval top-up(s) started, {len(run.skipped)} due rule(s) skipped"
+
+
+def _complete_top_ups(db: Database, settings: Settings, _now: datetime) -> str | None:
+    from flask import has_app_context
+
+    from gateway.providers import build_provider, get_provider
+    from gateway.providers.base import ProviderNotConfigured
+    from gateway.topups import complete_automatic_purchases
+
+    try:
+        provider = get_provider() if has_app_context() else build_provider(settings)
+    except ProviderNotConfigured:
+        return None  # no automatic purchase can exist without one (rules need it)
+    session = db.session()
+    try:
+        run = complete_automatic_purchases(session, provider, limit=TOP_UP_INVOICES_PER_ROUND)
+    finally:
+        session.close()
+    if run.unavailable:
+        return f"{run.completed} top-up invoice(s) made; the provider is unavailable, the rest wait"
+    if not (run.completed or run.rejected):
+        return None
+    return f"{run.completed} top-up invoice(s) made, {run.rejected} refused (rules paused)"
+
+
 DUTIES: list[Duty] = [
+    Duty("interval-top-ups", 60, _interval_top_ups),
+    Duty("complete-top-ups", 5, _complete_top_ups),
     Duty("expire-wallets", 60, _expire_wallets),
     Duty("purge-idempotency-keys", 3600, _purge_idempotency_keys),
     Duty("purge-events", 3600, _purge_events),

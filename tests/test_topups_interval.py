@@ -3,6 +3,7 @@ downtime, and a unique index decides if a period is reached twice."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,6 +19,7 @@ from gateway.db import get_session, utcnow
 from gateway.intervals import Interval, run_at
 from gateway.models import (
     EntrySource,
+    Event,
     Purchase,
     RecurringTransactionRule,
     RuleStatus,
@@ -205,3 +207,32 @@ def test_batches_go_through_every_due_rule(
 
     assert run.started == 4
     assert all(len(interval_entries(db_session, wallet)) == 1 for wallet in wallets)
+
+
+def test_each_interval_entry_is_announced_with_its_purchase(
+    app: Flask, client: FlaskClient, db_session: Session
+) -> None:
+    rule = {"trigger": "interval", "interval": "weekly", "paid_credits": "20",
+            "granted_credits": "2"}  # fmt: skip
+    wallet_id = wallet_with(client, rule)
+    started = rule_of(db_session, wallet_id).started_at
+    assert started is not None
+
+    run_worker(app, started)
+
+    bodies = [
+        json.loads(body)
+        for body in db_session.execute(
+            select(Event.body).where(
+                Event.wallet_id == wallet_id, Event.type == "wallet_transaction.created"
+            )
+        ).scalars()
+    ]
+    announced = {
+        body["data"]["wallet_transaction"]["transaction_status"]: body["data"]["wallet_transaction"]
+        for body in bodies
+        if body["data"]["wallet_transaction"]["source"] == "interval"
+    }
+    assert set(announced) == {"purchased", "granted"}
+    assert announced["purchased"]["invoice"] is not None
+    assert announced["purchased"]["status"] == "pending"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import responses
 from flask import Flask
-from flask.testing import FlaskClient
+from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -303,3 +303,31 @@ def test_a_refund_taking_credits_back_past_the_threshold_starts_a_top_up(
         "pending",
         Decimal("20"),
     )
+
+
+def test_gateway_worker_once_buys_due_interval_top_ups_and_makes_their_invoices(
+    runner: FlaskCliRunner,
+    client: FlaskClient,
+    db_session: Session,
+    stripe_http: responses.RequestsMock,
+) -> None:
+    monthly = {"trigger": "interval", "interval": "monthly", "paid_credits": "20"}
+    customer, wallet_id = wallet_with_rule(client, FIXED)
+    put(
+        client,
+        f"/wallets/{wallet_id}",
+        {"wallet": {"recurring_transaction_rules": [FIXED, monthly]}},
+    )
+    apply(client, customer, 2000)  # 30 -> 10: the threshold's top-up
+
+    result = runner.invoke(args=["worker", "--once"])
+
+    assert result.exit_code == 0, result.output
+    assert "1 interval top-up(s) started" in result.output
+    assert "2 top-up invoice(s) made" in result.output
+    statuses = db_session.execute(
+        select(Purchase.status, Purchase.collection_method).execution_options(
+            populate_existing=True
+        )
+    ).all()
+    assert sorted(statuses) == [("open", "charge_automatically")] * 2

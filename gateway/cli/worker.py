@@ -22,7 +22,8 @@ from gateway.settings import current_settings
 )
 @with_appcontext
 def worker_command(once: bool, concurrency: int | None) -> None:
-    """Deliver outgoing events and run the periodic duties (expiry sweep every minute,
+    """Deliver outgoing events and run the periodic duties (interval top-ups and the
+    expiry sweep every minute, the invoices of automatic top-ups every 5 seconds,
     Idempotency-Key and event purges every hour).
 
     SIGTERM or Ctrl-C: the attempts in hand finish and are recorded, then it exits.
