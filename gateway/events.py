@@ -51,6 +51,8 @@ class EventType(enum.StrEnum):
     WALLET_UPDATED = "wallet.updated"
     WALLET_TERMINATED = "wallet.terminated"
     WALLET_DEPLETED = "wallet.depleted"
+    WALLET_BALANCE_LOW = "wallet.balance_low"
+    WALLET_BALANCE_RECOVERED = "wallet.balance_recovered"
     WALLET_TRANSACTION_CREATED = "wallet_transaction.created"
     WALLET_TRANSACTION_SETTLED = "wallet_transaction.settled"
     WALLET_TRANSACTION_FAILED = "wallet_transaction.failed"

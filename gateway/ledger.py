@@ -221,8 +221,36 @@ def _record(
         and wallet.credits_balance == 0
     ):
         announced.append(events.NewEvent(events.EventType.WALLET_DEPLETED, wallet.id))
+    # A wallet's opening credits (granted with it) are where it starts, not a crossing.
+    if entry.status == EntryStatus.SETTLED and entry.created_at != wallet.created_at:
+        moved = (
+            entry.credit_amount
+            if entry.transaction_type == TransactionType.INBOUND
+            else (-entry.credit_amount)
+        )
+        announced += balance_crossings(
+            wallet.id,
+            wallet.credits_balance - moved,
+            wallet.credits_balance,
+            wallet.low_balance_threshold_credits,
+        )
     events.emit(session, announced, now)
     return entry
+
+
+def balance_crossings(
+    wallet_id: str, before: Decimal, after: Decimal, threshold: Decimal | None
+) -> list[events.NewEvent]:
+    """`wallet.balance_low` when a balance goes from above the wallet's
+    `low_balance_threshold_credits` to at or below it, `wallet.balance_recovered` when it
+    goes back above: once per crossing, since only a move across the line makes one."""
+    if threshold is None:
+        return []
+    if before > threshold >= after:
+        return [events.NewEvent(events.EventType.WALLET_BALANCE_LOW, wallet_id)]
+    if before <= threshold < after:
+        return [events.NewEvent(events.EventType.WALLET_BALANCE_RECOVERED, wallet_id)]
+    return []
 
 
 def open_purchase_entry(
@@ -580,6 +608,9 @@ _RAISE_BALANCE = (
         updated_at=bindparam("b_now"),
     )
 )
+_RAISE_BALANCE_READ = _RAISE_BALANCE.returning(
+    _WALLETS.c.credits_balance, _WALLETS.c.low_balance_threshold_credits
+)
 # PostgreSQL does both in one statement: the entry's UPDATE as a data-modifying CTE
 # whose RETURNING feeds the balance's UPDATE (no row settled, no balance raised).
 _settled_entry = _SETTLE_PURCHASE_ENTRY.cte("settled_entry")
@@ -590,7 +621,11 @@ _SETTLE_AND_RAISE_BALANCE = (
         credits_balance=_WALLETS.c.credits_balance + _settled_entry.c.credit_amount,
         updated_at=bindparam("b_now"),
     )
-    .returning(_settled_entry.c.credit_amount)
+    .returning(
+        _settled_entry.c.credit_amount,
+        _WALLETS.c.credits_balance,
+        _WALLETS.c.low_balance_threshold_credits,
+    )
 )
 _FAIL_PURCHASE_ENTRY = (
     update(_ENTRIES)
@@ -614,14 +649,21 @@ def settle_purchase(
     entry = {"b_entry_id": entry_id, "b_wallet_id": wallet_id, "b_from_status": from_status,
              "b_now": now}  # fmt: skip
     if conn.dialect.name == "postgresql":
-        credited = conn.execute(_SETTLE_AND_RAISE_BALANCE, entry).scalar_one_or_none()
+        settled = conn.execute(_SETTLE_AND_RAISE_BALANCE, entry).one_or_none()
+        if settled is None:
+            return None
+        credited, after, threshold = settled
     else:
         credited = conn.execute(_SETTLE_PURCHASE_ENTRY, entry).scalar()
-        if credited is not None:
-            conn.execute(
-                _RAISE_BALANCE, {"b_wallet_id": wallet_id, "b_credits": credited, "b_now": now}
-            )
-    return None if credited is None else Decimal(credited)
+        if credited is None:
+            return None
+        after, threshold = conn.execute(
+            _RAISE_BALANCE_READ, {"b_wallet_id": wallet_id, "b_credits": credited, "b_now": now}
+        ).one()
+    crossed = balance_crossings(wallet_id, after - credited, after, threshold)
+    if crossed:
+        events.emit_on_connection(conn, crossed, now)
+    return Decimal(credited)
 
 
 def fail_pending_purchase(conn: Connection, wallet_id: str, entry_id: str, now: datetime) -> bool:
@@ -646,6 +688,11 @@ _MOVE_BALANCE = (
         + bindparam("b_delta", type_=_WALLETS.c.credits_balance.type),
         updated_at=bindparam("b_now"),
     )
+)
+# The balance after the move and the wallet's low-balance threshold: what a crossing
+# of it (`balance_crossings`) is read from.
+_MOVE_BALANCE_READ = _MOVE_BALANCE.returning(
+    _WALLETS.c.credits_balance, _WALLETS.c.low_balance_threshold_credits
 )
 _TAKEN_BACK = frozenset({TransactionStatus.REFUNDED, TransactionStatus.DISPUTED})
 
@@ -679,10 +726,16 @@ def _write_settled_entry(
     conn.execute(insert(_ENTRIES), {"id": entry_id, **entry})
     credited = entry["credit_amount"]
     delta = credited if direction == TransactionType.INBOUND else -credited
-    conn.execute(_MOVE_BALANCE, {"b_wallet_id": wallet_id, "b_delta": delta, "b_now": now})
+    after, threshold = conn.execute(
+        _MOVE_BALANCE.returning(
+            _WALLETS.c.credits_balance, _WALLETS.c.low_balance_threshold_credits
+        ),
+        {"b_wallet_id": wallet_id, "b_delta": delta, "b_now": now},
+    ).one()
     announced = [events.NewEvent(events.EventType.WALLET_TRANSACTION_CREATED, wallet_id, entry_id)]
     if empties:
         announced.append(events.NewEvent(events.EventType.WALLET_DEPLETED, wallet_id))
+    announced += balance_crossings(wallet_id, after - delta, after, threshold)
     events.emit_on_connection(conn, announced, now)
 
 

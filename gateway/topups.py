@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from gateway import actors, intervals, ledger, money, purchases, rules
+from gateway import actors, events, intervals, ledger, money, purchases, rules
 from gateway.db import utcnow
 from gateway.errors import (
     AmountTooSmall,
@@ -304,6 +304,7 @@ def buy_due_interval_top_ups(
         if purchased or entry.rule_id not in written:
             written[entry.rule_id] = entry.id if purchased else None
     opened: list[purchases.AutomaticPurchase] = []
+    crossings: list[events.NewEvent] = []
     for rule_id, (wallet, top_up, amount_cents) in plans.items():
         if rule_id not in written:
             run.skipped.append(rule_id)
@@ -311,7 +312,11 @@ def buy_due_interval_top_ups(
             continue
         run.started += 1
         if top_up.granted:
-            set_committed_value(wallet, "credits_balance", wallet.credits_balance + top_up.granted)
+            before = wallet.credits_balance
+            set_committed_value(wallet, "credits_balance", before + top_up.granted)
+            crossings += ledger.balance_crossings(
+                wallet.id, before, wallet.credits_balance, wallet.low_balance_threshold_credits
+            )
         transaction_id = written[rule_id]
         if transaction_id is not None:
             assert top_up.paid is not None
@@ -330,6 +335,7 @@ def buy_due_interval_top_ups(
         purchases.open_automatic_purchases(conn, name, opened, now)
     session.flush()  # the rules' next dates (and pauses), in one executemany
     ledger.announce_rule_entries(session, entries, now)
+    events.emit(session, crossings, now)
     log.info("interval top-ups: %d due rules, %d top-ups started, %d skipped",
              run.rules, run.started, len(run.skipped))  # fmt: skip
     return run
