@@ -103,7 +103,7 @@ def test_sweep_runs_in_batches_and_is_idempotent(
         assert len(voided_entries(db_session, wallet_id)) == 1
 
     second = runner.invoke(args=["expire-wallets", "--batch-size", "2"])
-    assert second.exit_code == 0
+    assert second.exit_code == 0, second.output
     assert "expired 0 wallet(s) in 0 batch(es)" in second.output
     for wallet_id in ids:
         assert len(voided_entries(db_session, wallet_id)) == 1
@@ -121,6 +121,7 @@ class TestConfiguredBatchSize:
         for wallet_id in ids:
             set_expiration(db_session, wallet_id, past(hours=1))
         result = runner.invoke(args=["expire-wallets"])
+        assert result.exit_code == 0, result.output
         assert "expired 2 wallet(s) in 2 batch(es)" in result.output
 
 
@@ -135,7 +136,9 @@ def test_an_expired_wallet_without_balance_ends_without_an_entry(
 ) -> None:
     wallet_id = wallet_expiring(client, granted=None)
     set_expiration(db_session, wallet_id, past(hours=1))
-    runner.invoke(args=["expire-wallets"])
+    result = runner.invoke(args=["expire-wallets"])
+    assert result.exit_code == 0, result.output
+    assert "expired 1 wallet(s)" in result.output
     assert get(client, f"/wallets/{wallet_id}").json["wallet"]["status"] == "terminated"
     assert voided_entries(db_session, wallet_id) == []
 
@@ -186,7 +189,9 @@ def test_removing_the_expiration_keeps_the_wallet_out_of_the_sweep(
     assert (
         put(client, f"/wallets/{wallet_id}", {"wallet": {"expiration_at": None}}).status_code == 200
     )
-    runner.invoke(args=["expire-wallets"])
+    result = runner.invoke(args=["expire-wallets"])
+    assert result.exit_code == 0, result.output
+    assert "expired 0 wallet(s)" in result.output
     assert get(client, f"/wallets/{wallet_id}").json["wallet"]["status"] == "active"
 
 
