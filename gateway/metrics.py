@@ -27,14 +27,17 @@ LATENCY = Histogram(
 )
 CREDITS_MOVED = Counter(
     "gateway_ledger_credits_total",
-    "Credits moved by settled ledger entries",
+    "Credits moved by payments: purchased (settled), refunded or disputed (taken back), "
+    "reinstated (a dispute won); grants, voids and consumption are not counted",
     ["transaction_status"],
 )
 WEBHOOK_EVENTS = Counter(
     "gateway_webhook_events_total", "Verified webhook events by outcome", ["type", "outcome"]
 )
 PROVIDER_CALLS = Counter(
-    "gateway_provider_calls_total", "Payment provider calls by outcome", ["operation", "outcome"]
+    "gateway_provider_calls_total",
+    "Calls to the payment provider by operation and outcome (ok, unavailable, rejected, error)",
+    ["operation", "outcome"],
 )
 
 # The `method` label takes these values, every other method is "other": a client

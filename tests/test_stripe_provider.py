@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 import pytest
 import responses
 from flask import Flask
+from prometheus_client import REGISTRY
 
 from gateway.providers import build_provider, get_provider
 from gateway.providers.base import (
@@ -273,6 +274,34 @@ def test_stripe_errors_cross_the_boundary_as_unavailable_or_rejected(
         assert raised.value.code == (
             "some_code" if error_type != "idempotency_error" else error_type
         )
+
+
+def _provider_calls(operation: str, outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "gateway_provider_calls_total", {"operation": operation, "outcome": outcome}
+    )
+    return value or 0.0
+
+
+def test_each_call_to_stripe_is_counted_by_its_outcome(
+    stripe_http: responses.RequestsMock, stub: StripeStub, provider: StripeProvider
+) -> None:
+    request = purchase_request(provider)
+    ok_before = _provider_calls("create the invoice", "ok")
+    rejected_before = _provider_calls("create the invoice", "rejected")
+    unavailable_before = _provider_calls("create the invoice", "unavailable")
+
+    provider.create_purchase_draft(request)
+    stub.fail_next("POST", "/v1/invoices", status=400, type_="invalid_request_error")
+    with pytest.raises(ProviderRejected):
+        provider.create_purchase_draft(purchase_request(provider))
+    stub.fail_next("POST", "/v1/invoices", status=500, type_="api_error")
+    with pytest.raises(ProviderUnavailable):
+        provider.create_purchase_draft(purchase_request(provider))
+
+    assert _provider_calls("create the invoice", "ok") == ok_before + 1
+    assert _provider_calls("create the invoice", "rejected") == rejected_before + 1
+    assert _provider_calls("create the invoice", "unavailable") == unavailable_before + 1
 
 
 # --- the purchase invoice, step by step --------------------------------------------------

@@ -45,6 +45,7 @@ from stripe.params import (
     RefundListParams,
 )
 
+from gateway import metrics
 from gateway.providers import deadline
 from gateway.providers.base import (
     META_CUSTOMER_ID,
@@ -179,6 +180,25 @@ def _environment_proxy(url: str) -> str | None:
 
 @contextmanager
 def _boundary(action: str) -> Iterator[None]:
+    """One call to Stripe: counted in `gateway_provider_calls_total` by its outcome (ok,
+    unavailable, rejected, error), stripe-python's errors turned into the boundary's."""
+    outcome = "error"
+    try:
+        with _translated_errors(action):
+            yield
+        outcome = "ok"
+    except ProviderUnavailable:
+        outcome = "unavailable"
+        raise
+    except ProviderRejected:
+        outcome = "rejected"
+        raise
+    finally:
+        metrics.PROVIDER_CALLS.labels(action, outcome).inc()
+
+
+@contextmanager
+def _translated_errors(action: str) -> Iterator[None]:
     """Turn stripe-python's errors into the boundary's, with a message fit for a caller."""
     try:
         yield
