@@ -189,10 +189,6 @@ def apply_credits(
     return _answer(session, request, now, wallet=wallet, deduction=deduction, created_by=created_by)
 
 
-def get_application(session: Session, invoice_external_id: str) -> CreditApplication | None:
-    return _find(session, invoice_external_id)
-
-
 def _find(session: Session, invoice_external_id: str) -> CreditApplication | None:
     return session.execute(
         select(CreditApplication)

@@ -135,11 +135,6 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{millis:012x}{secrets.token_hex(10)}"
 
 
-def is_sqlite(engine_or_conn: Engine | Connection | Session) -> bool:
-    bind = engine_or_conn.get_bind() if isinstance(engine_or_conn, Session) else engine_or_conn
-    return bind.dialect.name == "sqlite"
-
-
 def build_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for `url`, with SQLite made safe for several threads and writers."""
     if url.startswith("sqlite"):

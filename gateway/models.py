@@ -290,12 +290,6 @@ class WalletTransaction(Base):
     wallet: Mapped[Wallet] = relationship()
     purchase: Mapped[Purchase | None] = relationship(back_populates="transaction", uselist=False)
 
-    @property
-    def signed_credits(self) -> Decimal:
-        if self.transaction_type == TransactionType.INBOUND:
-            return self.credit_amount
-        return -self.credit_amount
-
 
 class Purchase(Base):
     """Paid credits on their way through a provider invoice."""

@@ -80,7 +80,8 @@ Clock = Callable[[], datetime]
 # whose invoice id was never stored is looked up by its metadata before a new invoice
 # is created, since its key may have been forgotten.
 PROVIDER_IDEMPOTENCY_WINDOW = timedelta(hours=23)
-# One request opens at most this many purchases (today: one, `paid_credits`).
+# One request opens at most this many purchases (today: one, `paid_credits`): a retry
+# looks for that many `request_key`s, so `PurchaseBatch.open` refuses one more.
 MAX_PURCHASES_PER_REQUEST = 4
 # Nobody is there to pay an emailed invoice for a top-up nobody asked for just now:
 # automatic top-ups charge the customer's default payment method.
@@ -283,6 +284,11 @@ class PurchaseBatch:
         customer itself is read only when it has none yet (its first purchase). A
         purchase an automatic rule makes (`origin`) is always charged automatically.
         """
+        if len(self._work) >= MAX_PURCHASES_PER_REQUEST:
+            raise RuntimeError(
+                f"one request opens at most {MAX_PURCHASES_PER_REQUEST} purchases "
+                "(a retry would not find the others)"
+            )
         amount = check_purchase_amount(self.provider, credits, wallet.rate_amount, wallet.currency)
         entry = ledger.open_purchase_entry(
             session, wallet, credits, now, created_by=created_by, origin=origin

@@ -103,7 +103,7 @@ def replay_event(db: Database, event_id: str, now: datetime) -> EventResult:
     return _process(db, event_id, now, force=True)
 
 
-def failed_event_ids(db: Database, *, limit: int | None = None) -> list[str]:
+def failed_event_ids(db: Database) -> list[str]:
     """Events whose last processing failed, oldest first."""
     with db.session() as session:
         query = (
@@ -111,8 +111,6 @@ def failed_event_ids(db: Database, *, limit: int | None = None) -> list[str]:
             .where(WebhookEvent.status == WebhookEventStatus.FAILED)
             .order_by(WebhookEvent.received_at, WebhookEvent.id)
         )
-        if limit is not None:
-            query = query.limit(limit)
         return list(session.execute(query).scalars())
 
 

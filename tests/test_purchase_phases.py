@@ -27,7 +27,7 @@ from gateway.db import get_session, utcnow
 from gateway.errors import IdempotencyKeyInProgress
 from gateway.models import EntryStatus, Purchase, PurchaseStatus, WalletTransaction
 from gateway.providers.stripe.sandbox import StripeStub
-from gateway.purchases import PurchaseBatch, RequestScope
+from gateway.purchases import MAX_PURCHASES_PER_REQUEST, PurchaseBatch, RequestScope
 from tests.helpers import create_wallet, post, subscribed_customer
 from tests.stripe_support import during_finalize, only_purchase
 
@@ -165,6 +165,29 @@ def test_a_request_key_already_held_refuses_the_purchase_and_keeps_the_transacti
         select(func.count()).where(Purchase.request_key == "principal:key:purchase:0")
     ).scalar_one()
     assert held == 1
+
+
+def test_one_request_opens_at_most_the_purchases_a_retry_looks_for(
+    app: Flask, client: FlaskClient, db_session: Session
+) -> None:
+    wallet_id = create_wallet(client, subscribed_customer(client), granted_credits="1")["wallet"][
+        "id"
+    ]
+    with app.app_context():
+        session = get_session()
+        wallet = ledger.lock_wallet(session, wallet_id)
+        batch = PurchaseBatch(RequestScope("principal:many", utcnow() + timedelta(hours=1)))
+        for _ in range(MAX_PURCHASES_PER_REQUEST):
+            batch.open(session, wallet, Decimal("10"), utcnow(), created_by=SYSTEM)
+
+        with pytest.raises(RuntimeError, match="at most"):
+            batch.open(session, wallet, Decimal("10"), utcnow(), created_by=SYSTEM)
+        session.commit()
+
+    opened = db_session.execute(
+        select(func.count()).where(Purchase.request_key.like("principal:many:purchase:%"))
+    ).scalar_one()
+    assert opened == MAX_PURCHASES_PER_REQUEST
 
 
 def elsewhere(connection: Connection, work: Callable[[Session], Any]) -> None:
