@@ -307,11 +307,9 @@ def terminate_and_void(
     `at`. The entry lowers the settled sum by the balance the row loses, so the
     invariant holds for each wallet, and a terminated wallet holds nothing.
 
-    Set-based, whatever the number of wallets: one INSERT of all the entries and one
-    UPDATE of all the rows, as Core statements (no unit of work to flush, which was
-    most of an expiry batch's time). On PostgreSQL each is a single statement over
-    arrays of the rows' values; elsewhere each is executed once for all the rows'
-    parameters. Each `voided` entry writes its `wallet_transaction.created` event, dated
+    Set-based, whatever the number of wallets, with Core statements rather than ORM
+    flushes (`bench/PROFILES.md`, expire-wallets, says why). Each `voided` entry writes
+    its `wallet_transaction.created` event, dated
     `now` (default: the latest ending time), all in one `events.emit`. The UPDATE only
     matches a row that is still active with the balance just voided: if any does not
     (the caller held no lock, or its object was stale), this raises `LedgerError` and

@@ -743,9 +743,8 @@ def _copy_invoice(purchase: Purchase, invoice: InvoiceSnapshot) -> None:
 
 
 _wallets = cast(Table, Wallet.__table__)
-# Phase 3 as two statements, built once: the wallet's lock (its row read with it),
-# then the purchase taken from `creating` to `open` with its invoice, in one UPDATE
-# that locks it.
+# Phase 3, built once: the wallet's lock (its row read with it), then the purchase
+# taken from `creating` to `open` with its invoice (`bench/PROFILES.md`, purchases).
 _LOCK_WALLET = select(_wallets).where(_wallets.c.id == bindparam("wallet_id")).with_for_update()
 # SET columns come from each execution's parameters.
 _OPEN_PURCHASE = (
@@ -772,13 +771,12 @@ def _store_invoice(
     purchase is flagged for voiding (its wallet ended meanwhile), read under the locks:
     a wallet ending after this commit flags and voids the invoice itself.
 
-    The usual case, a purchase still `creating` and an invoice that is not void or
-    uncollectible, is two statements with no ORM load: the wallet's lock, then an
-    UPDATE of the purchase that holds only while it is `creating` (and has no other
-    invoice). A purchase and its ledger entry always leave `creating` in one
-    transaction (`gateway.transitions`),
-    so a purchase the UPDATE finds `creating` still has the pending entry phase 1
-    wrote, which the answer shows as it is. Anything else takes `_store_invoice_locked`.
+    The usual case (a purchase still `creating`, an invoice neither void nor
+    uncollectible) is an UPDATE that holds only while the purchase is `creating` and has
+    no other invoice. A purchase and its ledger entry leave `creating` in one
+    transaction (`gateway.transitions`), so a purchase the UPDATE finds `creating` still
+    has the pending entry phase 1 wrote, which the answer shows as it is. Anything else
+    takes `_store_invoice_locked`.
     """
     locked = session.execute(_LOCK_WALLET, {"wallet_id": work.wallet_id}).one()
     _refresh(session, Wallet, work.wallet_id, locked._asdict())

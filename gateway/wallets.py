@@ -1,7 +1,8 @@
 """Wallet use cases: create, top up, update, terminate, expire.
 
-Use cases run inside the caller's transaction (the API commits once per request, the
-CLI once per batch) and only flush; balances move only through `gateway.ledger`.
+Use cases run inside the caller's transaction and only flush (the caller commits: the
+API's unit of work, the sweep once per batch); balances move only through
+`gateway.ledger`.
 """
 
 from __future__ import annotations

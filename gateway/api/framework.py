@@ -1,4 +1,4 @@
-"""The shape every API view shares: parse strictly, run one transaction, dump.
+"""The shape every API view shares: parse strictly, run in a unit of work, dump.
 
 A view is declared with `@endpoint(...)`: its body and query schemas, its response
 schema and status, and the error codes it can answer. The same declaration feeds
@@ -165,7 +165,10 @@ def endpoint(
     """Register `view` on `bp` and describe it for the OpenAPI document.
 
     The view gets the path arguments plus `body=` and/or `query=` (loaded dicts) and
-    runs inside one database transaction, committed only if it returns normally.
+    runs in a unit of work on the request's session: what is left open when it returns
+    normally is committed, rolled back if it raises. A view that calls the payment
+    provider commits before the call (a purchase's phase 1, a wallet's end before its
+    invoices are voided) and runs what follows in transactions of its own.
     `links` name the operations that take ids from this one's answer (OpenAPI links).
     """
 
