@@ -3,6 +3,8 @@ same name (see gateway/settings.py), or by a file named in GATEWAY_SETTINGS."""
 
 # SQLAlchemy URL. Empty means a SQLite file in the instance folder.
 DATABASE_URL = ""
+# Connections per process to PostgreSQL (plus 10 overflow): keep gunicorn's threads below.
+GATEWAY_DB_POOL_SIZE = 10
 # Comma-separated bearer keys accepted on /api/v1. Empty: every call is refused.
 GATEWAY_API_KEYS = ""
 

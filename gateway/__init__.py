@@ -40,7 +40,11 @@ def create_app(
     )
     logs.init_app(app)
 
-    Database(bind if bind is not None else build_engine(settings.database_url)).init_app(app)
+    Database(
+        bind
+        if bind is not None
+        else build_engine(settings.database_url, pool_size=settings.db_pool_size)
+    ).init_app(app)
     metrics.init_app(app)
     register_api(app)
     register_error_handlers(app)

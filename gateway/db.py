@@ -7,7 +7,6 @@ PostgreSQL (SQLite has no FOR UPDATE).
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -135,8 +134,11 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{millis:012x}{secrets.token_hex(10)}"
 
 
-def build_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for `url`, with SQLite made safe for several threads and writers."""
+def build_engine(url: str, *, pool_size: int = 10, **kwargs: Any) -> Engine:
+    """An engine for `url`, with SQLite made safe for several threads and writers.
+
+    `pool_size` (the `GATEWAY_DB_POOL_SIZE` setting, for the app) is the server
+    connections kept per process; SQLite keeps its own pool."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs
@@ -158,7 +160,7 @@ def build_engine(url: str, **kwargs: Any) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    kwargs.setdefault("pool_size", int(os.environ.get("GATEWAY_DB_POOL_SIZE", "10")))
+    kwargs["pool_size"] = pool_size
     kwargs.setdefault("max_overflow", 10)
     engine = create_engine(url, **kwargs)
     _ping_connections_after_idle(engine)

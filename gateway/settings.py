@@ -21,6 +21,7 @@ CONFIG_DIR = PROJECT_ROOT / "config"
 # Names an environment variable may override, with the type to parse it as.
 _ENV_TYPES: dict[str, type | str] = {
     "DATABASE_URL": str,
+    "GATEWAY_DB_POOL_SIZE": int,
     "GATEWAY_API_KEYS": str,
     "STRIPE_SECRET_KEY": str,
     "STRIPE_WEBHOOK_SECRETS": str,
@@ -61,6 +62,7 @@ _REQUEST_MARGIN_SECONDS = 5
 # stops the start instead of failing every request later (a webhook tolerance of 0
 # refuses every signature; a timeout of 0 fails every Stripe call).
 _BOUNDS: dict[str, tuple[int, int | None]] = {
+    "GATEWAY_DB_POOL_SIZE": (1, 1000),
     "STRIPE_DAYS_UNTIL_DUE": (1, None),
     "STRIPE_MAX_NETWORK_RETRIES": (0, 10),
     "STRIPE_TIMEOUT_SECONDS": (1, 600),
@@ -151,6 +153,7 @@ def parse_api_keys(value: str) -> tuple[tuple[str, str], ...]:
 @dataclass(frozen=True)
 class Settings:
     database_url: str
+    db_pool_size: int
     api_keys: tuple[str, ...]
     api_key_labels: tuple[str, ...]  # the label of each of `api_keys`, in the same order
     stripe_secret_key: str
@@ -221,6 +224,7 @@ class Settings:
             raise ConfigurationError("OUTGOING_WEBHOOKS_ALLOW_HTTP must be true or false") from exc
         return cls(
             database_url=str(config["DATABASE_URL"]),
+            db_pool_size=number["GATEWAY_DB_POOL_SIZE"],
             api_keys=tuple(key for _label, key in api_keys),
             api_key_labels=tuple(label for label, _key in api_keys),
             stripe_secret_key=str(config["STRIPE_SECRET_KEY"]).strip(),

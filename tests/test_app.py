@@ -91,9 +91,23 @@ def test_database_url_from_the_environment(
     assert str(app.extensions["db"].engine.url) == url
 
 
+def test_the_pool_size_is_a_setting_the_server_engine_gets(
+    clean_environment: pytest.MonkeyPatch,
+) -> None:
+    clean_environment.setenv(
+        "DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/never_connected"
+    )
+    assert create_app().extensions["settings"].db_pool_size == 10
+    clean_environment.setenv("GATEWAY_DB_POOL_SIZE", "3")
+    app = create_app()  # no connection is made until one is used
+    assert app.extensions["settings"].db_pool_size == 3
+    assert app.extensions["db"].engine.pool.size() == 3
+
+
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
+        ("GATEWAY_DB_POOL_SIZE", "0", "GATEWAY_DB_POOL_SIZE must be 1 to 1000"),
         ("STRIPE_DAYS_UNTIL_DUE", "soon", "STRIPE_DAYS_UNTIL_DUE must be int"),
         ("STRIPE_DAYS_UNTIL_DUE", "0", "at least 1"),
         ("EXPIRY_BATCH_SIZE", "1.5", "EXPIRY_BATCH_SIZE must be int"),
