@@ -166,9 +166,10 @@ def endpoint(
 
     The view gets the path arguments plus `body=` and/or `query=` (loaded dicts) and
     runs in a unit of work on the request's session: what is left open when it returns
-    normally is committed, rolled back if it raises. A view that calls the payment
-    provider commits before the call (a purchase's phase 1, a wallet's end before its
-    invoices are voided) and runs what follows in transactions of its own.
+    normally is committed, rolled back if it raises. The payment provider is never
+    called inside a transaction: a purchase commits its phase 1 before calling it and
+    runs what follows in transactions of its own; the invoices of a wallet a view ended
+    are voided once that transaction has committed.
     `links` name the operations that take ids from this one's answer (OpenAPI links).
     """
 
