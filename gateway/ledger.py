@@ -290,6 +290,33 @@ def announce_purchase_entry(session: Session, entry: WalletTransaction, now: dat
     )  # fmt: skip
 
 
+def void_credits(
+    session: Session,
+    wallet: Wallet,
+    credits: Decimal,
+    now: datetime,
+    *,
+    created_by: str,
+) -> WalletTransaction:
+    """Credits voided at the caller's request (Lago's `voided_credits`): a settled
+    outbound `voided` entry, the balance lowered at once; never below zero."""
+    if credits > wallet.credits_balance:
+        raise LedgerError(
+            f"wallet {wallet.id} holds {wallet.credits_balance} credits, {credits} cannot be voided"
+        )
+    entry = _entry(
+        wallet,
+        direction=TransactionType.OUTBOUND,
+        kind=TransactionStatus.VOIDED,
+        status=EntryStatus.SETTLED,
+        credits=credits,
+        now=now,
+        created_by=created_by,
+    )
+    wallet.credits_balance -= entry.credit_amount
+    return _record(session, wallet, entry, now)
+
+
 def terminate_and_void(
     session: Session,
     ending: Sequence[tuple[Wallet, datetime]],

@@ -286,6 +286,11 @@ class WalletTransaction(Base):
     # and, for an interval rule, the period it bought.
     rule_id: Mapped[str | None] = mapped_column(String(40))
     rule_period_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The caller's name and metadata for it (Lago's `name` and `metadata`: a list of
+    # {"key", "value"} pairs). `metadata` is the column; the attribute name is taken
+    # by SQLAlchemy.
+    name: Mapped[str | None] = mapped_column(String(255))
+    entry_metadata: Mapped[list[dict[str, str]] | None] = mapped_column("metadata", JSON)
 
     wallet: Mapped[Wallet] = relationship()
     purchase: Mapped[Purchase | None] = relationship(back_populates="transaction", uselist=False)

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway import actors, events, ledger, rules
+from gateway import actors, events, ledger, money, rules
 from gateway.customers import get_customer, has_active_subscription
 from gateway.errors import (
     CurrencyMismatch,
@@ -252,6 +252,27 @@ def top_up(
         open_purchase=open_purchase,
         created_by=created_by,
     )
+
+
+def void_credits(
+    session: Session, wallet_id: str, credits: Decimal, now: datetime, *, created_by: str
+) -> WalletTransaction:
+    """Void some of an active wallet's credits now (Lago's `voided_credits`): at most
+    what it holds, refused with `validation_errors` on `voided_credits` otherwise."""
+    wallet = ledger.lock_wallet(session, wallet_id)
+    ensure_usable(wallet, now)
+    refuse_void_beyond(wallet.credits_balance, credits)
+    return ledger.void_credits(session, wallet, credits, now, created_by=created_by)
+
+
+def refuse_void_beyond(available: Decimal, credits: Decimal) -> None:
+    """`voided_credits` can void at most what the wallet holds."""
+    if credits > available:
+        held = money.format_credits(available)
+        raise ValidationFailed(
+            f"the wallet holds {held} credits: {money.format_credits(credits)} cannot be voided",
+            details={"voided_credits": [f"must be at most the balance, {held}"]},
+        )
 
 
 def update_wallet(

@@ -301,6 +301,35 @@ def _json_number(value: Decimal) -> int | float:
     return int(value) if value == value.to_integral_value() else float(value)
 
 
+class NullOnly(fields.Field[None]):
+    """A field of Lago's request we accept but do not support: null (or absent) only;
+    any other value is refused naming the field, never silently ignored."""
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> None:
+        raise ValidationError("is not supported by this service: send null or leave it out")
+
+    def openapi_schema(self) -> dict[str, Any]:
+        return {"type": "null", "description": "Lago's field, not supported here: null only"}
+
+
+class TrueOnly(fields.Field[bool]):
+    """A Lago flag whose only behaviour here is `true` (null or absent means the same)."""
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> bool:
+        if value is True:
+            return True
+        if value is False:
+            raise ValidationError("only true is supported (it is this service's behaviour)")
+        raise ValidationError("must be true or null")
+
+    def openapi_schema(self) -> dict[str, Any]:
+        return {"const": True}
+
+
 class UTCDateTimeField(fields.DateTime):
     """ISO 8601 with a timezone on input; `YYYY-MM-DDTHH:MM:SSZ` (UTC) on output."""
 

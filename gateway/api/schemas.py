@@ -19,7 +19,13 @@ from marshmallow import Schema, ValidationError, fields, post_load, pre_load, va
 from sqlalchemy.orm import object_session
 
 from gateway import ledger, money
-from gateway.api.fields import DecimalString, UTCDateTimeField, decimal_schema
+from gateway.api.fields import (
+    DecimalString,
+    NullOnly,
+    TrueOnly,
+    UTCDateTimeField,
+    decimal_schema,
+)
 from gateway.credits import ApplicationStatus, InvoiceType, NotApplicableReason
 from gateway.errors import CouponsNotApplicable
 from gateway.events import EVENT_TYPES
@@ -407,6 +413,31 @@ class WalletSchema(Answer):
         places=5, formatter=money.format_credits, allow_none=True
     )
     recurring_transaction_rules = fields.List(fields.Nested(RecurringTransactionRuleSchema))
+    # Lago compatibility aliases: Lago's SDKs require these names. This service does not
+    # see usage before it is invoiced, so the ongoing balance is the balance.
+    lago_id = fields.String(attribute="id", metadata={"description": "alias of `id` (Lago)"})
+    lago_customer_id = fields.Function(
+        lambda wallet: wallet.customer.id,
+        metadata={"type": "string", "description": "the customer's `id` (Lago)"},
+    )
+    ongoing_balance_cents = fields.Function(
+        lambda wallet: money.balance_minor(
+            wallet.credits_balance, wallet.rate_amount, wallet.currency
+        ),
+        metadata={"type": "integer", "minimum": 0, "description": "alias of `balance_cents`"},
+    )
+    ongoing_usage_balance_cents = fields.Function(
+        lambda _wallet: 0,
+        metadata={"type": "integer", "enum": [0], "description": "always 0 (Lago)"},
+    )
+    credits_ongoing_balance = credits_answer(
+        attribute="credits_balance", metadata={"description": "alias of `credits_balance`"}
+    )
+    credits_ongoing_usage_balance = decimal_answer(
+        lambda _wallet: money.format_credits(Decimal(0)),
+        money.CREDIT_PLACES,
+        description="always 0.00000 (Lago)",
+    )
     expiration_at = UTCDateTimeField(allow_none=True)
     terminated_at = UTCDateTimeField(allow_none=True)
     created_at = UTCDateTimeField()
@@ -445,6 +476,13 @@ class InvoiceSchema(Answer):
     )
 
 
+class MetadataPair(Schema):
+    """One of Lago's `metadata` entries on a wallet transaction."""
+
+    key = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    value = fields.String(required=True, validate=validate.Length(max=255))
+
+
 class WalletTransactionSchema(Answer):
     id = fields.String(metadata={"example": "wtx_01JEXAMPLE"})
     wallet_id = fields.String()
@@ -465,6 +503,18 @@ class WalletTransactionSchema(Answer):
     source = enum_answer(EntrySource)
     # Null except for purchased entries.
     invoice = fields.Nested(InvoiceSchema, attribute="purchase", allow_none=True)
+    name = fields.String(allow_none=True)
+    metadata = fields.List(fields.Nested(MetadataPair), attribute="entry_metadata", allow_none=True)
+    # Lago compatibility aliases.
+    lago_id = fields.String(attribute="id", metadata={"description": "alias of `id` (Lago)"})
+    lago_wallet_id = fields.String(
+        attribute="wallet_id", metadata={"description": "alias of `wallet_id` (Lago)"}
+    )
+    invoice_requires_successful_payment = fields.Function(
+        lambda _entry: True,
+        metadata={"type": "boolean", "enum": [True], "description": "always true: credits "
+                  "are purchased only once paid (Lago)"},
+    )  # fmt: skip
 
 
 class WalletResponse(Answer):
@@ -490,6 +540,26 @@ class TopUpSchema(_RefusesCoupons):
     )
     paid_credits = credits_field(allow_none=True, metadata={"example": "20"})
     granted_credits = credits_field(allow_none=True, metadata={"example": "5.5"})
+    # Lago's wallet transaction request (lago-python-client sends all of it, nulls too).
+    voided_credits = credits_field(
+        allow_none=True,
+        metadata={"example": "1", "description": "credits voided now (an outbound `voided` "
+                  "entry), at most the balance"},
+    )  # fmt: skip
+    name = fields.String(
+        allow_none=True, validate=validate.Length(max=255), metadata={"example": "Winter bonus"}
+    )
+    metadata = fields.List(
+        fields.Nested(MetadataPair),
+        allow_none=True,
+        validate=validate.Length(max=50),
+        metadata={"example": [{"key": "campaign", "value": "winter"}]},
+    )
+    invoice_requires_successful_payment = TrueOnly(allow_none=True)
+    ignore_paid_top_up_limits = NullOnly(allow_none=True)
+    purchase_order_number = NullOnly(allow_none=True)
+    payment_method = NullOnly(allow_none=True)
+    invoice_custom_section = NullOnly(allow_none=True)
 
 
 class TopUpRequest(_RefusesCoupons):

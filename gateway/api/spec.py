@@ -64,7 +64,7 @@ def _exact_field(
         return {}
     kept = {key: ret[key] for key in _ANNOTATIONS if key in ret}
     ret.clear()
-    if field.allow_none:
+    if field.allow_none and fragment.get("type") != "null":
         alternatives = fragment.pop("anyOf", None) or [fragment]
         fragment = {"anyOf": [*alternatives, {"type": "null"}]}
     return {**fragment, **kept}

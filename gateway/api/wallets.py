@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from flask import g
@@ -25,6 +26,7 @@ from gateway.api.schemas import (
     pagination_meta,
 )
 from gateway.db import get_session, utcnow
+from gateway.models import WalletTransaction
 
 
 def _wallet_links(wallet: str, *, terminated: bool = False) -> dict[str, Link]:
@@ -177,15 +179,33 @@ def terminate_wallet(wallet_id: str) -> Reply:
 )  # fmt: skip
 def top_up(body: dict[str, Any]) -> Reply:
     data = body["wallet_transaction"]
-    transactions = purchases.top_up(
-        get_session(),
-        data["wallet_id"],
-        granted=data.get("granted_credits"),
-        paid=data.get("paid_credits"),
-        now=utcnow(),
-        created_by=api_actor(),
-        request_scope=g.get("idempotency_scope"),
-    )
+    session, now = get_session(), utcnow()
+    granted, paid = data.get("granted_credits"), data.get("paid_credits")
+    voided: Decimal | None = data.get("voided_credits")
+    if voided is not None:
+        # Checked before any purchase is made, so that a refusal leaves nothing behind.
+        wallet = wallets.get_wallet(session, data["wallet_id"])
+        wallets.ensure_usable(wallet, now)
+        wallets.refuse_void_beyond(wallet.credits_balance + (granted or 0), voided)
+    transactions: list[WalletTransaction] = []
+    if granted is not None or paid is not None or voided is None:
+        transactions = purchases.top_up(
+            session,
+            data["wallet_id"],
+            granted=granted,
+            paid=paid,
+            now=now,
+            created_by=api_actor(),
+            request_scope=g.get("idempotency_scope"),
+        )
+    if voided is not None:
+        # After the purchase, so that a retry resuming it does not void twice.
+        transactions.append(
+            wallets.void_credits(session, data["wallet_id"], voided, now, created_by=api_actor())
+        )
+    for entry in transactions:
+        entry.name = data.get("name")
+        entry.entry_metadata = data.get("metadata")
     return Reply({"wallet_transactions": transactions}, 201)
 
 
