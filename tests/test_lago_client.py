@@ -36,9 +36,7 @@ def lago(app: Flask) -> Iterator[Client]:
         thread.join(timeout=10)
 
 
-def test_lago_client_runs_the_wallet_lifecycle_unchanged(
-    lago: Client, client: FlaskClient
-) -> None:
+def test_lago_client_runs_the_wallet_lifecycle_unchanged(lago: Client, client: FlaskClient) -> None:
     customer = subscribed_customer(client)
     wallet = lago.wallets.create(
         Wallet(
