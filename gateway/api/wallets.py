@@ -203,9 +203,10 @@ def top_up(body: dict[str, Any]) -> Reply:
         transactions.append(
             wallets.void_credits(session, data["wallet_id"], voided, now, created_by=api_actor())
         )
-    for entry in transactions:
-        entry.name = data.get("name")
-        entry.entry_metadata = data.get("metadata")
+    if data.get("name") is not None or data.get("metadata") is not None:
+        for entry in transactions:
+            entry.name = data.get("name")
+            entry.entry_metadata = data.get("metadata")
     return Reply({"wallet_transactions": transactions}, 201)
 
 
