@@ -391,10 +391,10 @@ def apply_dispute(
 def follow_after_settlement(conn: Connection, purchase_id: str, now: datetime) -> None:
     """A purchase just settled (its rows locked by the caller): money that went back
     before its payment was seen here takes its credits now."""
-    locked = settlement.lock_purchase_rows(conn, purchase_id=purchase_id)
-    assert locked is not None
     rows = _rows(conn, purchase_id)
-    if rows:
+    if rows:  # rare: most payments are seen before anything goes back
+        locked = settlement.lock_purchase_rows(conn, purchase_id=purchase_id)
+        assert locked is not None
         _follow(conn, locked, rows, now, "settlement")
 
 
