@@ -142,15 +142,21 @@ def apply_credits(
     if stored is not None:
         return _repeat(stored, request)
 
-    customer = get_customer(session, request.external_customer_id)
+    # The customer with its latest wallet, that wallet locked, in one statement: the
+    # balance is read under the lock; whoever held it may have answered this very
+    # invoice, so look again once it is ours.
+    customer, wallet = _customer_and_locked_wallet(session, request.external_customer_id)
     if request.currency != customer.currency:
         raise CurrencyMismatch(
             f"the invoice is in {request.currency}; customer "
             f"{customer.external_id}'s credits are valued in {customer.currency}",
             details={"currency": [f"must be {customer.currency}"]},
         )
+    if wallet is not None:
+        stored = _find(session, request.invoice_external_id)
+        if stored is not None:
+            return _repeat(stored, request)
 
-    wallet = _latest_wallet(session, customer)
     if request.invoice_type not in ELIGIBLE_INVOICE_TYPES:
         return _answer(
             session,
@@ -161,13 +167,6 @@ def apply_credits(
         )
     if wallet is None:
         return _answer(session, request, now, wallet=None, reason=NotApplicableReason.NO_WALLET)
-    if wallet.status == WalletStatus.ACTIVE:
-        # Lock before reading the balance; whoever held the lock may have answered
-        # this very invoice, so look again once it is ours.
-        wallet = ledger.lock_wallet(session, wallet.id)
-        stored = _find(session, request.invoice_external_id)
-        if stored is not None:
-            return _repeat(stored, request)
 
     reason = _unusable_reason(wallet, now)
     if reason is None and request.subtotal_amount_cents == 0:
@@ -197,14 +196,24 @@ def _find(session: Session, invoice_external_id: str) -> CreditApplication | Non
     ).scalar_one_or_none()
 
 
-def _latest_wallet(session: Session, customer: Customer) -> Wallet | None:
-    """The customer's active wallet, else the most recently created ended one."""
-    return session.execute(
-        select(Wallet)
-        .where(Wallet.customer_id == customer.id)
+def _customer_and_locked_wallet(
+    session: Session, external_customer_id: str
+) -> tuple[Customer, Wallet | None]:
+    """The customer and its active wallet, else its most recently created ended one,
+    the wallet locked (FOR UPDATE; SQLite serialises writers) and read under the lock.
+    Unknown customer: `not_found`."""
+    row = session.execute(
+        select(Customer, Wallet)
+        .join(Wallet, Wallet.customer_id == Customer.id)
+        .where(Customer.external_id == external_customer_id)
         .order_by((Wallet.status == WalletStatus.ACTIVE).desc(), Wallet.created_at.desc())
         .limit(1)
-    ).scalar_one_or_none()
+        .with_for_update(of=Wallet)
+        .execution_options(populate_existing=True)
+    ).first()
+    if row is None:  # no such customer, or one without a wallet
+        return get_customer(session, external_customer_id), None
+    return row[0], row[1]
 
 
 def _unusable_reason(wallet: Wallet, now: datetime) -> NotApplicableReason | None:
@@ -258,30 +267,45 @@ def _answer(
         total_amount_cents=total,
         created_at=now,
     )
+    entry = None
     try:
         # The unique invoice id decides between racing requests for one invoice
-        # (on PostgreSQL the loser's insert waits for the winner, then fails here).
+        # (on PostgreSQL the loser's insert waits for the winner, then fails here;
+        # the entry and the balance written with it go back with the savepoint).
         with session.begin_nested():
+            if deduction is not None:
+                assert wallet is not None and created_by is not None
+                entry = ledger.consume_credits(
+                    session,
+                    wallet,
+                    deduction.credits,
+                    deduction.amount_cents,
+                    now,
+                    created_by=created_by,
+                    announce=False,
+                )
+                application.transaction_id = entry.id
             session.add(application)
     except IntegrityError:
         stored = _find(session, request.invoice_external_id)
         if stored is None:
             raise
         return _repeat(stored, request)
-    if deduction is not None:
-        assert wallet is not None and created_by is not None
-        entry = ledger.consume_credits(
-            session, wallet, deduction.credits, deduction.amount_cents, now, created_by=created_by
-        )
-        application.transaction_id = entry.id
-        session.flush()
-        events.emit_one(
-            session,
-            events.EventType.CREDIT_APPLICATION_APPLIED,
-            wallet.id,
+    if entry is not None:
+        assert wallet is not None
+        # The entry's events and the answer's, in one write (gateway.events).
+        events.emit_on_connection(
+            session.connection(),
+            [
+                *ledger.entry_events(wallet, entry),
+                events.NewEvent(
+                    events.EventType.CREDIT_APPLICATION_APPLIED,
+                    wallet.id,
+                    entry.id,
+                    application.id,
+                ),
+            ],
             now,
-            transaction_id=entry.id,
-            credit_application_id=application.id,
         )
         # Still under the wallet's lock: a threshold reached starts its top-up here,
         # committed with this answer (the provider is called later, by the worker).

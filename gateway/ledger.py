@@ -214,6 +214,15 @@ def _record(
     leaves nothing."""
     session.add(entry)
     session.flush()
+    events.emit(session, entry_events(wallet, entry), now)
+    return entry
+
+
+def entry_events(wallet: Wallet, entry: WalletTransaction) -> list[events.NewEvent]:
+    """The events a new entry writes: `wallet_transaction.created`, `wallet.depleted`
+    when a settled outbound entry leaves nothing, and a crossing of the wallet's low
+    balance threshold (for a caller that writes them together with its own,
+    `consume_credits(..., announce=False)`)."""
     announced = [events.NewEvent(events.EventType.WALLET_TRANSACTION_CREATED, wallet.id, entry.id)]
     if (
         entry.transaction_type == TransactionType.OUTBOUND
@@ -234,8 +243,7 @@ def _record(
             wallet.credits_balance,
             wallet.low_balance_threshold_credits,
         )
-    events.emit(session, announced, now)
-    return entry
+    return announced
 
 
 def balance_crossings(
@@ -508,8 +516,12 @@ def consume_credits(
     now: datetime,
     *,
     created_by: str,
+    announce: bool = True,
 ) -> WalletTransaction:
-    """Credits deducted from an invoice: a settled outbound `invoiced` entry."""
+    """Credits deducted from an invoice: a settled outbound `invoiced` entry.
+
+    `announce=False`: its events (`entry_events`) are the caller's to write, in this
+    transaction, with its own (a credit application writes all of them at once)."""
     if credits > wallet.credits_balance:
         raise LedgerError("consumption larger than the balance")
     entry = _entry(
@@ -524,6 +536,10 @@ def consume_credits(
     wallet.credits_balance -= entry.credit_amount
     wallet.consumed_credits += entry.credit_amount
     wallet.consumed_amount_cents += amount_cents
+    if not announce:
+        session.add(entry)
+        session.flush()
+        return entry
     return _record(session, wallet, entry, now)
 
 
