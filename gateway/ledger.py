@@ -596,12 +596,16 @@ def pending_credits_of(
 ) -> ScalarSelect[Decimal]:
     """SQL: the pending credits of the wallet `wallet_id` names (a correlated subquery,
     to read them in the same SELECT as the wallet)."""
+    # Aliased: correlated to an outer SELECT of entries (the events' load), the bare
+    # table would be that SELECT's own row, and `wallet_id = wallet_id` would sum the
+    # pending credits of every wallet (a sequential scan per event, and a wrong figure).
+    entries = _ENTRIES.alias("pending_entries")
     return (
-        select(func.coalesce(func.sum(_ENTRIES.c.credit_amount), 0))
+        select(func.coalesce(func.sum(entries.c.credit_amount), 0))
         .where(
-            _ENTRIES.c.wallet_id == wallet_id,
-            _ENTRIES.c.status == EntryStatus.PENDING,
-            _ENTRIES.c.transaction_status == TransactionStatus.PURCHASED,
+            entries.c.wallet_id == wallet_id,
+            entries.c.status == EntryStatus.PENDING,
+            entries.c.transaction_status == TransactionStatus.PURCHASED,
         )
         .scalar_subquery()
     )
