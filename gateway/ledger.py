@@ -644,16 +644,19 @@ _SETTLE_PURCHASE_ENTRY = (
     .values(status=EntryStatus.SETTLED, settled_at=bindparam("b_now"), failed_at=None)
     .returning(_ENTRIES.c.credit_amount, _ENTRIES.c.wallet_id)
 )
-_RAISE_BALANCE = (
+# A balance moved by `b_delta` (negative: taken out); the second form answers the balance
+# after the move and the wallet's low-balance threshold, what a crossing of it
+# (`balance_crossings`) is read from.
+_MOVE_BALANCE = (
     update(_WALLETS)
     .where(_WALLETS.c.id == bindparam("b_wallet_id"))
     .values(
         credits_balance=_WALLETS.c.credits_balance
-        + bindparam("b_credits", type_=_WALLETS.c.credits_balance.type),
+        + bindparam("b_delta", type_=_WALLETS.c.credits_balance.type),
         updated_at=bindparam("b_now"),
     )
 )
-_RAISE_BALANCE_READ = _RAISE_BALANCE.returning(
+_MOVE_BALANCE_READ = _MOVE_BALANCE.returning(
     _WALLETS.c.credits_balance, _WALLETS.c.low_balance_threshold_credits
 )
 # PostgreSQL does both in one statement: the entry's UPDATE as a data-modifying CTE
@@ -703,7 +706,7 @@ def settle_purchase(
         if credited is None:
             return None
         after, threshold = conn.execute(
-            _RAISE_BALANCE_READ, {"b_wallet_id": wallet_id, "b_credits": credited, "b_now": now}
+            _MOVE_BALANCE_READ, {"b_wallet_id": wallet_id, "b_delta": credited, "b_now": now}
         ).one()
     crossed = balance_crossings(wallet_id, after - credited, after, threshold)
     if crossed:
@@ -724,20 +727,6 @@ def fail_pending_purchase(conn: Connection, wallet_id: str, entry_id: str, now: 
 
 _WALLET_HOLDING = select(_WALLETS.c.credits_balance, _WALLETS.c.rate_amount).where(
     _WALLETS.c.id == bindparam("b_wallet_id")
-)
-_MOVE_BALANCE = (
-    update(_WALLETS)
-    .where(_WALLETS.c.id == bindparam("b_wallet_id"))
-    .values(
-        credits_balance=_WALLETS.c.credits_balance
-        + bindparam("b_delta", type_=_WALLETS.c.credits_balance.type),
-        updated_at=bindparam("b_now"),
-    )
-)
-# The balance after the move and the wallet's low-balance threshold: what a crossing
-# of it (`balance_crossings`) is read from.
-_MOVE_BALANCE_READ = _MOVE_BALANCE.returning(
-    _WALLETS.c.credits_balance, _WALLETS.c.low_balance_threshold_credits
 )
 _TAKEN_BACK = frozenset({TransactionStatus.REFUNDED, TransactionStatus.DISPUTED})
 
@@ -772,10 +761,7 @@ def _write_settled_entry(
     credited = entry["credit_amount"]
     delta = credited if direction == TransactionType.INBOUND else -credited
     after, threshold = conn.execute(
-        _MOVE_BALANCE.returning(
-            _WALLETS.c.credits_balance, _WALLETS.c.low_balance_threshold_credits
-        ),
-        {"b_wallet_id": wallet_id, "b_delta": delta, "b_now": now},
+        _MOVE_BALANCE_READ, {"b_wallet_id": wallet_id, "b_delta": delta, "b_now": now}
     ).one()
     announced = [events.NewEvent(events.EventType.WALLET_TRANSACTION_CREATED, wallet_id, entry_id)]
     if empties:
