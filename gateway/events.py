@@ -23,12 +23,14 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
     Numeric,
+    Select,
     String,
     Table,
     Text,
@@ -142,6 +144,37 @@ def _wallet_loading() -> tuple[Any, ...]:
     return (joinedload(Wallet.customer), joinedload(Wallet.recurring_transaction_rules))
 
 
+@cache
+def _entries_with_their_rows() -> Select[WalletTransaction, Decimal]:
+    """The entries named by `transaction_ids` with their purchase and wallet (and its
+    customer and rules) and the wallet's pending credits: built once, as every
+    delivery reads it."""
+    from gateway.ledger import pending_credits_of
+
+    return (
+        select(WalletTransaction, pending_credits_of(WalletTransaction.wallet_id))
+        .where(WalletTransaction.id.in_(bindparam("transaction_ids", expanding=True)))
+        .options(
+            joinedload(WalletTransaction.purchase),
+            joinedload(WalletTransaction.wallet).options(*_wallet_loading()),
+        )
+        .execution_options(populate_existing=True)
+    )
+
+
+@cache
+def _wallets_with_their_rows() -> Select[Wallet, Decimal]:
+    """The wallets named by `wallet_ids` with their customer, rules and pending credits."""
+    from gateway.ledger import pending_credits_of
+
+    return (
+        select(Wallet, pending_credits_of(Wallet.id))
+        .where(Wallet.id.in_(bindparam("wallet_ids", expanding=True)))
+        .options(*_wallet_loading())
+        .execution_options(populate_existing=True)
+    )
+
+
 def _load(
     session: Session, wallet_ids: list[str], events: Sequence[NewEvent]
 ) -> tuple[dict[str, Wallet], dict[str, WalletTransaction], dict[str, Any]]:
@@ -149,21 +182,13 @@ def _load(
     pending credits, in as few SELECTs as possible: the entries with their purchase and
     wallet (and its customer and rules) in one, the wallets no entry brought in
     another."""
-    from gateway.ledger import pending_credits_of
-
     wallets: dict[str, Wallet] = {}
     transactions: dict[str, WalletTransaction] = {}
     pending: dict[str, Any] = {}
     transaction_ids = list({event.transaction_id for event in events if event.transaction_id})
     if transaction_ids:
         for entry, entry_pending in session.execute(
-            select(WalletTransaction, pending_credits_of(WalletTransaction.wallet_id))
-            .where(WalletTransaction.id.in_(transaction_ids))
-            .options(
-                joinedload(WalletTransaction.purchase),
-                joinedload(WalletTransaction.wallet).options(*_wallet_loading()),
-            )
-            .execution_options(populate_existing=True)
+            _entries_with_their_rows(), {"transaction_ids": transaction_ids}
         ).unique():
             transactions[entry.id] = entry
             wallets[entry.wallet_id] = entry.wallet
@@ -171,10 +196,7 @@ def _load(
     missing = [wallet_id for wallet_id in wallet_ids if wallet_id not in wallets]
     if missing:
         for wallet, wallet_pending in session.execute(
-            select(Wallet, pending_credits_of(Wallet.id))
-            .where(Wallet.id.in_(missing))
-            .options(*_wallet_loading())
-            .execution_options(populate_existing=True)
+            _wallets_with_their_rows(), {"wallet_ids": missing}
         ).unique():
             wallets[wallet.id] = wallet
             pending[wallet.id] = wallet_pending
