@@ -298,6 +298,24 @@ def announce_purchase_entry(session: Session, entry: WalletTransaction, now: dat
     )  # fmt: skip
 
 
+def _settled_outbound(
+    wallet: Wallet, kind: TransactionStatus, credits: Decimal, now: datetime, created_by: str
+) -> WalletTransaction:
+    """A settled outbound entry of `kind`, the balance lowered by it at once (the caller
+    checked the wallet holds the credits)."""
+    entry = _entry(
+        wallet,
+        direction=TransactionType.OUTBOUND,
+        kind=kind,
+        status=EntryStatus.SETTLED,
+        credits=credits,
+        now=now,
+        created_by=created_by,
+    )
+    wallet.credits_balance -= entry.credit_amount
+    return entry
+
+
 def void_credits(
     session: Session,
     wallet: Wallet,
@@ -312,16 +330,7 @@ def void_credits(
         raise LedgerError(
             f"wallet {wallet.id} holds {wallet.credits_balance} credits, {credits} cannot be voided"
         )
-    entry = _entry(
-        wallet,
-        direction=TransactionType.OUTBOUND,
-        kind=TransactionStatus.VOIDED,
-        status=EntryStatus.SETTLED,
-        credits=credits,
-        now=now,
-        created_by=created_by,
-    )
-    wallet.credits_balance -= entry.credit_amount
+    entry = _settled_outbound(wallet, TransactionStatus.VOIDED, credits, now, created_by)
     return _record(session, wallet, entry, now)
 
 
@@ -524,16 +533,7 @@ def consume_credits(
     transaction, with its own (a credit application writes all of them at once)."""
     if credits > wallet.credits_balance:
         raise LedgerError("consumption larger than the balance")
-    entry = _entry(
-        wallet,
-        direction=TransactionType.OUTBOUND,
-        kind=TransactionStatus.INVOICED,
-        status=EntryStatus.SETTLED,
-        credits=credits,
-        now=now,
-        created_by=created_by,
-    )
-    wallet.credits_balance -= entry.credit_amount
+    entry = _settled_outbound(wallet, TransactionStatus.INVOICED, credits, now, created_by)
     wallet.consumed_credits += entry.credit_amount
     wallet.consumed_amount_cents += amount_cents
     if not announce:
