@@ -107,6 +107,8 @@ class WideExactNumeric(ExactNumeric):
     SQLite. Exact to store and read back; not for arithmetic or ordering in SQL there.
     """
 
+    cache_ok = True  # not inherited: without it no statement naming such a column is cached
+
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "sqlite":
             return dialect.type_descriptor(Text())

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache
+from types import SimpleNamespace
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -35,6 +36,7 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
+    exists,
     func,
     insert,
     select,
@@ -42,11 +44,21 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import cast as sql_cast
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session
 
+from gateway import money
 from gateway.db import UTCDateTime, new_id
-from gateway.models import CreditApplication, Event, Wallet, WalletTransaction
+from gateway.models import (
+    CreditApplication,
+    Customer,
+    Event,
+    Purchase,
+    RecurringTransactionRule,
+    Wallet,
+    WalletTransaction,
+)
 
 
 class EventType(enum.StrEnum):
@@ -139,75 +151,141 @@ def _txid(conn: Connection) -> Any:
     return 0
 
 
-def _wallet_loading() -> tuple[Any, ...]:
-    """What a wallet's JSON reads besides its row: its customer and its rules."""
-    return (joinedload(Wallet.customer), joinedload(Wallet.recurring_transaction_rules))
+class _Row(SimpleNamespace):
+    """A row read for an event's body: the attributes the answer schemas read, as the
+    mapped class names them (an entry's `wallet` and `purchase`, a wallet's `customer`
+    and `recurring_transaction_rules`, and its `pending_credits`)."""
+
+
+def _columns(model: type[Any], prefix: str, keys: Sequence[str] | None = None) -> list[Any]:
+    """`model`'s columns (those named by `keys`, else all), labelled `prefix` + the
+    attribute's name."""
+    return [
+        prop.columns[0].label(f"{prefix}{prop.key}")
+        for prop in sa_inspect(model).column_attrs
+        if keys is None or prop.key in keys
+    ]
+
+
+# What the invoice block of a purchased entry reads of its purchase.
+_INVOICE_KEYS = (
+    "provider",
+    "provider_invoice_id",
+    "status",
+    "invoice_status",
+    "currency",
+    "subtotal_cents",
+    "tax_cents",
+    "total_cents",
+    "hosted_invoice_url",
+    "returned_cents",
+    "dispute_status",
+)
+_rules = cast(Table, RecurringTransactionRule.__table__)
+_customers = cast(Table, Customer.__table__)
+_entries = cast(Table, WalletTransaction.__table__)
+_purchases = cast(Table, Purchase.__table__)
+
+
+def _wallet_columns() -> list[Any]:
+    from gateway.ledger import pending_credits_of
+
+    return [
+        *_columns(Wallet, "w_"),
+        _customers.c.external_id.label("c_external_id"),
+        pending_credits_of(_wallets.c.id).label("w_pending_credits"),
+        exists().where(_rules.c.wallet_id == _wallets.c.id).label("w_has_rules"),
+    ]
 
 
 @cache
-def _entries_with_their_rows() -> Select[WalletTransaction, Decimal]:
-    """The entries named by `transaction_ids` with their purchase and wallet (and its
-    customer and rules) and the wallet's pending credits: built once, as every
-    delivery reads it."""
-    from gateway.ledger import pending_credits_of
-
+def _entries_with_their_rows() -> Select[Any]:
+    """The entries named by `transaction_ids` with their purchase's invoice columns,
+    their wallet, its customer's external id, its pending credits and whether it has
+    rules: one Core SELECT, built once, as every settlement reads it."""
     return (
-        select(WalletTransaction, pending_credits_of(WalletTransaction.wallet_id))
-        .where(WalletTransaction.id.in_(bindparam("transaction_ids", expanding=True)))
-        .options(
-            joinedload(WalletTransaction.purchase),
-            joinedload(WalletTransaction.wallet).options(*_wallet_loading()),
+        select(*_columns(WalletTransaction, "e_"), *_columns(Purchase, "p_", _INVOICE_KEYS))
+        .add_columns(*_wallet_columns())
+        .select_from(
+            _entries.join(_wallets, _wallets.c.id == _entries.c.wallet_id)
+            .join(_customers, _customers.c.id == _wallets.c.customer_id)
+            .outerjoin(_purchases, _purchases.c.transaction_id == _entries.c.id)
         )
-        .execution_options(populate_existing=True)
+        .where(_entries.c.id.in_(bindparam("transaction_ids", expanding=True)))
     )
 
 
 @cache
-def _wallets_with_their_rows() -> Select[Wallet, Decimal]:
-    """The wallets named by `wallet_ids` with their customer, rules and pending credits."""
-    from gateway.ledger import pending_credits_of
-
+def _wallets_with_their_rows() -> Select[Any]:
+    """The wallets named by `wallet_ids`, read as `_entries_with_their_rows` reads an
+    entry's wallet."""
     return (
-        select(Wallet, pending_credits_of(Wallet.id))
-        .where(Wallet.id.in_(bindparam("wallet_ids", expanding=True)))
-        .options(*_wallet_loading())
-        .execution_options(populate_existing=True)
+        select(*_wallet_columns())
+        .select_from(_wallets.join(_customers, _customers.c.id == _wallets.c.customer_id))
+        .where(_wallets.c.id.in_(bindparam("wallet_ids", expanding=True)))
     )
+
+
+@cache
+def _rules_of_wallets() -> Select[Any]:
+    return (
+        select(*_columns(RecurringTransactionRule, ""))
+        .where(_rules.c.wallet_id.in_(bindparam("wallet_ids", expanding=True)))
+        .order_by(_rules.c.trigger)
+    )
+
+
+def _take(values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return {key[len(prefix) :]: value for key, value in values.items() if key.startswith(prefix)}
+
+
+def _wallet_of(values: dict[str, Any]) -> _Row:
+    wallet = _Row(**_take(values, "w_"))
+    wallet.pending_credits = money.quantize_credits(Decimal(wallet.pending_credits))
+    wallet.customer = _Row(id=wallet.customer_id, external_id=values["c_external_id"])
+    wallet.recurring_transaction_rules = []
+    return wallet
 
 
 def _load(
-    session: Session, wallet_ids: list[str], events: Sequence[NewEvent]
-) -> tuple[dict[str, Wallet], dict[str, WalletTransaction], dict[str, Any]]:
-    """The wallets and entries the events carry, as they now are, and each wallet's
-    pending credits, in as few SELECTs as possible: the entries with their purchase and
-    wallet (and its customer and rules) in one, the wallets no entry brought in
-    another."""
-    wallets: dict[str, Wallet] = {}
-    transactions: dict[str, WalletTransaction] = {}
-    pending: dict[str, Any] = {}
+    conn: Connection, wallet_ids: list[str], events: Sequence[NewEvent]
+) -> tuple[dict[str, _Row], dict[str, _Row]]:
+    """The wallets and entries the events carry, as they now are in this transaction:
+    the entries with their purchase and wallet in one SELECT, the wallets no entry
+    brought in another, and rules only for wallets that have some."""
+    wallets: dict[str, _Row] = {}
+    transactions: dict[str, _Row] = {}
     transaction_ids = list({event.transaction_id for event in events if event.transaction_id})
     if transaction_ids:
-        for entry, entry_pending in session.execute(
-            _entries_with_their_rows(), {"transaction_ids": transaction_ids}
-        ).unique():
-            transactions[entry.id] = entry
+        rows = conn.execute(_entries_with_their_rows(), {"transaction_ids": transaction_ids})
+        for row in rows:
+            values = row._asdict()
+            entry = _Row(**_take(values, "e_"))
+            purchase = _take(values, "p_")
+            entry.purchase = _Row(**purchase) if purchase["status"] is not None else None
+            entry.wallet = wallets.get(entry.wallet_id) or _wallet_of(values)
             wallets[entry.wallet_id] = entry.wallet
-            pending[entry.wallet_id] = entry_pending
+            transactions[entry.id] = entry
     missing = [wallet_id for wallet_id in wallet_ids if wallet_id not in wallets]
     if missing:
-        for wallet, wallet_pending in session.execute(
-            _wallets_with_their_rows(), {"wallet_ids": missing}
-        ).unique():
+        for row in conn.execute(_wallets_with_their_rows(), {"wallet_ids": missing}):
+            wallet = _wallet_of(row._asdict())
             wallets[wallet.id] = wallet
-            pending[wallet.id] = wallet_pending
     unknown = set(wallet_ids) - set(wallets)
     if unknown:
         raise LookupError(f"events about unknown wallet(s): {', '.join(sorted(unknown))}")
-    return wallets, transactions, pending
+    with_rules = [wallet.id for wallet in wallets.values() if wallet.has_rules]
+    if with_rules:
+        for row in conn.execute(_rules_of_wallets(), {"wallet_ids": with_rules}):
+            rule = _Row(**row._asdict())
+            wallets[rule.wallet_id].recurring_transaction_rules.append(rule)
+    return wallets, transactions
 
 
 # PostgreSQL, one wallet: its sequence moves and the events are written in one
 # statement; each body is its prefix (the JSON up to `"sequence":`) + the number + `}}`.
+# The events come as one JSON array of [id, type, prefix] (a text array would make
+# psycopg escape every quote of every body).
 _SEQUENCE_AND_INSERT_PG = text(
     """
     WITH s AS (
@@ -215,11 +293,10 @@ _SEQUENCE_AND_INSERT_PG = text(
         WHERE id = :wallet_id RETURNING event_sequence
     )
     INSERT INTO events (id, type, wallet_id, sequence, body, txid, dispatched, created_at)
-    SELECT v.id, v.type, :wallet_id, s.event_sequence - :n + v.ord,
-           v.prefix || (s.event_sequence - :n + v.ord)::text || '}}',
+    SELECT v.e ->> 0, v.e ->> 1, :wallet_id, s.event_sequence - :n + v.ord,
+           (v.e ->> 2) || (s.event_sequence - :n + v.ord)::text || '}}',
            pg_current_xact_id()::text::bigint, false, :created_at
-    FROM s, unnest(CAST(:ids AS text[]), CAST(:types AS text[]), CAST(:prefixes AS text[]),
-                   CAST(:ords AS integer[])) AS v(id, type, prefix, ord)
+    FROM s, json_array_elements(CAST(:events AS json)) WITH ORDINALITY AS v(e, ord)
     """
 ).bindparams(bindparam("created_at", type_=UTCDateTime()))
 
@@ -252,53 +329,64 @@ def _schemas() -> tuple[Any, Any, Any]:
     return WalletSchema(), WalletTransactionSchema(), CreditApplicationSchema()
 
 
+@cache
+def _applications_by_id() -> Select[Any]:
+    applications = cast(Table, CreditApplication.__table__)
+    return select(*_columns(CreditApplication, "")).where(
+        applications.c.id.in_(bindparam("application_ids", expanding=True))
+    )
+
+
 def emit(session: Session, events: Sequence[NewEvent], now: datetime) -> list[str]:
     """Write `events`, in order, in the session's transaction; returns their ids.
 
     Pending ORM changes are flushed first, so payloads show the change being reported.
-    Rows changed by Core statements are read again (the session's objects refreshed).
     """
     if not events:
         return []
-    from gateway.ledger import known_pending_credits
-
     session.flush()
-    conn = session.connection()
+    return emit_on_connection(session.connection(), events, now)
+
+
+def _bodies(conn: Connection, events: Sequence[NewEvent], now: datetime) -> list[tuple[str, str]]:
+    """Each event's id and body up to its `sequence`, from the rows as they now are."""
+    counts = dict.fromkeys(event.wallet_id for event in events)
+    wallets, transactions = _load(conn, list(counts), events)
+    application_ids = [
+        event.credit_application_id for event in events if event.credit_application_id
+    ]
+    applications = {
+        row.id: _Row(**row._asdict())
+        for row in conn.execute(_applications_by_id(), {"application_ids": application_ids})
+    } if application_ids else {}  # fmt: skip
+
+    wallet_schema, transaction_schema, application_schema = _schemas()
+    dumped_wallets = {wallet_id: wallet_schema.dump(w) for wallet_id, w in wallets.items()}
+    created_at = format_time(now)
+    prepared: list[tuple[str, str]] = []
+    for event in events:
+        data: dict[str, Any] = {"wallet": dumped_wallets[event.wallet_id]}
+        if event.transaction_id is not None:
+            data["wallet_transaction"] = transaction_schema.dump(transactions[event.transaction_id])
+        if event.credit_application_id is not None:
+            data["credit_application"] = application_schema.dump(
+                applications[event.credit_application_id]
+            )
+        data.update(event.extra)
+        data.pop("sequence", None)
+        event_id = new_id("evt")
+        prepared.append((event_id, _body_prefix(event_id, event.type.value, created_at, data)))
+    return prepared
+
+
+def emit_on_connection(conn: Connection, events: Sequence[NewEvent], now: datetime) -> list[str]:
+    """`emit` on a connection, in its transaction (the Core paths, such as settlement)."""
+    if not events:
+        return []
+    prepared = _bodies(conn, events, now)
     counts: dict[str, int] = {}
     for event in events:
         counts[event.wallet_id] = counts.get(event.wallet_id, 0) + 1
-    wallets, transactions, pending = _load(session, list(counts), events)
-    application_ids = [event.credit_application_id for event in events]
-    applications = {
-        application.id: application
-        for application in session.execute(
-            select(CreditApplication).where(
-                CreditApplication.id.in_([i for i in application_ids if i])
-            )
-        ).scalars()
-    } if any(application_ids) else {}  # fmt: skip
-
-    wallet_schema, transaction_schema, application_schema = _schemas()
-    with known_pending_credits(session, pending):
-        dumped_wallets = {wallet_id: wallet_schema.dump(w) for wallet_id, w in wallets.items()}
-        created_at = format_time(now)
-        prepared: list[tuple[str, NewEvent, str]] = []  # id, event, body prefix
-        for event in events:
-            data: dict[str, Any] = {"wallet": dumped_wallets[event.wallet_id]}
-            if event.transaction_id is not None:
-                data["wallet_transaction"] = transaction_schema.dump(
-                    transactions[event.transaction_id]
-                )
-            if event.credit_application_id is not None:
-                data["credit_application"] = application_schema.dump(
-                    applications[event.credit_application_id]
-                )
-            data.update(event.extra)
-            data.pop("sequence", None)
-            event_id = new_id("evt")
-            prepared.append(
-                (event_id, event, _body_prefix(event_id, event.type.value, created_at, data))
-            )
 
     if conn.dialect.name == "postgresql" and len(counts) == 1:
         [(wallet_id, n)] = counts.items()
@@ -308,20 +396,23 @@ def emit(session: Session, events: Sequence[NewEvent], now: datetime) -> list[st
                 "n": n,
                 "wallet_id": wallet_id,
                 "created_at": now,
-                "ids": [event_id for event_id, _, _ in prepared],
-                "types": [event.type.value for _, event, _ in prepared],
-                "prefixes": [prefix for _, _, prefix in prepared],
-                "ords": list(range(1, n + 1)),
+                "events": json.dumps(
+                    [
+                        [event_id, event.type.value, prefix]
+                        for (event_id, prefix), event in zip(prepared, events, strict=True)
+                    ],
+                    ensure_ascii=False,
+                ),
             },
         ).rowcount
         if written != n:
             raise LookupError(f"events about unknown wallet {wallet_id}")
-        return [event_id for event_id, _, _ in prepared]
+        return [event_id for event_id, _ in prepared]
 
     last = _last_sequences(conn, counts)
     next_sequence = {wallet_id: last[wallet_id] - n + 1 for wallet_id, n in counts.items()}
     rows: list[dict[str, Any]] = []
-    for event_id, event, prefix in prepared:
+    for (event_id, prefix), event in zip(prepared, events, strict=True):
         sequence = next_sequence[event.wallet_id]
         next_sequence[event.wallet_id] += 1
         rows.append(
@@ -356,16 +447,6 @@ def emit_one(
         now,
     )
     return event_id
-
-
-def emit_on_connection(conn: Connection, events: Sequence[NewEvent], now: datetime) -> list[str]:
-    """`emit` for callers holding only a connection (the Core settlement path): a
-    throwaway session joins the connection's transaction and never ends it."""
-    session = Session(bind=conn, join_transaction_mode="rollback_only")
-    try:
-        return emit(session, events, now)
-    finally:
-        session.close()
 
 
 # --- the feed -----------------------------------------------------------------------

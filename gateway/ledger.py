@@ -11,8 +11,7 @@ Invariant: `wallet.credits_balance` equals the sum of the wallet's settled entri
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -581,14 +580,8 @@ _PENDING_CREDITS = select(
 
 def pending_credits(session: Session, wallet_id: str) -> Decimal:
     """Credits bought for `wallet_id` and not paid yet (its pending purchase entries)."""
-    known = session.info.get(_KNOWN_PENDING)
-    if known is not None and wallet_id in known:
-        return known[wallet_id]  # type: ignore[no-any-return]
     total = session.execute(_PENDING_CREDITS, {"wallet_id": wallet_id}).scalar_one()
     return money.quantize_credits(Decimal(total))
-
-
-_KNOWN_PENDING = "gateway.ledger.known_pending_credits"
 
 
 def pending_credits_of(
@@ -609,24 +602,6 @@ def pending_credits_of(
         )
         .scalar_subquery()
     )
-
-
-@contextmanager
-def known_pending_credits(session: Session, values: Mapping[str, Decimal]) -> Iterator[None]:
-    """Within it, `pending_credits` answers these wallets' values (read by the caller
-    with `pending_credits_of`, in this transaction) without another query."""
-    previous = session.info.get(_KNOWN_PENDING)
-    session.info[_KNOWN_PENDING] = {
-        **(previous or {}),
-        **{wallet_id: money.quantize_credits(Decimal(v)) for wallet_id, v in values.items()},
-    }
-    try:
-        yield
-    finally:
-        if previous is None:
-            session.info.pop(_KNOWN_PENDING, None)
-        else:
-            session.info[_KNOWN_PENDING] = previous
 
 
 # --- purchase entries by id, on a connection (the settlement path) -------------------

@@ -383,6 +383,8 @@ class RecurringTransactionRuleSchema(Answer):
 
 
 def _pending_credits(wallet: Wallet) -> str:
+    if not isinstance(wallet, Wallet):  # a row read with its pending credits (events)
+        return money.format_credits(wallet.pending_credits)
     session = object_session(wallet)
     assert session is not None, "a wallet is answered while its session is open"
     return money.format_credits(ledger.pending_credits(session, wallet.id))
