@@ -11,7 +11,8 @@ Invariant: `wallet.credits_balance` equals the sum of the wallet's settled entri
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -205,14 +206,45 @@ def grant_credits(
     return _record(session, wallet, entry, now)
 
 
+@dataclass(frozen=True)
+class EntryLabel:
+    """The caller's name and metadata for the entries a request makes (Lago's `name` and
+    `metadata`: a list of {"key", "value"} pairs)."""
+
+    name: str | None
+    metadata: list[dict[str, str]] | None
+
+
+_LABEL = "gateway.ledger.entry_label"
+
+
+@contextmanager
+def labelled(session: Session, label: EntryLabel) -> Iterator[None]:
+    """Entries recorded in `session` within it carry `label` from the start, so their
+    `wallet_transaction.created` events show it as the API then answers it."""
+    session.info[_LABEL] = label
+    try:
+        yield
+    finally:
+        session.info.pop(_LABEL, None)
+
+
+def _add(session: Session, entry: WalletTransaction) -> None:
+    """A new entry into the session, labelled if a `labelled` block is open, flushed."""
+    label: EntryLabel | None = session.info.get(_LABEL)
+    if label is not None:
+        entry.name, entry.entry_metadata = label.name, label.metadata
+    session.add(entry)
+    session.flush()
+
+
 def _record(
     session: Session, wallet: Wallet, entry: WalletTransaction, now: datetime
 ) -> WalletTransaction:
     """Write a new entry (its balance change already made on `wallet`) with its events:
     `wallet_transaction.created`, and `wallet.depleted` when a settled outbound entry
     leaves nothing."""
-    session.add(entry)
-    session.flush()
+    _add(session, entry)
     events.emit(session, entry_events(wallet, entry), now)
     return entry
 
@@ -284,8 +316,7 @@ def open_purchase_entry(
         created_by=created_by,
         origin=origin,
     )
-    session.add(entry)
-    session.flush()
+    _add(session, entry)
     return entry
 
 

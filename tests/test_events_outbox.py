@@ -305,3 +305,47 @@ def test_a_won_dispute_publishes_the_hold_and_the_reinstatement(
     ]
     assert created[-2:] == ["disputed", "reinstated"]
     assert rows[-1]["data"]["wallet"]["credits_balance"] == "10.00000"
+
+
+def test_an_event_carries_rules_threshold_name_and_metadata_as_the_api_answers_them(
+    client: FlaskClient, db_session: Session
+) -> None:
+    """The events read their rows without the ORM: every part of a wallet and an entry
+    (rules, threshold, pending credits, an entry's name and metadata) as the API has it."""
+    customer = subscribed_customer(client)
+    created = create_wallet(
+        client,
+        customer,
+        name="main",
+        low_balance_threshold_credits="3",
+        recurring_transaction_rules=[
+            {"trigger": "threshold", "threshold_credits": "2", "method": "fixed",
+             "granted_credits": "1"},
+            {"trigger": "interval", "interval": "weekly", "method": "target",
+             "target_credits": "9"},
+        ],
+    )  # fmt: skip
+    wallet_id = created["wallet"]["id"]
+    topped = post(
+        client,
+        "/wallet_transactions",
+        {"wallet_transaction": {"wallet_id": wallet_id, "granted_credits": "4.5",
+                                "name": "goodwill",
+                                "metadata": [{"key": "ticket", "value": "T-1"}]}},
+    )  # fmt: skip
+    assert topped.status_code == 201, topped.json
+    [entry] = topped.json["wallet_transactions"]  # type: ignore[index]
+
+    rows = wallet_events(db_session, wallet_id)
+    assert (
+        rows[0]["data"]["wallet"]["recurring_transaction_rules"]
+        == (created["wallet"]["recurring_transaction_rules"])
+    )
+    assert len(rows[0]["data"]["wallet"]["recurring_transaction_rules"]) == 2
+    [granted] = [
+        row for row in rows if row["data"].get("wallet_transaction", {}).get("id") == entry["id"]
+    ]
+    assert granted["data"]["wallet_transaction"] == entry
+    assert granted["data"]["wallet_transaction"]["metadata"] == [{"key": "ticket", "value": "T-1"}]
+    wallet_now = get(client, f"/wallets/{wallet_id}").json["wallet"]  # type: ignore[index]
+    assert granted["data"]["wallet"] == wallet_now

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import g
 
-from gateway import purchases, wallets
+from gateway import ledger, purchases, wallets
 from gateway.api import api_v1
 from gateway.api.auth import api_actor
 from gateway.api.framework import Link, Reply, endpoint
@@ -188,25 +188,24 @@ def top_up(body: dict[str, Any]) -> Reply:
         wallets.ensure_usable(wallet, now)
         wallets.refuse_void_beyond(wallet.credits_balance + (granted or 0), voided)
     transactions: list[WalletTransaction] = []
-    if granted is not None or paid is not None or voided is None:
-        transactions = purchases.top_up(
-            session,
-            data["wallet_id"],
-            granted=granted,
-            paid=paid,
-            now=now,
-            created_by=api_actor(),
-            request_scope=g.get("idempotency_scope"),
-        )
-    if voided is not None:
-        # After the purchase, so that a retry resuming it does not void twice.
-        transactions.append(
-            wallets.void_credits(session, data["wallet_id"], voided, now, created_by=api_actor())
-        )
-    if data.get("name") is not None or data.get("metadata") is not None:
-        for entry in transactions:
-            entry.name = data.get("name")
-            entry.entry_metadata = data.get("metadata")
+    with ledger.labelled(session, ledger.EntryLabel(data.get("name"), data.get("metadata"))):
+        if granted is not None or paid is not None or voided is None:
+            transactions = purchases.top_up(
+                session,
+                data["wallet_id"],
+                granted=granted,
+                paid=paid,
+                now=now,
+                created_by=api_actor(),
+                request_scope=g.get("idempotency_scope"),
+            )
+        if voided is not None:
+            # After the purchase, so that a retry resuming it does not void twice.
+            transactions.append(
+                wallets.void_credits(
+                    session, data["wallet_id"], voided, now, created_by=api_actor()
+                )
+            )
     return Reply({"wallet_transactions": transactions}, 201)
 
 
