@@ -6,7 +6,9 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
+from gateway import settlement
 from gateway.db import Database, unit_of_work
+from gateway.providers.base import PaymentProvider
 from gateway.wallets import expire_due_wallets
 
 log = logging.getLogger(__name__)
@@ -18,8 +20,12 @@ class ExpiryResult:
     batches: int
 
 
-def expire_wallets(db: Database, *, now: datetime, batch_size: int) -> ExpiryResult:
+def expire_wallets(
+    db: Database, *, now: datetime, batch_size: int, provider: PaymentProvider | None
+) -> ExpiryResult:
     """Sweep in batches of `batch_size`, one short transaction each, until none is due.
+    Once a batch has committed, the invoices of the unpaid purchases it failed are
+    voided at `provider` (None: left flagged for reconciliation).
 
     Safe to run on several hosts at once: each batch locks its rows with SKIP LOCKED,
     so hosts share the work instead of waiting on each other, and a wallet is ended
@@ -30,9 +36,11 @@ def expire_wallets(db: Database, *, now: datetime, batch_size: int) -> ExpiryRes
         session = db.session()
         try:
             with unit_of_work(session):
-                ids = expire_due_wallets(session, now, batch_size)
+                batch = expire_due_wallets(session, now, batch_size)
         finally:
             session.close()
+        settlement.void_invoices_of_ended_wallets(db.session, provider, batch.purchases_to_void)
+        ids = batch.wallet_ids
         if not ids:
             break
         expired += len(ids)

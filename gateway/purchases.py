@@ -61,7 +61,7 @@ from gateway.models import (
     Wallet,
     WalletTransaction,
 )
-from gateway.providers import get_provider
+from gateway.providers import get_provider, provider_if_configured
 from gateway.providers.base import (
     CustomerRequest,
     InvoiceSnapshot,
@@ -552,8 +552,42 @@ def create_wallet(
             open_purchase=batch.open,
             provider=configured_provider,
         )
+    # An expired wallet ended to make room: its invoices go first, then the new ones.
+    void_after_commit(session, result.purchases_to_void)
     batch.complete(session)
     return result
+
+
+def terminate_wallet(
+    session: Session,
+    wallet_id: str,
+    now: datetime,
+    *,
+    created_by: str,
+    provider: PaymentProvider | None = None,
+) -> Wallet:
+    """Terminate a wallet (`wallets.terminate_wallet`); once that has committed, the
+    invoices of the unpaid purchases it failed are voided at the provider."""
+    terminated = wallets.terminate_wallet(session, wallet_id, now, created_by=created_by)
+    void_after_commit(session, terminated.purchases_to_void, provider)
+    return terminated.wallet
+
+
+def void_after_commit(
+    session: Session, purchase_ids: Sequence[str], provider: PaymentProvider | None = None
+) -> None:
+    """Commit the caller's transaction (the wallets' ending), then void the invoices of
+    `purchase_ids` at `provider` (default: the app's, if one is configured), best
+    effort: what cannot be voided now stays flagged for reconciliation. Nothing to void:
+    nothing is committed, the caller's unit of work does it."""
+    if not purchase_ids:
+        return
+    session.commit()  # no transaction stays open across the provider's calls
+    settlement.void_invoices_of_ended_wallets(
+        settlement.sessions_like(session),
+        provider if provider is not None else provider_if_configured(),
+        purchase_ids,
+    )
 
 
 def top_up(

@@ -330,7 +330,7 @@ def pause_rule(conn: Connection, rule_id: str, reason: str, now: datetime) -> bo
 
 
 def pause_rules_of_ended_wallets(session: Session, wallets: Sequence[Wallet]) -> None:
-    """`WALLET_ENDED_HOOKS`: an ended wallet's rules stop (one UPDATE for all of them)."""
+    """An ended wallet's rules stop (one UPDATE for all of them), in its ending transaction."""
     ids = [wallet.id for wallet in wallets]
     if not ids:
         return

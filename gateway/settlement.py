@@ -24,8 +24,8 @@ path, so it is written as a few SQL statements on the caller's connection (no OR
 objects): one that locks and reads the purchase with its wallet and entry, the
 ledger's move, and one UPDATE of the purchase. Callers own
 the transaction. The provider is never called while a lock is held: invoices of
-ended wallets are voided after the ending transaction commits
-(`close_purchases_of_ended_wallets`).
+ended wallets are voided after the ending transaction commits, by its caller
+(`void_invoices_of_ended_wallets`).
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, Table, bindparam, event, select, update
+from sqlalchemy import ColumnElement, Select, Table, bindparam, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session
 
 from gateway import metrics, returns, rules, transitions
 from gateway.db import utcnow
@@ -57,7 +57,6 @@ from gateway.providers.base import (
     InvoiceSnapshot,
     PaymentProvider,
     ProviderError,
-    ProviderNotConfigured,
 )
 
 log = logging.getLogger(__name__)
@@ -492,90 +491,20 @@ def _apply_open(
 
 # --- wallets that end ---------------------------------------------------------------
 
-_VOIDS_KEY = "gateway.purchases_to_void"
-_LISTENING_KEY = "gateway.voids_listening"
-
 SessionFactory = Callable[[], Session]
 
 
-def close_purchases_of_ended_wallets(session: Session, wallets: Sequence[Wallet]) -> None:
-    """`WALLET_ENDED_HOOKS`: the unpaid purchases of the (locked) wallets fail with them.
+def void_invoices_of_ended_wallets(
+    new_session: SessionFactory, provider: PaymentProvider | None, purchase_ids: Sequence[str]
+) -> None:
+    """Once the transaction that ended their wallets has committed: void the invoices
+    of `purchase_ids` (what `wallets` flagged `provider_void_pending`), best effort.
 
-    Their entries fail in the ending transaction (a terminated wallet keeps no pending
-    credits) and each purchase is flagged `provider_void_pending`; once that transaction
-    commits, their invoices are voided at the provider, best effort. A payment that
-    still lands later finds the wallet ended and is marked for refund. A purchase paid
-    but waiting for review (`review_required`, its entry still pending) can no longer
-    be credited: it becomes `refund_required` and its entry fails. One query for all
-    the wallets, so the expiry sweep pays it once per batch.
+    Without a provider, or when a call fails, the flags stay for reconciliation; the
+    ending stands either way.
     """
-    ended = {wallet.id: wallet for wallet in wallets}
-    if not ended:
-        return
-    purchases = (
-        session.execute(
-            select(Purchase)
-            .where(
-                Purchase.wallet_id.in_(list(ended)),
-                Purchase.status.in_([*transitions.UNPAID_STATUSES, PurchaseStatus.REVIEW_REQUIRED]),
-            )
-            .order_by(Purchase.id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-        .scalars()
-        .all()
-    )
-    if not purchases:
-        return
-    conn = session.connection()
-    to_void = []
-    for purchase in purchases:
-        at = ended[purchase.wallet_id].terminated_at
-        assert at is not None, "hooks run once the wallet is terminated"
-        if purchase.status == PurchaseStatus.REVIEW_REQUIRED:
-            transitions.require_refund(
-                conn,
-                transitions.ref_of(purchase),
-                f"wallet {purchase.wallet_id} ended while the payment waited for review "
-                f"({purchase.attention_reason or 'no reason recorded'}): no credits can be "
-                "added; refund the payment",
-                at,
-            )
-            session.expire(purchase)
-            continue
-        to_void.append(purchase.id)
-        transitions.fail(
-            conn,
-            transitions.ref_of(purchase),
-            code="wallet_ended",
-            message="the wallet ended before the invoice was paid",
-            now=at,
-            void_pending=True,
-        )
-        session.expire(purchase)  # written by the statement above: read again on use
-    if to_void:
-        _void_after_commit(session, to_void)
-
-
-def _void_after_commit(session: Session, purchase_ids: list[str]) -> None:
-    if not session.info.get(_LISTENING_KEY):
-        event.listen(session, "after_commit", _after_commit)
-        event.listen(session, "after_soft_rollback", _after_soft_rollback)
-        session.info[_LISTENING_KEY] = True
-    session.info.setdefault(_VOIDS_KEY, []).extend(purchase_ids)
-
-
-def _after_soft_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
-    if previous_transaction.parent is None:  # the whole transaction, not a savepoint in it
-        session.info.pop(_VOIDS_KEY, None)
-
-
-def _after_commit(session: Session) -> None:
-    purchase_ids: list[str] = session.info.pop(_VOIDS_KEY, None) or []
     if not purchase_ids:
         return
-    provider = _app_provider()
     if provider is None:
         log.warning(
             "no payment provider: invoices of %d purchase(s) left flagged for reconciliation",
@@ -583,7 +512,7 @@ def _after_commit(session: Session) -> None:
         )
         return
     try:
-        void_flagged_invoices(sessions_like(session), provider, purchase_ids)
+        void_flagged_invoices(new_session, provider, purchase_ids)
     except Exception:
         # Best effort: the commit already happened, the flags stay for reconciliation.
         log.exception("voiding invoices of ended wallets failed; left for reconciliation")
@@ -611,20 +540,6 @@ def void_if_flagged(session: Session, provider: PaymentProvider, purchase_id: st
             void_flagged_invoices(sessions_like(session), provider, [purchase_id])
         except Exception:
             log.exception("voiding the invoice of purchase %s failed; left flagged", purchase_id)
-
-
-def _app_provider() -> PaymentProvider | None:
-    """The current app's provider; None outside an app or without a configured key."""
-    from flask import has_app_context
-
-    from gateway.providers import get_provider
-
-    if not has_app_context():
-        return None
-    try:
-        return get_provider()
-    except ProviderNotConfigured:
-        return None
 
 
 @dataclass(frozen=True)
@@ -702,13 +617,3 @@ def void_flagged_invoices(
         else:
             voided.append(purchase_id)
     return VoidResult(voided=voided, left_flagged=left)
-
-
-def _register_wallet_hook() -> None:
-    from gateway.wallets import WALLET_ENDED_HOOKS
-
-    if close_purchases_of_ended_wallets not in WALLET_ENDED_HOOKS:
-        WALLET_ENDED_HOOKS.append(close_purchases_of_ended_wallets)
-
-
-_register_wallet_hook()

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway import actors, events, ledger, money, rules
+from gateway import actors, events, ledger, money, rules, transitions
 from gateway.customers import get_customer, has_active_subscription
 from gateway.errors import (
     CurrencyMismatch,
@@ -29,7 +29,14 @@ from gateway.errors import (
     WalletIsTerminated,
 )
 from gateway.events import EventType, TerminationReason
-from gateway.models import Customer, Wallet, WalletStatus, WalletTransaction
+from gateway.models import (
+    Customer,
+    Purchase,
+    PurchaseStatus,
+    Wallet,
+    WalletStatus,
+    WalletTransaction,
+)
 from gateway.providers.base import PaymentProvider
 
 UNSET: object = object()
@@ -52,6 +59,27 @@ class WalletInput:
 class WalletResult:
     wallet: Wallet
     transactions: list[WalletTransaction] = field(default_factory=list)
+    # The customer's expired wallet, ended to make room, failed its unpaid purchases:
+    # their invoices are voided at the provider once this has committed.
+    purchases_to_void: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TerminatedWallet:
+    """A terminated wallet, and the purchases its ending failed: the caller voids their
+    invoices at the provider once the transaction has committed."""
+
+    wallet: Wallet
+    purchases_to_void: list[str]
+
+
+@dataclass(frozen=True)
+class ExpiredWallets:
+    """One batch of the expiry sweep: the wallets it ended, and the purchases whose
+    invoices the caller voids once the batch has committed."""
+
+    wallet_ids: list[str]
+    purchases_to_void: list[str]
 
 
 class PurchaseOpener(Protocol):
@@ -181,6 +209,7 @@ def create_wallet(
         )
     _check_expiration(data.expiration_at, now)
     _check_rules(data.recurring_transaction_rules, data.rate_amount, customer.currency, provider)
+    purchases_to_void: list[str] = []
     active_id = _active_wallet_id(session, customer)
     if active_id is not None:
         active = ledger.lock_wallet(session, active_id)
@@ -190,7 +219,7 @@ def create_wallet(
                 raise _already_exists(customer)
             # Expired but not swept yet: record its expiry now; then a new wallet may exist.
             assert active.expiration_at is not None
-            _end_wallet(
+            purchases_to_void = _end_wallet(
                 session, active, active.expiration_at, TerminationReason.EXPIRED, now,
                 created_by=actors.SYSTEM,
             )  # fmt: skip
@@ -217,7 +246,7 @@ def create_wallet(
         rules.replace_rules(session, wallet, data.recurring_transaction_rules, now)
     events.emit_one(session, EventType.WALLET_CREATED, wallet.id, now)
     if not data.granted_credits and not data.paid_credits:
-        return WalletResult(wallet)
+        return WalletResult(wallet, purchases_to_void=purchases_to_void)
     transactions = _add_credits(
         session,
         wallet,
@@ -227,7 +256,7 @@ def create_wallet(
         open_purchase=open_purchase,
         created_by=created_by,
     )
-    return WalletResult(wallet, transactions)
+    return WalletResult(wallet, transactions, purchases_to_void)
 
 
 def top_up(
@@ -312,21 +341,28 @@ def update_wallet(
     return wallet
 
 
-def terminate_wallet(session: Session, wallet_id: str, now: datetime, *, created_by: str) -> Wallet:
-    """Terminate now, voiding what is left. Repeating it changes nothing."""
+def terminate_wallet(
+    session: Session, wallet_id: str, now: datetime, *, created_by: str
+) -> TerminatedWallet:
+    """Terminate now, voiding what is left. Repeating it changes nothing.
+
+    Its unpaid purchases fail with it: the caller voids their invoices once this has
+    committed (`purchases.terminate_wallet` does both)."""
     wallet = ledger.lock_wallet(session, wallet_id)
     if wallet.status == WalletStatus.TERMINATED:
-        return wallet
+        return TerminatedWallet(wallet, [])
     if wallet.is_expired(now):
         # Expired and not swept yet: it ended at its expiration, by itself.
         assert wallet.expiration_at is not None
-        _end_wallet(
+        to_void = _end_wallet(
             session, wallet, wallet.expiration_at, TerminationReason.EXPIRED, now,
             created_by=actors.SYSTEM,
         )  # fmt: skip
     else:
-        _end_wallet(session, wallet, now, TerminationReason.MANUAL, now, created_by=created_by)
-    return wallet
+        to_void = _end_wallet(
+            session, wallet, now, TerminationReason.MANUAL, now, created_by=created_by
+        )
+    return TerminatedWallet(wallet, to_void)
 
 
 def _end_wallet(
@@ -337,8 +373,8 @@ def _end_wallet(
     now: datetime,
     *,
     created_by: str,
-) -> None:
-    _end_wallets(session, [(wallet, at)], reason, now, created_by=created_by)
+) -> list[str]:
+    return _end_wallets(session, [(wallet, at)], reason, now, created_by=created_by)
 
 
 def _end_wallets(
@@ -348,18 +384,22 @@ def _end_wallets(
     now: datetime,
     *,
     created_by: str,
-) -> None:
-    """End each (locked) wallet at its time: remaining credits voided, terminated.
+) -> list[str]:
+    """End each (locked) wallet at its time: remaining credits voided, terminated, its
+    automatic top-up rules paused and its unpaid purchases failed. Returns the ids of
+    the purchases whose invoices are to be voided at the provider once the caller has
+    committed (they are flagged `provider_void_pending` until then).
 
     The ledger does it set-based (one INSERT of the voided entries, one UPDATE of the
-    rows, whatever their number), then each hook runs once for all of them: a sweep
-    pays a few statements per batch instead of a few per wallet. Last, one
-    `wallet.terminated` event per wallet (`reason` manual or expired), written together.
+    rows, whatever their number), and the rules and purchases follow in one statement
+    each for all of them: a sweep pays a few statements per batch instead of a few per
+    wallet. Last, one `wallet.terminated` event per wallet (`reason` manual or expired),
+    written together.
     """
     ledger.terminate_and_void(session, ending, created_by=created_by, now=now)
     ended = [wallet for wallet, _ in ending]
-    for hook in WALLET_ENDED_HOOKS:
-        hook(session, ended)
+    rules.pause_rules_of_ended_wallets(session, ended)
+    to_void = _close_purchases_of_ended_wallets(session, ended)
     events.emit(
         session,
         [
@@ -368,21 +408,73 @@ def _end_wallets(
         ],
         now,
     )
+    return to_void
 
 
-# Called in the transaction that ends wallets, with the wallets it ended: their
-# automatic top-up rules pause, and (registered by the settlement module) their unpaid
-# purchases fail and the invoices are voided at the provider once it has committed.
-WALLET_ENDED_HOOKS: list[Callable[[Session, Sequence[Wallet]], None]] = [
-    rules.pause_rules_of_ended_wallets
-]
+def _close_purchases_of_ended_wallets(session: Session, wallets: Sequence[Wallet]) -> list[str]:
+    """The unpaid purchases of the (locked, just terminated) wallets fail with them.
+
+    Their entries fail in the ending transaction (a terminated wallet keeps no pending
+    credits) and each purchase is flagged `provider_void_pending`; their ids are
+    returned for the caller to void the invoices once it has committed, best effort. A
+    payment that still lands later finds the wallet ended and is marked for refund. A
+    purchase paid but waiting for review (`review_required`, its entry still pending)
+    can no longer be credited: it becomes `refund_required` and its entry fails.
+    """
+    ended = {wallet.id: wallet for wallet in wallets}
+    if not ended:
+        return []
+    purchases = (
+        session.execute(
+            select(Purchase)
+            .where(
+                Purchase.wallet_id.in_(list(ended)),
+                Purchase.status.in_([*transitions.UNPAID_STATUSES, PurchaseStatus.REVIEW_REQUIRED]),
+            )
+            .order_by(Purchase.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        .scalars()
+        .all()
+    )
+    if not purchases:
+        return []
+    conn = session.connection()
+    to_void = []
+    for purchase in purchases:
+        at = ended[purchase.wallet_id].terminated_at
+        assert at is not None, "the wallet is terminated first"
+        if purchase.status == PurchaseStatus.REVIEW_REQUIRED:
+            transitions.require_refund(
+                conn,
+                transitions.ref_of(purchase),
+                f"wallet {purchase.wallet_id} ended while the payment waited for review "
+                f"({purchase.attention_reason or 'no reason recorded'}): no credits can be "
+                "added; refund the payment",
+                at,
+            )
+            session.expire(purchase)
+            continue
+        to_void.append(purchase.id)
+        transitions.fail(
+            conn,
+            transitions.ref_of(purchase),
+            code="wallet_ended",
+            message="the wallet ended before the invoice was paid",
+            now=at,
+            void_pending=True,
+        )
+        session.expire(purchase)  # written by the statement above: read again on use
+    return to_void
 
 
-def expire_due_wallets(session: Session, now: datetime, batch_size: int) -> list[str]:
-    """Terminate one batch of wallets past their expiration; returns their ids.
+def expire_due_wallets(session: Session, now: datetime, batch_size: int) -> ExpiredWallets:
+    """Terminate one batch of wallets past their expiration.
 
     Rows another process is sweeping are skipped (SKIP LOCKED on PostgreSQL), so many
-    hosts can run the sweep at once; the caller commits after each batch.
+    hosts can run the sweep at once; the caller commits after each batch, then voids
+    the invoices of the purchases it failed (`expiry.expire_wallets`).
     """
     wallets = (
         session.execute(
@@ -404,9 +496,12 @@ def expire_due_wallets(session: Session, now: datetime, batch_size: int) -> list
     for wallet in wallets:
         assert wallet.expiration_at is not None
         ending.append((wallet, wallet.expiration_at))
+    to_void: list[str] = []
     if ending:
-        _end_wallets(session, ending, TerminationReason.EXPIRED, now, created_by=actors.SYSTEM)
-    return [wallet.id for wallet in wallets]
+        to_void = _end_wallets(
+            session, ending, TerminationReason.EXPIRED, now, created_by=actors.SYSTEM
+        )
+    return ExpiredWallets([wallet.id for wallet in wallets], to_void)
 
 
 def list_wallets(

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Connection
 
 from gateway import delivery
 from gateway.db import Database, unit_of_work, utcnow
+from gateway.providers.base import PaymentProvider, ProviderNotConfigured
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,9 @@ class Duty:
 def _expire_wallets(db: Database, settings: Settings, now: datetime) -> str | None:
     from gateway.expiry import expire_wallets
 
-    result = expire_wallets(db, now=now, batch_size=settings.expiry_batch_size)
+    result = expire_wallets(
+        db, now=now, batch_size=settings.expiry_batch_size, provider=_provider(settings)
+    )
     return f"expired {result.expired} wallet(s)" if result.expired else None
 
 
@@ -113,16 +116,26 @@ def _interval_top_ups(db: Database, _settings: Settings, now: datetime) -> str |
     return f"{run.started} interval top-up(s) started, {len(run.skipped)} due rule(s) skipped"
 
 
-def _complete_top_ups(db: Database, settings: Settings, _now: datetime) -> str | None:
+def _provider(settings: Settings) -> PaymentProvider | None:
+    """The app's provider (or one built from `settings` outside an app); None if none
+    is configured."""
     from flask import has_app_context
 
-    from gateway.providers import build_provider, get_provider
-    from gateway.providers.base import ProviderNotConfigured
+    from gateway.providers import build_provider, provider_if_configured
+
+    if has_app_context():
+        return provider_if_configured()
+    try:
+        return build_provider(settings)
+    except ProviderNotConfigured:
+        return None
+
+
+def _complete_top_ups(db: Database, settings: Settings, _now: datetime) -> str | None:
     from gateway.topups import complete_automatic_purchases
 
-    try:
-        provider = get_provider() if has_app_context() else build_provider(settings)
-    except ProviderNotConfigured:
+    provider = _provider(settings)
+    if provider is None:
         return None  # no automatic purchase can exist without one (rules need it)
     session = db.session()
     try:

@@ -217,7 +217,7 @@ def test_parallel_sweeps_expire_each_wallet_exactly_once(committed_app: Flask) -
             try:
                 barrier.wait(timeout=10)
                 now = datetime.now(UTC)
-                results.append(expire_wallets(db, now=now, batch_size=3).expired)
+                results.append(expire_wallets(db, now=now, batch_size=3, provider=None).expired)
             except BaseException as exc:  # pragma: no cover - reported below
                 errors.append(exc)
 

@@ -238,7 +238,8 @@ class WalletLedgerMachine(RuleBasedStateMachine):
             batch: list[str] = []
 
             def sweep_batch(batch: list[str] = batch) -> None:
-                batch.extend(wallets.expire_due_wallets(self.session, self.now, batch_size))
+                expired = wallets.expire_due_wallets(self.session, self.now, batch_size)
+                batch.extend(expired.wallet_ids)
 
             assert self.attempt(sweep_batch) is None
             swept += batch

@@ -243,8 +243,8 @@ def test_a_wallet_ended_while_stripe_made_the_invoice_has_it_voided_by_the_purch
     wallet_id = create_wallet(client, subscribed_customer(client), granted_credits="1")["wallet"][
         "id"
     ]
-    # The wallet ends while the invoice is being made. Its hook cannot void an invoice
-    # Stripe's search does not show yet, so it leaves the purchase flagged.
+    # The wallet ends while the invoice is being made, and nothing voids an invoice
+    # Stripe's search does not show yet: the purchase stays flagged.
     stub.search_delay = 30.0
     during_finalize(
         stripe_http,

@@ -166,7 +166,7 @@ def update_wallet(wallet_id: str, body: dict[str, Any]) -> Reply:
     links=_wallet_links("/wallet", terminated=True),
 )  # fmt: skip
 def terminate_wallet(wallet_id: str) -> Reply:
-    wallet = wallets.terminate_wallet(get_session(), wallet_id, utcnow(), created_by=api_actor())
+    wallet = purchases.terminate_wallet(get_session(), wallet_id, utcnow(), created_by=api_actor())
     return Reply({"wallet": wallet})
 
 

@@ -24,8 +24,12 @@ def expire_wallets_command(batch_size: int | None) -> None:
     can run from cron on several hosts at once; running it again changes nothing.
     """
     from gateway.expiry import expire_wallets
+    from gateway.providers import provider_if_configured
 
     result = expire_wallets(
-        get_db(), now=utcnow(), batch_size=batch_size or current_settings().expiry_batch_size
+        get_db(),
+        now=utcnow(),
+        batch_size=batch_size or current_settings().expiry_batch_size,
+        provider=provider_if_configured(),
     )
     click.echo(f"expired {result.expired} wallet(s) in {result.batches} batch(es)")

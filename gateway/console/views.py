@@ -485,7 +485,7 @@ def terminate(wallet_id: str) -> ResponseReturnValue:
         # The API answers a repeated DELETE with the terminated wallet; a form for a
         # wallet that already ended is refused, as the other edits are.
         wallets.ensure_usable(ledger.lock_wallet(session, wallet_id), utcnow())
-        wallets.terminate_wallet(session, wallet_id, utcnow(), created_by=operator_actor())
+        purchases.terminate_wallet(session, wallet_id, utcnow(), created_by=operator_actor())
         return once.Done(url_for("console.customer", external_id=external_id), "Wallet terminated.")
 
     return _submit(form, act, "console/terminate.html", wallet=wallet)

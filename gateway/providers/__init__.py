@@ -39,6 +39,14 @@ def get_provider(app: Flask | None = None) -> PaymentProvider:
     return provider
 
 
+def provider_if_configured(app: Flask | None = None) -> PaymentProvider | None:
+    """`get_provider`, or None when no provider is configured (no Stripe key)."""
+    try:
+        return get_provider(app)
+    except ProviderNotConfigured:
+        return None
+
+
 def read_event(provider: str, event: Mapping[str, Any]) -> ProviderEvent:
     """What a verified event of `provider` means, in the boundary's terms."""
     if provider != "stripe":
