@@ -137,26 +137,43 @@ class TextFormatter(logging.Formatter):
 class _GatewayHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The one handler the service installs on the root logger."""
 
+    # What it was last set up with: format, secrets, stream.
+    setup: tuple[str, tuple[str, ...], IO[str]] | None = None
+
 
 def configure(
     log_format: str, *, secrets: Iterable[str] = (), stream: IO[str] | None = None
 ) -> None:
-    """Install (or re-configure) the service's log handler on the root logger."""
+    """Set up the process's logging: the app factory calls it for every app it makes
+    (every `gateway` command goes through the factory too).
+
+    Logging belongs to the process, so it is set up once: the first call installs the
+    one handler on the root logger (on `stream`, default standard error), lets INFO
+    through the root logger and quiets Alembic's plugin announcements. Another call
+    with the same arguments changes nothing; with others it only re-points that
+    handler (its format, what it redacts, its stream). Levels set afterwards, by an
+    operator's code or a test, are never reset.
+    """
     if log_format not in LOG_FORMATS:
         raise ValueError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
+    target = stream or sys.stderr
+    wanted = (log_format, tuple(secrets), target)
     root = logging.getLogger()
     handler = next((h for h in root.handlers if isinstance(h, _GatewayHandler)), None)
+    if handler is not None and handler.setup == wanted:
+        return
     if handler is None:
-        handler = _GatewayHandler(stream or sys.stderr)
+        handler = _GatewayHandler(target)
         root.addHandler(handler)
-    elif stream is not None:
-        handler.setStream(stream)
-    redact = Redactor(secrets)
+        if root.level == logging.NOTSET or root.level > logging.INFO:
+            root.setLevel(logging.INFO)
+        # Alembic announces every plugin it sets up at INFO, before any command runs.
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    elif handler.stream is not target:
+        handler.setStream(target)
+    redact = Redactor(wanted[1])
     handler.setFormatter(JsonFormatter(redact) if log_format == "json" else TextFormatter(redact))
-    if root.level == logging.NOTSET or root.level > logging.INFO:
-        root.setLevel(logging.INFO)
-    # Alembic announces every plugin it sets up at INFO, before any command runs.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    handler.setup = wanted
 
 
 request_log = logging.getLogger("gateway.requests")
