@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask, current_app, g
 from sqlalchemy import BigInteger, DateTime, Engine, MetaData, Numeric, Text, create_engine, event
@@ -245,11 +245,43 @@ def _close_session(_exc: BaseException | None) -> None:
 
 
 @contextmanager
-def unit_of_work(session: Session) -> Iterator[Session]:
-    """One database transaction: committed on success, rolled back on any error."""
+def unit_of_work(source: Database | Session) -> Iterator[Session]:
+    """One database transaction: committed on success, rolled back on any error.
+
+    Given the `Database` (work outside a request: sweeps, the worker, commands), a new
+    session that is closed at the end whatever happens. Given a `Session` (a request's,
+    from `get_session`), that session, which its owner goes on using and closes.
+    """
+    session = source.session() if isinstance(source, Database) else source
     try:
         yield session
         session.commit()
     except BaseException:
         session.rollback()
         raise
+    finally:
+        if session is not source:
+            session.close()
+
+
+T = TypeVar("T")
+
+
+def in_batches(
+    db: Database, batch: Callable[[Session], T], size: int, *, handled: Callable[[T], int]
+) -> Iterator[T]:
+    """The sweeps' loop: `batch` runs in a unit of work of its own, again and again,
+    until one handles (`handled(result)`) fewer than `size` rows. Yields each batch's
+    result once its transaction has committed, so the caller can act on it (log it, call
+    the provider) before the next batch starts, or stop early."""
+    while True:
+        with unit_of_work(db) as session:
+            result = batch(session)
+        yield result
+        if handled(result) < size:
+            return
+
+
+def count_in_batches(db: Database, batch: Callable[[Session], int], size: int) -> int:
+    """`in_batches` for a batch that returns how many rows it handled: the total."""
+    return sum(in_batches(db, batch, size, handled=int))
