@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gateway import settlement
-from gateway.db import Database, unit_of_work
+from gateway.db import Database, in_batches
 from gateway.providers.base import PaymentProvider
 from gateway.wallets import expire_due_wallets
 
@@ -32,20 +32,15 @@ def expire_wallets(
     once (only active wallets are selected, under the row lock).
     """
     expired = batches = 0
-    while True:
-        session = db.session()
-        try:
-            with unit_of_work(session):
-                batch = expire_due_wallets(session, now, batch_size)
-        finally:
-            session.close()
+    for batch in in_batches(
+        db,
+        lambda session: expire_due_wallets(session, now, batch_size),
+        batch_size,
+        handled=lambda batch: len(batch.wallet_ids),
+    ):
         settlement.void_invoices_of_ended_wallets(db.session, provider, batch.purchases_to_void)
-        ids = batch.wallet_ids
-        if not ids:
-            break
-        expired += len(ids)
-        batches += 1
-        log.info("expired %d wallet(s) (batch %d)", len(ids), batches)
-        if len(ids) < batch_size:
-            break
+        if batch.wallet_ids:
+            expired += len(batch.wallet_ids)
+            batches += 1
+            log.info("expired %d wallet(s) (batch %d)", len(batch.wallet_ids), batches)
     return ExpiryResult(expired=expired, batches=batches)

@@ -30,6 +30,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, func, select
@@ -38,7 +39,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from gateway import metrics, returns, settlement
-from gateway.db import Database
+from gateway.db import Database, in_batches
 from gateway.errors import DomainError, NotFound
 from gateway.models import Purchase, WebhookEvent, WebhookEventStatus
 from gateway.providers import get_provider, read_event
@@ -155,15 +156,13 @@ def purge_events(
     if retention < MIN_RETENTION:
         raise ValueError(f"retention must be at least {MIN_RETENTION.days} days")
     cutoff = now - retention
-    deleted = 0
-    batches = 0
-    while max_batches is None or batches < max_batches:
-        with db.begin() as conn:
-            count = _purge_batch(conn, cutoff, batch_size)
-        deleted += count
-        batches += 1
-        if count < batch_size:
-            break
+    counts = in_batches(
+        db,
+        lambda session: _purge_batch(session.connection(), cutoff, batch_size),
+        batch_size,
+        handled=int,
+    )
+    deleted = sum(islice(counts, max_batches))
     if deleted:
         log.info("purged %d stored webhook event(s) received before %s", deleted, cutoff)
     return deleted

@@ -28,7 +28,7 @@ from datetime import datetime
 from sqlalchemy.engine import Connection
 
 from gateway import delivery
-from gateway.db import Database, unit_of_work, utcnow
+from gateway.db import Database, count_in_batches, in_batches, utcnow
 from gateway.providers.base import PaymentProvider, ProviderNotConfigured
 from gateway.settings import Settings
 
@@ -57,30 +57,21 @@ def _expire_wallets(db: Database, settings: Settings, now: datetime) -> str | No
     return f"expired {result.expired} wallet(s)" if result.expired else None
 
 
-def _in_batches(db: Database, step: Callable[..., int], *args: object) -> int:
-    total = 0
-    while True:
-        session = db.session()
-        try:
-            with unit_of_work(session):
-                count = step(session, *args)
-        finally:
-            session.close()
-        total += count
-        if count < PURGE_BATCH_SIZE:
-            return total
-
-
 def _purge_idempotency_keys(db: Database, _settings: Settings, now: datetime) -> str | None:
     from gateway.api.idempotency import purge_expired
 
-    purged = _in_batches(db, purge_expired, now, PURGE_BATCH_SIZE)
+    purged = count_in_batches(
+        db, lambda session: purge_expired(session, now, PURGE_BATCH_SIZE), PURGE_BATCH_SIZE
+    )
     return f"purged {purged} expired idempotency key(s)" if purged else None
 
 
 def _purge_events(db: Database, settings: Settings, now: datetime) -> str | None:
-    purged = _in_batches(
-        db, delivery.purge_events, now, settings.event_retention_days, PURGE_BATCH_SIZE
+    days = settings.event_retention_days
+    purged = count_in_batches(
+        db,
+        lambda session: delivery.purge_events(session, now, days, PURGE_BATCH_SIZE),
+        PURGE_BATCH_SIZE,
     )
     return f"purged {purged} event(s) past EVENT_RETENTION_DAYS" if purged else None
 
@@ -106,11 +97,8 @@ TOP_UP_INVOICES_PER_ROUND = 50
 def _interval_top_ups(db: Database, _settings: Settings, now: datetime) -> str | None:
     from gateway.topups import buy_all_due_interval_top_ups
 
-    session = db.session()
-    try:
+    with db.session() as session:  # it commits each batch itself
         run = buy_all_due_interval_top_ups(session, now, TOP_UP_BATCH_SIZE)
-    finally:
-        session.close()
     if not run.rules:
         return None
     return f"{run.started} interval top-up(s) started, {len(run.skipped)} due rule(s) skipped"
@@ -137,11 +125,8 @@ def _complete_top_ups(db: Database, settings: Settings, _now: datetime) -> str |
     provider = _provider(settings)
     if provider is None:
         return None  # no automatic purchase can exist without one (rules need it)
-    session = db.session()
-    try:
+    with db.session() as session:  # it commits around each provider call itself
         run = complete_automatic_purchases(session, provider, limit=TOP_UP_INVOICES_PER_ROUND)
-    finally:
-        session.close()
     if run.unavailable:
         return f"{run.completed} top-up invoice(s) made; the provider is unavailable, the rest wait"
     if not (run.completed or run.rejected):
@@ -281,24 +266,21 @@ class Worker:
                 log.info("%s: %s", duty.name, line)
 
     def _dispatch_all(self) -> None:
-        while not self.stopping:
-            session = self.db.session()
-            try:
-                with unit_of_work(session):
-                    count = delivery.dispatch(session, self.clock(), DISPATCH_BATCH_SIZE)
-            finally:
-                session.close()
+        if self.stopping:
+            return
+        for count in in_batches(
+            self.db,
+            lambda session: delivery.dispatch(session, self.clock(), DISPATCH_BATCH_SIZE),
+            DISPATCH_BATCH_SIZE,
+            handled=int,
+        ):
             self.summary.dispatched += count
-            if count < DISPATCH_BATCH_SIZE:
+            if self.stopping:
                 return
 
     def _due_endpoints(self) -> list[str]:
-        session = self.db.session()
-        try:
+        with self.db.session() as session:  # a read: closing it rolls back
             return delivery.due_endpoint_ids(session, self.clock())
-        finally:
-            session.rollback()
-            session.close()
 
     def _start_deliveries(self) -> None:
         for endpoint_id in self._due_endpoints():

@@ -29,16 +29,12 @@ def redeliver_command(event_id: str | None, failed: bool) -> None:
 
     if (event_id is None) == (not failed):
         raise click.UsageError("give either EVENT_ID or --failed")
-    session = get_db().session()
-    try:
-        with unit_of_work(session):
-            if event_id is not None:
-                if not delivery.event_exists(session, event_id):
-                    click.echo(f"event {event_id} does not exist", err=True)
-                    sys.exit(2)
-                queued = delivery.redeliver(session, event_id, utcnow())
-            else:
-                queued = delivery.redeliver_failed(session, utcnow())
-    finally:
-        session.close()
+    with unit_of_work(get_db()) as session:
+        if event_id is not None:
+            if not delivery.event_exists(session, event_id):
+                click.echo(f"event {event_id} does not exist", err=True)
+                sys.exit(2)
+            queued = delivery.redeliver(session, event_id, utcnow())
+        else:
+            queued = delivery.redeliver_failed(session, utcnow())
     click.echo(f"queued {queued} delivery(ies) again")

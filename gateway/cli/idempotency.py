@@ -6,7 +6,7 @@ import click
 from flask.cli import with_appcontext
 
 from gateway.api.idempotency import purge_expired
-from gateway.db import get_db, unit_of_work, utcnow
+from gateway.db import count_in_batches, get_db, utcnow
 
 
 @click.group("idempotency")
@@ -31,15 +31,7 @@ def purge_command(batch_size: int) -> None:
     several hosts at once.
     """
     now = utcnow()
-    purged = 0
-    while True:
-        session = get_db().session()
-        try:
-            with unit_of_work(session):
-                count = purge_expired(session, now, batch_size)
-        finally:
-            session.close()
-        purged += count
-        if count < batch_size:
-            break
+    purged = count_in_batches(
+        get_db(), lambda session: purge_expired(session, now, batch_size), batch_size
+    )
     click.echo(f"purged {purged} expired idempotency key(s)")

@@ -124,9 +124,8 @@ class ApplyInvoice:
 
     def execute(self, run: Run) -> None:
         invoice, purchase = self.invoice, self.purchase
-        session = run.session()
         try:
-            with unit_of_work(session):
+            with unit_of_work(run.db) as session:
                 outcome = settlement.apply_invoice(
                     session.connection(), invoice, run.clock(), SOURCE
                 )
@@ -143,8 +142,6 @@ class ApplyInvoice:
                 )
             )
             return
-        finally:
-            session.close()
         action = outcome.action
         if action == settlement.SettlementAction.UNCHANGED:
             return  # a webhook (or another run) got there first: nothing was missing
@@ -215,21 +212,18 @@ class VoidUnclaimed:
 
     def execute(self, run: Run) -> None:
         purchase, invoice = self.purchase, self.invoice
-        session = run.session()
-        try:
-            with unit_of_work(session):
-                failed = abandon_stuck_purchase(
-                    session, purchase.id, self.why, run.clock(), void_invoice_id=invoice.id
-                )
-            if not failed:
-                return  # a webhook or the caller's retry moved it on meanwhile
-            result = settlement.void_flagged_invoices(
-                settlement.sessions_like(session), run.provider, [purchase.id], now=run.clock()
+        with unit_of_work(run.db) as session:
+            failed = abandon_stuck_purchase(
+                session, purchase.id, self.why, run.clock(), void_invoice_id=invoice.id
             )
-            after = session.get_one(Purchase, purchase.id, populate_existing=True)
+        if not failed:
+            return  # a webhook or the caller's retry moved it on meanwhile
+        result = settlement.void_flagged_invoices(
+            run.session, run.provider, [purchase.id], now=run.clock()
+        )
+        with run.session() as session:
+            after = session.get_one(Purchase, purchase.id)
             status, invoice_status = after.status, after.invoice_status
-        finally:
-            session.close()
         voided = purchase.id in result.voided
         run.add(
             Finding(
@@ -276,12 +270,8 @@ class AbandonCreation:
         ]
 
     def execute(self, run: Run) -> None:
-        session = run.session()
-        try:
-            with unit_of_work(session):
-                failed = abandon_stuck_purchase(session, self.purchase.id, self.why, run.clock())
-        finally:
-            session.close()
+        with unit_of_work(run.db) as session:
+            failed = abandon_stuck_purchase(session, self.purchase.id, self.why, run.clock())
         if failed:
             run.add(
                 Finding(
@@ -470,7 +460,7 @@ class ApplyCreditNotes:
             )
             return
         for note in notes:
-            with run.session() as session, unit_of_work(session):
+            with unit_of_work(run.db) as session:
                 outcome = returns.apply_credit_note(session.connection(), note, run.clock(), SOURCE)
             _returned_finding(
                 run,
@@ -526,7 +516,7 @@ class ApplyRefunds:
             )
             for refund in self.refunds
         ]
-        with run.session() as session, unit_of_work(session):
+        with unit_of_work(run.db) as session:
             outcome = returns.apply_refunds(
                 session.connection(),
                 refunds,
