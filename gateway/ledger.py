@@ -395,57 +395,9 @@ def terminate_and_void(
     if len({wallet.id for wallet, _ in ending}) != len(ending):
         raise LedgerError("a wallet ends once: the same wallet was given twice")
     session.flush()  # the statements below bypass the unit of work: pending changes first
-    entries: list[dict[str, Any]] = []
-    for wallet, at in ending:
-        if wallet.status != WalletStatus.ACTIVE:
-            raise LedgerError(f"wallet {wallet.id} is not active: it cannot end again")
-        if at.tzinfo is None:
-            raise LedgerError("a wallet ends at a UTC-aware time, not a naive one")
-        if wallet.credits_balance < 0:
-            raise LedgerError(f"wallet {wallet.id} has a negative balance")
-        if wallet.credits_balance > 0:
-            entry = _entry_values(
-                wallet,
-                direction=TransactionType.OUTBOUND,
-                kind=TransactionStatus.VOIDED,
-                status=EntryStatus.SETTLED,
-                credits=wallet.credits_balance,
-                now=at,
-                created_by=created_by,
-            )
-            entries.append({"id": new_id("wtx"), **entry})  # the column default, per row
-    conn = session.connection()
-    if conn.dialect.name == "postgresql":
-        if entries:
-            conn.execute(
-                _INSERT_VOIDED_PG,
-                {
-                    "v_ids": [entry["id"] for entry in entries],
-                    "v_wallet_ids": [entry["wallet_id"] for entry in entries],
-                    "v_credits": [entry["credit_amount"] for entry in entries],
-                    "v_amounts": [entry["amount"] for entry in entries],
-                    "v_ats": [entry["created_at"] for entry in entries],
-                    "v_created_by": _author(created_by),
-                },
-            )
-        matched = conn.execute(
-            _TERMINATE_PG,
-            {
-                "t_ids": [wallet.id for wallet, _ in ending],
-                "t_helds": [wallet.credits_balance for wallet, _ in ending],
-                "t_ats": [at for _, at in ending],
-            },
-        ).rowcount
-    else:
-        if entries:
-            conn.execute(insert(_ENTRIES), entries)
-        matched = conn.execute(
-            _TERMINATE_ONE,
-            [
-                {"t_id": wallet.id, "t_held": wallet.credits_balance, "t_at": at}
-                for wallet, at in ending
-            ],
-        ).rowcount
+    entries = [_voided_on_ending(wallet, at, created_by) for wallet, at in ending]
+    voided = [entry for entry in entries if entry is not None]
+    matched = _write_ending(session.connection(), ending, voided, created_by)
     if matched != len(ending):
         raise LedgerError(
             f"{len(ending) - matched} of {len(ending)} wallet(s) changed under the caller: "
@@ -456,18 +408,81 @@ def terminate_and_void(
         set_committed_value(wallet, "credits_balance", _ZERO)
         set_committed_value(wallet, "terminated_at", at)
         set_committed_value(wallet, "updated_at", at)
-    if entries:
+    if voided:
         events.emit(
             session,
             [
                 events.NewEvent(
                     events.EventType.WALLET_TRANSACTION_CREATED, entry["wallet_id"], entry["id"]
                 )
-                for entry in entries
+                for entry in voided
             ],
             now or max(at for _, at in ending),
         )
-    return len(entries)
+    return len(voided)
+
+
+def _voided_on_ending(wallet: Wallet, at: datetime, created_by: str) -> dict[str, Any] | None:
+    """The `voided` entry's values for a wallet ending at `at` (None: it holds nothing),
+    once the wallet is checked able to end."""
+    if wallet.status != WalletStatus.ACTIVE:
+        raise LedgerError(f"wallet {wallet.id} is not active: it cannot end again")
+    if at.tzinfo is None:
+        raise LedgerError("a wallet ends at a UTC-aware time, not a naive one")
+    if wallet.credits_balance < 0:
+        raise LedgerError(f"wallet {wallet.id} has a negative balance")
+    if wallet.credits_balance == 0:
+        return None
+    entry = _entry_values(
+        wallet,
+        direction=TransactionType.OUTBOUND,
+        kind=TransactionStatus.VOIDED,
+        status=EntryStatus.SETTLED,
+        credits=wallet.credits_balance,
+        now=at,
+        created_by=created_by,
+    )
+    return {"id": new_id("wtx"), **entry}  # the column default, per row
+
+
+def _write_ending(
+    conn: Connection,
+    ending: Sequence[tuple[Wallet, datetime]],
+    entries: list[dict[str, Any]],
+    created_by: str,
+) -> int:
+    """The voided entries inserted and the wallets terminated, one statement each;
+    returns how many wallets the UPDATE matched (still active with the balance voided)."""
+    if conn.dialect.name != "postgresql":
+        if entries:
+            conn.execute(insert(_ENTRIES), entries)
+        return conn.execute(
+            _TERMINATE_ONE,
+            [
+                {"t_id": wallet.id, "t_held": wallet.credits_balance, "t_at": at}
+                for wallet, at in ending
+            ],
+        ).rowcount
+    if entries:
+        conn.execute(
+            _INSERT_VOIDED_PG,
+            {
+                "v_ids": [entry["id"] for entry in entries],
+                "v_wallet_ids": [entry["wallet_id"] for entry in entries],
+                "v_credits": [entry["credit_amount"] for entry in entries],
+                "v_amounts": [entry["amount"] for entry in entries],
+                "v_ats": [entry["created_at"] for entry in entries],
+                "v_created_by": _author(created_by),
+            },
+        )
+    return conn.execute(
+        _TERMINATE_PG,
+        {
+            "t_ids": [wallet.id for wallet, _ in ending],
+            "t_helds": [wallet.credits_balance for wallet, _ in ending],
+            "t_ats": [at for _, at in ending],
+        },
+    ).rowcount
 
 
 def unnest_rows(name: str, *columns: tuple[str, TypeEngine[Any]]) -> TableValuedAlias:
