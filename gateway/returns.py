@@ -262,7 +262,6 @@ def _follow(
     if dispute != purchase.dispute_status:
         changes["dispute_status"] = dispute
     all_returned = returned >= paid
-    taken = reinstated = Decimal(0)
     if purchase.status == PurchaseStatus.REFUND_REQUIRED and all_returned:
         transitions.mark_refunded(conn, locked.ref, now, changes)
         log.info("%s: purchase %s refunded; it held no credits", source, purchase.id)
@@ -274,25 +273,16 @@ def _follow(
     purchased = purchase.credit_amount
     by_refunds = money.returned_credits(purchased, returned, paid)
     target = purchased if dispute in _HELD else by_refunds
-    applied, shortfall = purchase.reclaimed_credits, purchase.shortfall_credits
-    if target > applied:
-        kind = TransactionStatus.DISPUTED if dispute in _HELD else TransactionStatus.REFUNDED
-        increase = target - applied
-        taken = ledger.take_back(conn, wallet.id, increase, kind, now)
-        shortfall += increase - taken
-        metrics.CREDITS_MOVED.labels(kind.value).inc(float(taken))
-        if taken > 0 and wallet_usable(wallet.status, wallet.expiration_at, now):
-            # The balance went down: a threshold top-up starts here if it is reached.
-            topups.after_balance_lowered_on(conn, wallet.id, now)
-    elif target < applied:
-        decrease = applied - target
-        cancelled = min(decrease, shortfall)
-        shortfall -= cancelled
-        back = decrease - cancelled
-        if back > 0 and wallet_usable(wallet.status, wallet.expiration_at, now):
-            ledger.reinstate(conn, wallet.id, back, now)
-            reinstated = back
-            metrics.CREDITS_MOVED.labels(TransactionStatus.REINSTATED.value).inc(float(back))
+    applied = purchase.reclaimed_credits
+    taken, reinstated, shortfall = _move_credits(
+        conn,
+        wallet,
+        now,
+        applied=applied,
+        target=target,
+        shortfall=purchase.shortfall_credits,
+        held=dispute in _HELD,
+    )
     if target != applied:
         changes["reclaimed_credits"] = target
     if shortfall != purchase.shortfall_credits:
@@ -321,6 +311,42 @@ def _follow(
         source, purchase.id, returned, paid, target, taken, reinstated, shortfall, dispute,
     )  # fmt: skip
     return ReturnOutcome(ReturnAction.APPLIED, purchase.id, None, taken, reinstated)
+
+
+def _move_credits(
+    conn: Connection,
+    wallet: settlement.LockedWallet,
+    now: datetime,
+    *,
+    applied: Decimal,
+    target: Decimal,
+    shortfall: Decimal,
+    held: bool,
+) -> tuple[Decimal, Decimal, Decimal]:
+    """The ledger goes from the credits `applied` so far to the `target` the returns call
+    for (`held`: a dispute holds them all): more taken back, what the balance lacks
+    becoming shortfall; or fewer, a shortfall cancelled first, then credits reinstated
+    into a wallet still in use. Returns (taken, reinstated, shortfall)."""
+    taken = reinstated = Decimal(0)
+    if target > applied:
+        kind = TransactionStatus.DISPUTED if held else TransactionStatus.REFUNDED
+        increase = target - applied
+        taken = ledger.take_back(conn, wallet.id, increase, kind, now)
+        shortfall += increase - taken
+        metrics.CREDITS_MOVED.labels(kind.value).inc(float(taken))
+        if taken > 0 and wallet_usable(wallet.status, wallet.expiration_at, now):
+            # The balance went down: a threshold top-up starts here if it is reached.
+            topups.after_balance_lowered_on(conn, wallet.id, now)
+    elif target < applied:
+        decrease = applied - target
+        cancelled = min(decrease, shortfall)
+        shortfall -= cancelled
+        back = decrease - cancelled
+        if back > 0 and wallet_usable(wallet.status, wallet.expiration_at, now):
+            ledger.reinstate(conn, wallet.id, back, now)
+            reinstated = back
+            metrics.CREDITS_MOVED.labels(TransactionStatus.REINSTATED.value).inc(float(back))
+    return taken, reinstated, shortfall
 
 
 # --- the use cases ----------------------------------------------------------------------

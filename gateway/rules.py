@@ -20,7 +20,7 @@ wallet's lock (wallet first, then rule: the ledger's order).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -103,24 +103,36 @@ def _problems(rule: RuleInput) -> dict[str, list[str]]:
     for name in _OPTIONAL:
         if getattr(rule, name) is not None and name not in allowed:
             refuse(name, f"not used by a {trigger} rule with method {method}")
+    _check_trigger(rule, trigger, refuse)
+    _check_method(rule, method, refuse)
+    return problems
+
+
+Refuse = Callable[[str, str], None]
+
+
+def _check_trigger(rule: RuleInput, trigger: RuleTrigger, refuse: Refuse) -> None:
+    """The fields the rule's trigger needs."""
     if trigger == RuleTrigger.THRESHOLD:
         if rule.threshold_credits is None:
             refuse("threshold_credits", "required for a threshold rule")
         elif rule.threshold_credits < 0:
             refuse("threshold_credits", "must be at least 0")
-    if trigger == RuleTrigger.INTERVAL:
-        if rule.interval is None:
-            refuse("interval", "required for an interval rule")
-        elif rule.interval not in set(intervals.Interval):
-            refuse("interval", "must be one of: weekly, monthly, quarterly, yearly")
-    if method == RuleMethod.FIXED and not (rule.paid_credits or rule.granted_credits):
-        refuse("paid_credits", "paid_credits or granted_credits is required for a fixed rule")
-    if method == RuleMethod.TARGET:
-        if rule.target_credits is None:
-            refuse("target_credits", "required for a target rule")
-        elif rule.threshold_credits is not None and rule.target_credits <= rule.threshold_credits:
-            refuse("target_credits", "must be above threshold_credits")
-    return problems
+    elif rule.interval is None:
+        refuse("interval", "required for an interval rule")
+    elif rule.interval not in set(intervals.Interval):
+        refuse("interval", "must be one of: weekly, monthly, quarterly, yearly")
+
+
+def _check_method(rule: RuleInput, method: RuleMethod, refuse: Refuse) -> None:
+    """The fields the rule's method needs."""
+    if method == RuleMethod.FIXED:
+        if not (rule.paid_credits or rule.granted_credits):
+            refuse("paid_credits", "paid_credits or granted_credits is required for a fixed rule")
+    elif rule.target_credits is None:
+        refuse("target_credits", "required for a target rule")
+    elif rule.threshold_credits is not None and rule.target_credits <= rule.threshold_credits:
+        refuse("target_credits", "must be above threshold_credits")
 
 
 def _nested(index: int, details: dict[str, Any]) -> dict[str, Any]:

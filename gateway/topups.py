@@ -274,8 +274,43 @@ def buy_due_interval_top_ups(
     if not due:
         return run
     run.rules = len(due)
-    pending = _pending_of_wallets(session, due)
-    plans: dict[str, tuple[Wallet, ledger.RuleTopUp, int]] = {}
+    plans = _plan_due_rules(due, _pending_of_wallets(session, due), now, provider, run)
+    conn = session.connection()
+    entries = ledger.open_rule_top_ups(
+        conn, [top_up for _, top_up, _ in plans.values()], now, created_by=actors.SYSTEM
+    )
+    written: dict[str, str | None] = {}  # rule id -> its purchased entry, if any
+    for entry in entries:
+        purchased = entry.transaction_status == TransactionStatus.PURCHASED
+        if purchased or entry.rule_id not in written:
+            written[entry.rule_id] = entry.id if purchased else None
+    opened, crossings = _start_written(plans, written, run)
+    if opened:
+        name = (provider or purchases.configured_provider()).name
+        purchases.open_automatic_purchases(conn, name, opened, now)
+    session.flush()  # the rules' next dates (and pauses), in one executemany
+    ledger.announce_rule_entries(session, entries, now)
+    events.emit(session, crossings, now)
+    log.info("interval top-ups: %d due rules, %d top-ups started, %d skipped",
+             run.rules, run.started, len(run.skipped))  # fmt: skip
+    return run
+
+
+# Rule id -> what its top-up does: the wallet, the ledger's top-up, the amount in cents.
+_Plans = dict[str, tuple[Wallet, ledger.RuleTopUp, int]]
+
+
+def _plan_due_rules(
+    due: Sequence[Any],
+    pending: dict[str, tuple[Decimal, int]],
+    now: datetime,
+    provider: PaymentProvider | None,
+    run: IntervalRun,
+) -> _Plans:
+    """Each due rule moves to its next date and plans its latest due period; a rule
+    that buys nothing this period (wallet ended, last top-up unpaid, nothing to buy)
+    goes to `run.skipped`."""
+    plans: _Plans = {}
     for rule, wallet in due:
         assert rule.interval is not None and rule.started_at is not None
         interval = intervals.Interval(rule.interval)
@@ -294,15 +329,15 @@ def buy_due_interval_top_ups(
             run.skipped.append(rule.id)
             continue
         plans[rule.id] = (wallet, *plan)
-    conn = session.connection()
-    entries = ledger.open_rule_top_ups(
-        conn, [top_up for _, top_up, _ in plans.values()], now, created_by=actors.SYSTEM
-    )
-    written: dict[str, str | None] = {}  # rule id -> its purchased entry, if any
-    for entry in entries:
-        purchased = entry.transaction_status == TransactionStatus.PURCHASED
-        if purchased or entry.rule_id not in written:
-            written[entry.rule_id] = entry.id if purchased else None
+    return plans
+
+
+def _start_written(
+    plans: _Plans, written: dict[str, str | None], run: IntervalRun
+) -> tuple[list[purchases.AutomaticPurchase], list[events.NewEvent]]:
+    """For each planned top-up the ledger wrote (`written`: rule id -> its purchased
+    entry, if any): the granted credits on the wallet object and the balance crossings
+    they make, and the automatic purchase to open. A period already bought is skipped."""
     opened: list[purchases.AutomaticPurchase] = []
     crossings: list[events.NewEvent] = []
     for rule_id, (wallet, top_up, amount_cents) in plans.items():
@@ -330,15 +365,7 @@ def buy_due_interval_top_ups(
                     amount_cents=amount_cents,
                 )
             )
-    if opened:
-        name = (provider or purchases.configured_provider()).name
-        purchases.open_automatic_purchases(conn, name, opened, now)
-    session.flush()  # the rules' next dates (and pauses), in one executemany
-    ledger.announce_rule_entries(session, entries, now)
-    events.emit(session, crossings, now)
-    log.info("interval top-ups: %d due rules, %d top-ups started, %d skipped",
-             run.rules, run.started, len(run.skipped))  # fmt: skip
-    return run
+    return opened, crossings
 
 
 def _pending_of_wallets(session: Session, due: Sequence[Any]) -> dict[str, tuple[Decimal, int]]:
