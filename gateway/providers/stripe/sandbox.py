@@ -859,22 +859,18 @@ class StripeStub:
         if parts[:1] != ["v1"]:
             raise StubError(404, f"Unrecognized request URL ({method}: {path})")
         route = parts[1:]
-        if method == "POST" and route == ["customers"]:
-            return self._create_customer(params)
-        if method == "POST" and route == ["invoices"]:
-            return self._create_invoice(params)
-        if method == "POST" and route == ["invoiceitems"]:
-            return self._create_item(params)
-        if method == "GET" and route == ["invoices"]:
-            return self._list_invoices(params)
-        if method == "GET" and route == ["invoices", "search"]:
-            return self._search_invoices(params)
-        if method == "GET" and route == ["refunds"]:
-            return self._list_refunds(params)
-        if method == "GET" and route == ["invoice_payments"]:
-            return self._list_invoice_payments(params)
-        if method == "GET" and route == ["credit_notes"]:
-            return self._list_credit_notes(params)
+        collection = {
+            ("POST", "customers"): self._create_customer,
+            ("POST", "invoices"): self._create_invoice,
+            ("POST", "invoiceitems"): self._create_item,
+            ("GET", "invoices"): self._list_invoices,
+            ("GET", "invoices/search"): self._search_invoices,
+            ("GET", "refunds"): self._list_refunds,
+            ("GET", "invoice_payments"): self._list_invoice_payments,
+            ("GET", "credit_notes"): self._list_credit_notes,
+        }.get((method, "/".join(route)))
+        if collection is not None:
+            return collection(params)
         if method == "GET" and len(route) == 2 and route[0] == "invoices":
             _refuse_unknown(params, {"expand"})
             return _copy(self._invoice(route[1]))
