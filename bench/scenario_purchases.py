@@ -186,6 +186,101 @@ def _latency_row(name: str, result: dict[str, Any], note: str = "") -> list[Any]
     ]
 
 
+@dataclass
+class _LockPhase:
+    """Credit applications on one wallet alone, during slow purchases into it, and with
+    its lock held (the control)."""
+
+    alone_before: dict[str, Any]
+    during: dict[str, Any]
+    alone_after: dict[str, Any]
+    alone: dict[str, float]
+    control: dict[str, Any]
+    slow: Background
+    overlap: bool
+    sampler: TransactionAgeSampler
+    holder: LockHolder
+
+
+def _lock_phase(
+    database_url: str, url: str, purchase_url: str, hot: seed.SeedWallet, applications: int
+) -> _LockPhase:
+    customer = hot.external_id
+
+    def applications_batch(tag: str, count: int) -> list[dict[str, Any]]:
+        return [application(customer, f"{tag}-{n}", None) for n in range(count)]
+
+    run_load(applications_batch("warm", 50), url, mode="closed", concurrency=4)
+    alone_before = run_load(
+        applications_batch("alone", applications), url, mode="closed", concurrency=4
+    )
+    # Enough purchases (4 at a time, >= 0.6 s each) to outlast the applications.
+    expected = alone_before["elapsed_s"] * 1.5 + 3
+    count = 4 * int(expected / LOCK_HOLD_S + 1)
+    with TransactionAgeSampler(database_url, PURCHASE_APP_NAME) as sampler:
+        thread, slow = load_in_background(
+            [purchase_request(hot.wallet_id) for _ in range(count)], purchase_url, 4
+        )
+        time.sleep(1.0)  # the purchases are under way
+        apps_started = time.monotonic()
+        during = run_load(
+            applications_batch("during", applications), url, mode="closed", concurrency=4
+        )
+        apps_finished = time.monotonic()
+        thread.join()
+    assert slow.result is not None
+    overlap = slow.started < apps_started and slow.finished > apps_finished
+    # Alone again: the reference is the mean of before and after, so a drift in
+    # the machine's load during the three runs does not pass for an effect.
+    alone_after = run_load(
+        applications_batch("again", applications), url, mode="closed", concurrency=4
+    )
+    alone = {
+        "throughput_rps": (alone_before["throughput_rps"] + alone_after["throughput_rps"]) / 2,
+        "p50_ms": (alone_before["p50_ms"] + alone_after["p50_ms"]) / 2,
+    }
+    control_count = min(applications, 150)
+    with LockHolder(database_url, hot.wallet_id, LOCK_HOLD_S, 0.2) as holder:
+        time.sleep(0.1)
+        control = run_load(
+            applications_batch("control", control_count), url, mode="closed", concurrency=4
+        )
+    return _LockPhase(alone_before, during, alone_after, alone, control, slow, overlap,
+                      sampler, holder)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _LedgerAfter:
+    report: seed.LedgerReport
+    balance: Decimal
+    consumed: Decimal
+    invoices_at_stub: int
+    purchase_rows: int
+    one_invoice_each: bool
+
+
+def _ledger_after(conn: Any, hot: seed.SeedWallet, stub: StripeStub) -> _LedgerAfter:
+    """The ledger, the hot wallet's balance and the stub's invoices once the runs are over."""
+    report = seed.ledger_report(conn)
+    balance = seed.wallet_balances(conn, [hot.wallet_id])[hot.wallet_id]
+    consumed_row = conn.execute(
+        "SELECT coalesce(sum(credit_amount), 0) FROM wallet_transactions "
+        "WHERE wallet_id = %s AND transaction_status = 'invoiced' AND status = 'settled'",
+        (hot.wallet_id,),
+    ).fetchone()
+    consumed = Decimal(consumed_row[0]) if consumed_row else Decimal(0)
+    purchase_ids = {row[0] for row in conn.execute("SELECT id FROM purchases")}
+    per_purchase: dict[str, int] = {}
+    for invoice in stub.invoices.values():
+        named = invoice["metadata"].get("gateway_purchase_id")
+        if named in purchase_ids:
+            per_purchase[named] = per_purchase.get(named, 0) + 1
+    purchase_rows = len(purchase_ids)
+    one_invoice_each = len(per_purchase) == purchase_rows and set(per_purchase.values()) == {1}
+    return _LedgerAfter(report, balance, consumed, sum(per_purchase.values()), purchase_rows,
+                        one_invoice_each)  # fmt: skip
+
+
 def run(*, purchases: int, applications: int, workers: int) -> ScenarioResult:
     database_url = bench_database_url()
     fresh_database(database_url)
@@ -218,68 +313,16 @@ def run(*, purchases: int, applications: int, workers: int) -> ScenarioResult:
             baseline_again = stripe_baseline(stub_url, purchases)
             # --- no lock held on Stripe, 200 ms stub -------------------------------------
             stub.latency = SLOW_STUB_S
-            customer = hot.external_id
-
-            def applications_batch(tag: str, count: int) -> list[dict[str, Any]]:
-                return [application(customer, f"{tag}-{n}", None) for n in range(count)]
-
-            run_load(applications_batch("warm", 50), url, mode="closed", concurrency=4)
-            alone_before = run_load(
-                applications_batch("alone", applications), url, mode="closed", concurrency=4
-            )
-            # Enough purchases (4 at a time, >= 0.6 s each) to outlast the applications.
-            expected = alone_before["elapsed_s"] * 1.5 + 3
-            count = 4 * int(expected / LOCK_HOLD_S + 1)
-            with TransactionAgeSampler(database_url, PURCHASE_APP_NAME) as sampler:
-                thread, slow = load_in_background(
-                    [purchase_request(hot.wallet_id) for _ in range(count)], purchase_url, 4
-                )
-                time.sleep(1.0)  # the purchases are under way
-                apps_started = time.monotonic()
-                during = run_load(
-                    applications_batch("during", applications), url, mode="closed", concurrency=4
-                )
-                apps_finished = time.monotonic()
-                thread.join()
-            assert slow.result is not None
-            overlap = slow.started < apps_started and slow.finished > apps_finished
-            # Alone again: the reference is the mean of before and after, so a drift in
-            # the machine's load during the three runs does not pass for an effect.
-            alone_after = run_load(
-                applications_batch("again", applications), url, mode="closed", concurrency=4
-            )
-            alone = {
-                "throughput_rps": (alone_before["throughput_rps"] + alone_after["throughput_rps"])
-                / 2,
-                "p50_ms": (alone_before["p50_ms"] + alone_after["p50_ms"]) / 2,
-            }
-            control_count = min(applications, 150)
-            with LockHolder(database_url, hot.wallet_id, LOCK_HOLD_S, 0.2) as holder:
-                time.sleep(0.1)
-                control = run_load(
-                    applications_batch("control", control_count), url, mode="closed",
-                    concurrency=4,
-                )  # fmt: skip
+            lock = _lock_phase(database_url, url, purchase_url, hot, applications)
     finally:
         stub.stop()
-    report = seed.ledger_report(conn)
-    balance = seed.wallet_balances(conn, [hot.wallet_id])[hot.wallet_id]
-    consumed_row = conn.execute(
-        "SELECT coalesce(sum(credit_amount), 0) FROM wallet_transactions "
-        "WHERE wallet_id = %s AND transaction_status = 'invoiced' AND status = 'settled'",
-        (hot.wallet_id,),
-    ).fetchone()
-    consumed = Decimal(consumed_row[0]) if consumed_row else Decimal(0)
-    purchase_ids = {row[0] for row in conn.execute("SELECT id FROM purchases")}
-    per_purchase: dict[str, int] = {}
-    for invoice in stub.invoices.values():
-        named = invoice["metadata"].get("gateway_purchase_id")
-        if named in purchase_ids:
-            per_purchase[named] = per_purchase.get(named, 0) + 1
-    invoices_at_stub = sum(per_purchase.values())
-    purchase_rows = len(purchase_ids)
-    one_invoice_each = len(per_purchase) == purchase_rows and set(per_purchase.values()) == {1}
+    ledger = _ledger_after(conn, hot, stub)
     conn.close()
+    alone_before, during, alone_after = lock.alone_before, lock.during, lock.alone_after
+    alone, control, slow, sampler = lock.alone, lock.control, lock.slow, lock.sampler
+    overlap, holder, report = lock.overlap, lock.holder, ledger.report
+    consumed, invoices_at_stub = ledger.consumed, ledger.invoices_at_stub
+    purchase_rows, one_invoice_each = ledger.purchase_rows, ledger.one_invoice_each
 
     base_p50 = min(baseline["p50_ms"], baseline_again["p50_ms"])
     overhead = measured["p50_ms"] - base_p50
@@ -289,7 +332,7 @@ def run(*, purchases: int, applications: int, workers: int) -> ScenarioResult:
     control_ratio = control["throughput_rps"] / alone["throughput_rps"]
     ledger_ok = (
         report.ok
-        and balance == Decimal("1000000") - consumed
+        and ledger.balance == Decimal("1000000") - consumed
         and one_invoice_each
         and set(report.purchases_by_status) == {"open"}
     )
