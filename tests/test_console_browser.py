@@ -194,7 +194,7 @@ def entries(service: Service_) -> list[WalletTransaction]:
         )
 
 
-def test_the_seeds_flows_in_chromium(service: Service_, browser: WebDriver) -> None:
+def test_the_seeds_flows_in_chromium(service: Service_, browser: WebDriver) -> None:  # noqa: PLR0915 - one walk through the console, each step where the last left the browser
     driver = browser
     customer_with_subscription(service, "acme", "Acme <Corp> & Sons")
     for n in range(3):
