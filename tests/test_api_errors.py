@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
 from tests.conftest import AUTH, TEST_SETTINGS
-from tests.helpers import (
+from tests.support.api import (
     assert_error,
     create_wallet,
     delete,

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection
 from gateway import create_app
 from gateway.api.spec import build_spec
 from tests.conftest import API_KEY, TEST_SETTINGS
-from tests.stripe_support import stripe_http, stub  # noqa: F401 (fixtures)
+from tests.support.stripe import stripe_http, stub  # noqa: F401 (fixtures)
 
 SEED = 20261204
 CONFIG = SchemathesisConfig.from_dict(

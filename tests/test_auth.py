@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from gateway.api.framework import OPERATIONS
-from tests.helpers import assert_error, unique
+from tests.support.api import assert_error, unique
 
 
 def api_operations() -> list[tuple[str, str]]:

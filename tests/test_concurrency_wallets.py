@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from gateway.db import get_db
 from gateway.models import Customer, Wallet, WalletTransaction
 from tests.conftest import AUTH
-from tests.helpers import subscribed_customer
+from tests.support.api import subscribed_customer
 
 THREADS = 8
 

@@ -19,9 +19,9 @@ from gateway import create_app
 from gateway.models import Purchase, Wallet, WalletTransaction
 from gateway.settings import ConfigurationError
 from tests.conftest import TEST_SETTINGS
-from tests.console_support import PASSWORD, audit, hidden, make_operator, sign_in, submit
-from tests.helpers import create_wallet, delete, post, subscribed_customer, unique
-from tests.webhook_support import make_purchase
+from tests.support.api import create_wallet, delete, post, subscribed_customer, unique
+from tests.support.console import PASSWORD, audit, hidden, make_operator, sign_in, submit
+from tests.support.webhooks import make_purchase
 
 
 @pytest.fixture

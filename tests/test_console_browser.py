@@ -33,7 +33,7 @@ from gateway.models import Purchase, WalletTransaction
 from gateway.providers.stripe.sandbox_pages import StripeSandbox
 from gateway.settings import PROJECT_ROOT
 from tests.conftest import IN_CI, TEST_SETTINGS
-from tests.console_support import PASSWORD, make_operator
+from tests.support.console import PASSWORD, make_operator
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

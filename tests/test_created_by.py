@@ -15,7 +15,7 @@ from gateway import create_app
 from gateway.models import Wallet, WalletTransaction
 from gateway.settings import ConfigurationError, parse_api_keys
 from tests.conftest import TEST_SETTINGS
-from tests.helpers import unique
+from tests.support.api import unique
 
 BILLING = {"Authorization": "Bearer key-of-billing"}
 BARE = {"Authorization": "Bearer bare-key"}

@@ -16,7 +16,7 @@ from werkzeug.test import TestResponse
 from gateway import ledger
 from gateway.db import utcnow
 from gateway.models import CreditApplication, Wallet, WalletTransaction
-from tests.helpers import (
+from tests.support.api import (
     assert_error,
     create_customer,
     create_wallet,

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from gateway import ledger
 from gateway.db import get_db
 from gateway.models import CreditApplication, TransactionStatus, Wallet, WalletTransaction
-from tests.helpers import create_wallet, post, subscribed_customer, unique
+from tests.support.api import create_wallet, post, subscribed_customer, unique
 
 pytestmark = pytest.mark.postgres
 

@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gateway.models import Customer, Subscription
-from tests.helpers import (
+from tests.support.api import (
     assert_error,
     create_customer,
     create_subscription,

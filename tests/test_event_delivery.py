@@ -20,8 +20,8 @@ from gateway.db import get_db
 from gateway.models import DeliveryAttempt, Event, EventDelivery
 from gateway.settings import Settings
 from gateway.worker import Worker
-from tests.helpers import create_wallet, delete, get, post, subscribed_customer
-from tests.receiver import Behaviour, Receiver, running_receiver
+from tests.support.api import create_wallet, delete, get, post, subscribed_customer
+from tests.support.receiver import Behaviour, Receiver, running_receiver
 
 
 @pytest.fixture

@@ -18,12 +18,12 @@ from gateway import events
 from gateway.db import get_db
 from gateway.models import Event, Wallet
 from gateway.providers.stripe.sandbox import StripeStub
-from tests.helpers import create_wallet, delete, get, post, put, subscribed_customer, unique
-from tests.reconcile_support import settled_purchase
-from tests.stripe_support import stripe_http, stub
+from tests.support.api import create_wallet, delete, get, post, put, subscribed_customer, unique
+from tests.support.reconcile import settled_purchase
+from tests.support.stripe import stripe_http, stub
+from tests.support.webhooks import invoice_event, make_purchase, post_signed
 from tests.test_credit_applications import apply
 from tests.test_refunds import customer_of, deliver, spend
-from tests.webhook_support import invoice_event, make_purchase, post_signed
 
 __all__ = ["stripe_http", "stub"]  # fixtures
 

@@ -12,7 +12,7 @@ from gateway import events
 from gateway.db import utcnow
 from gateway.events import EventType, NewEvent
 from gateway.models import Event
-from tests.webhook_support import make_purchase
+from tests.support.webhooks import make_purchase
 
 
 def test_an_entrys_event_counts_only_its_own_wallets_pending_credits(

@@ -17,7 +17,7 @@ from gateway.db import get_db
 from gateway.expiry import expire_wallets
 from gateway.ledger import ledger_balance
 from gateway.models import Wallet, WalletTransaction
-from tests.helpers import assert_error, create_wallet, get, post, put, subscribed_customer
+from tests.support.api import assert_error, create_wallet, get, post, put, subscribed_customer
 
 
 @pytest.fixture

@@ -28,8 +28,8 @@ from flask import Flask
 
 from gateway.providers.stripe.sandbox import StripeStub
 from tests.conftest import AUTH, TEST_SETTINGS, postgres_url
-from tests.helpers import unique
-from tests.webhook_support import sign
+from tests.support.api import unique
+from tests.support.webhooks import sign
 
 ROOT = Path(__file__).resolve().parent.parent
 WAITING_PURCHASES = 5

@@ -19,9 +19,9 @@ from gateway import create_app
 from gateway.api.auth import principal_of
 from gateway.db import utcnow
 from gateway.models import Customer, IdempotencyKey
-from tests import idempotency_probe
 from tests.conftest import API_KEY, AUTH, TEST_SETTINGS
-from tests.helpers import (
+from tests.support import idempotency_probe
+from tests.support.api import (
     assert_error,
     create_customer,
     create_wallet,

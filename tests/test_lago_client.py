@@ -20,7 +20,7 @@ from werkzeug.serving import make_server
 
 from gateway import ledger
 from tests.conftest import API_KEY
-from tests.helpers import assert_error, create_wallet, get, post, subscribed_customer
+from tests.support.api import assert_error, create_wallet, get, post, subscribed_customer
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from gateway.models import IdempotencyKey, Purchase
 from gateway.providers import deadline
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.settings import PROJECT_ROOT, WORKER_TIMEOUT_SECONDS, Settings
-from tests.helpers import assert_error, create_wallet, post, subscribed_customer, unique
+from tests.support.api import assert_error, create_wallet, post, subscribed_customer, unique
 
 DEADLINE = 2
 

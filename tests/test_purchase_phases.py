@@ -28,8 +28,8 @@ from gateway.errors import IdempotencyKeyInProgress
 from gateway.models import EntryStatus, Purchase, PurchaseStatus, WalletTransaction
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.purchases import MAX_PURCHASES_PER_REQUEST, PurchaseBatch, RequestScope
-from tests.helpers import create_wallet, post, subscribed_customer
-from tests.stripe_support import during_finalize, only_purchase
+from tests.support.api import create_wallet, post, subscribed_customer
+from tests.support.stripe import during_finalize, only_purchase
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from gateway.db import get_session, utcnow
 from gateway.errors import NotFound
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.purchases import PROVIDER_IDEMPOTENCY_WINDOW, complete_purchase
-from tests.helpers import post, subscribed_customer
-from tests.stripe_support import entry, only_purchase, routes, stripe_http, stub
+from tests.support.api import post, subscribed_customer
+from tests.support.stripe import entry, only_purchase, routes, stripe_http, stub
 
 __all__ = ["stripe_http", "stub"]  # fixtures
 

@@ -22,7 +22,7 @@ from gateway.models import Customer, IdempotencyKey, Purchase, Wallet, WalletTra
 from gateway.providers.base import CustomerRequest
 from gateway.providers.stripe.client import customer_idempotency_key
 from gateway.providers.stripe.sandbox import StripeStub
-from tests.helpers import (
+from tests.support.api import (
     assert_error,
     create_wallet,
     get,
@@ -30,7 +30,7 @@ from tests.helpers import (
     subscribed_customer,
     unique,
 )
-from tests.stripe_support import (
+from tests.support.stripe import (
     SECRET_KEY,
     STRIPE_VERSION,
     entry,

@@ -24,8 +24,8 @@ from gateway.db import get_db
 from gateway.models import Purchase, WalletTransaction
 from gateway.providers.stripe.sandbox import StripeStub
 from tests.conftest import AUTH
-from tests.helpers import create_wallet, get, post, subscribed_customer, unique
-from tests.stripe_support import SECRET_KEY, STRIPE_VERSION, TAX_RATES
+from tests.support.api import create_wallet, get, post, subscribed_customer, unique
+from tests.support.stripe import SECRET_KEY, STRIPE_VERSION, TAX_RATES
 
 
 @pytest.fixture

@@ -27,8 +27,8 @@ from gateway.reconcile import (
     ReconcileAborted,
 )
 from tests.conftest import API_KEY
-from tests.helpers import delete, post
-from tests.reconcile_support import (
+from tests.support.api import delete, post
+from tests.support.reconcile import (
     actions,
     backdate,
     buy_more,
@@ -43,8 +43,8 @@ from tests.reconcile_support import (
     settled_purchase,
     table_rows,
 )
-from tests.stripe_support import stripe_http, stub
-from tests.webhook_support import invoice_event, make_purchase, post_signed, state_of
+from tests.support.stripe import stripe_http, stub
+from tests.support.webhooks import invoice_event, make_purchase, post_signed, state_of
 
 __all__ = ["stripe_http", "stub"]  # fixtures
 

@@ -26,9 +26,9 @@ from gateway.db import utcnow
 from gateway.models import PurchaseStatus
 from gateway.providers.stripe.sandbox import StripeStub
 from tests.conftest import TEST_SETTINGS
-from tests.reconcile_support import buy_wallet, settled_purchase, table_rows
-from tests.stripe_support import stripe_http, stub
-from tests.webhook_support import make_purchase, state_of
+from tests.support.reconcile import buy_wallet, settled_purchase, table_rows
+from tests.support.stripe import stripe_http, stub
+from tests.support.webhooks import make_purchase, state_of
 
 __all__ = ["stripe_http", "stub"]  # fixtures
 
@@ -410,7 +410,7 @@ def test_the_command_knows_which_api_keys_can_still_claim_a_purchase(
 
     from gateway.providers.base import META_PURCHASE_ID
     from gateway.settings import current_settings
-    from tests.reconcile_support import backdate, buy_more
+    from tests.support.reconcile import backdate, buy_more
 
     first = buy_wallet(client, db_session, paid="1")
     stub.fail_next("POST", "/v1/invoices/", after=True)

@@ -17,9 +17,9 @@ from gateway.db import get_db
 from gateway.models import EntryStatus, Purchase, PurchaseStatus, Wallet, WalletTransaction
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.reconcile import FindingKind, ReconcileReport
-from tests.reconcile_support import Bought, buy_more, buy_wallet, run
-from tests.stripe_support import stripe_http, stub
-from tests.webhook_support import encode, sign
+from tests.support.reconcile import Bought, buy_more, buy_wallet, run
+from tests.support.stripe import stripe_http, stub
+from tests.support.webhooks import encode, sign
 
 __all__ = ["stripe_http", "stub"]  # fixtures
 

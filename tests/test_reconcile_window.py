@@ -16,8 +16,8 @@ from gateway.db import utcnow
 from gateway.models import PurchaseStatus
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.reconcile import context
-from tests.reconcile_support import backdate, buy_wallet, only, run, state_of
-from tests.stripe_support import stripe_http, stub
+from tests.support.reconcile import backdate, buy_wallet, only, run, state_of
+from tests.support.stripe import stripe_http, stub
 
 __all__ = ["stripe_http", "stub"]  # fixtures
 

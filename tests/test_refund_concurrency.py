@@ -15,11 +15,9 @@ from gateway.db import get_db
 from gateway.models import Purchase, PurchaseStatus, TransactionStatus, WalletTransaction
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.reconcile import ReconcileReport
-from tests.reconcile_support import settled_purchase
-from tests.stripe_support import stripe_http, stub
-from tests.test_reconcile_concurrency import _run_in_thread
-from tests.test_webhook_concurrency import _at_once, _inspect
-from tests.webhook_support import (
+from tests.support.reconcile import settled_purchase
+from tests.support.stripe import stripe_http, stub
+from tests.support.webhooks import (
     PurchaseRow,
     encode,
     invoice_object,
@@ -29,6 +27,8 @@ from tests.webhook_support import (
     state_of,
     stripe_event,
 )
+from tests.test_reconcile_concurrency import _run_in_thread
+from tests.test_webhook_concurrency import _at_once, _inspect
 
 __all__ = ["stripe_http", "stub"]  # fixtures
 

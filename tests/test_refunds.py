@@ -24,10 +24,10 @@ from gateway.models import (
     WebhookEventStatus,
 )
 from gateway.providers.stripe.sandbox import StripeStub
-from tests.helpers import delete, get, post
-from tests.reconcile_support import Bought, buy_wallet, settled_purchase
-from tests.stripe_support import stripe_http, stub
-from tests.webhook_support import post_signed, state_of, stored_event
+from tests.support.api import delete, get, post
+from tests.support.reconcile import Bought, buy_wallet, settled_purchase
+from tests.support.stripe import stripe_http, stub
+from tests.support.webhooks import post_signed, state_of, stored_event
 
 __all__ = ["stripe_http", "stub"]  # fixtures
 

@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session
 from gateway.models import Wallet
 from gateway.providers.stripe.sandbox_pages import StripeSandbox
 from gateway.settings import PROJECT_ROOT
-from tests.helpers import create_wallet, subscribed_customer
-from tests.stripe_support import SECRET_KEY
+from tests.support.api import create_wallet, subscribed_customer
+from tests.support.stripe import SECRET_KEY
 
 WEBHOOK_SECRET = "whsec_test_primary"  # tests/conftest.py TEST_SETTINGS
 

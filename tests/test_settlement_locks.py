@@ -24,7 +24,7 @@ from gateway import settlement
 from gateway.db import get_db, utcnow
 from gateway.models import PurchaseStatus
 from gateway.providers.stripe.objects import invoice_snapshot
-from tests.webhook_support import PurchaseRow, invoice_object, make_purchase, state_of
+from tests.support.webhooks import PurchaseRow, invoice_object, make_purchase, state_of
 
 pytestmark = pytest.mark.postgres
 

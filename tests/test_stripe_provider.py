@@ -35,7 +35,7 @@ from gateway.providers.stripe.objects import invoice_snapshot
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.settings import PROJECT_ROOT, Settings, load_config
 from tests.conftest import TEST_SETTINGS
-from tests.stripe_support import SECRET_KEY, STRIPE_VERSION, sent, stripe_http, stub
+from tests.support.stripe import SECRET_KEY, STRIPE_VERSION, sent, stripe_http, stub
 
 __all__ = ["stripe_http", "stub"]  # fixtures
 

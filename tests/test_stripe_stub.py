@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from gateway.providers.stripe.sandbox import StripeStub, decode_form
-from tests.stripe_support import SECRET_KEY
+from tests.support.stripe import SECRET_KEY
 
 AUTH = {"Authorization": f"Bearer {SECRET_KEY}"}
 

@@ -18,8 +18,8 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
-from tests.helpers import assert_error
-from tests.webhook_support import (
+from tests.support.api import assert_error
+from tests.support.webhooks import (
     PRIMARY_SECRET,
     SECONDARY_SECRET,
     WEBHOOK_PATH,

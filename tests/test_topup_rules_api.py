@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from gateway.db import utcnow
 from gateway.models import RecurringTransactionRule, Wallet
-from tests.helpers import (
+from tests.support.api import (
     assert_error,
     create_wallet,
     delete,

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from gateway import topups
 from gateway.db import get_session, utcnow
 from gateway.models import EntrySource, Purchase, WalletTransaction
-from tests.helpers import create_wallet, post, subscribed_customer
+from tests.support.api import create_wallet, post, subscribed_customer
 from tests.test_credit_applications_concurrency import application_body, inspect, run_together
 
 pytestmark = pytest.mark.postgres

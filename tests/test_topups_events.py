@@ -16,9 +16,9 @@ from gateway import topups
 from gateway.db import get_session
 from gateway.models import Event, Purchase, RecurringTransactionRule
 from gateway.providers.stripe.sandbox import StripeStub
-from tests.helpers import create_wallet, post, put, subscribed_customer, unique
-from tests.stripe_support import stripe_http, stub
-from tests.webhook_support import post_signed
+from tests.support.api import create_wallet, post, put, subscribed_customer, unique
+from tests.support.stripe import stripe_http, stub
+from tests.support.webhooks import post_signed
 
 __all__ = ["stripe_http", "stub"]  # fixtures
 

@@ -26,7 +26,7 @@ from gateway.models import (
     Wallet,
     WalletTransaction,
 )
-from tests.helpers import create_wallet, subscribed_customer
+from tests.support.api import create_wallet, subscribed_customer
 
 GRANTED_WEEKLY = {"trigger": "interval", "interval": "weekly", "granted_credits": "5"}
 PAID_MONTHLY = {"trigger": "interval", "interval": "monthly", "paid_credits": "20"}

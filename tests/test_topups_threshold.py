@@ -24,10 +24,10 @@ from gateway.models import (
 )
 from gateway.providers import get_provider
 from gateway.providers.stripe.sandbox import StripeStub
-from tests.helpers import create_wallet, get, post, put, subscribed_customer, unique
-from tests.reconcile_support import settled_purchase
-from tests.stripe_support import routes, sent, stripe_http, stub
-from tests.webhook_support import post_signed
+from tests.support.api import create_wallet, get, post, put, subscribed_customer, unique
+from tests.support.reconcile import settled_purchase
+from tests.support.stripe import routes, sent, stripe_http, stub
+from tests.support.webhooks import post_signed
 
 __all__ = ["stripe_http", "stub"]  # fixtures
 

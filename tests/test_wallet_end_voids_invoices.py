@@ -20,8 +20,8 @@ from gateway.db import get_db, utcnow
 from gateway.models import EntryStatus, PurchaseStatus, Wallet, WalletStatus
 from gateway.providers import get_provider
 from tests.conftest import postgres_url
-from tests.helpers import delete
-from tests.webhook_support import (
+from tests.support.api import delete
+from tests.support.webhooks import (
     PurchaseRow,
     invoice_event,
     invoice_object,

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from gateway.ledger import ledger_balance
 from gateway.models import Wallet
-from tests.helpers import assert_error, create_wallet, delete, get, post, subscribed_customer
+from tests.support.api import assert_error, create_wallet, delete, get, post, subscribed_customer
 
 
 @pytest.fixture

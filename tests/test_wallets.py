@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from gateway.ledger import ledger_balance
 from gateway.models import Wallet, WalletTransaction
-from tests.helpers import (
+from tests.support.api import (
     assert_error,
     create_customer,
     create_subscription,

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from gateway.db import get_db
 from gateway.models import EntryStatus, PurchaseStatus, WebhookEvent, WebhookEventStatus
-from tests.webhook_support import (
+from tests.support.webhooks import (
     PurchaseRow,
     encode,
     invoice_event,

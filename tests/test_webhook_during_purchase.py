@@ -26,9 +26,9 @@ from sqlalchemy.orm import Session
 from gateway.db import get_db
 from gateway.models import EntryStatus, Purchase, PurchaseStatus, WalletTransaction
 from gateway.providers.stripe.sandbox import StripeStub
-from tests.helpers import delete, get, post, subscribed_customer
-from tests.stripe_support import FINALIZE, during_finalize
-from tests.webhook_support import encode, sign, state_of
+from tests.support.api import delete, get, post, subscribed_customer
+from tests.support.stripe import FINALIZE, during_finalize
+from tests.support.webhooks import encode, sign, state_of
 
 Deliver = Callable[[bytes], tuple[int, Any]]
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from gateway.events import EVENT_TYPES
 from gateway.models import WebhookEndpoint
-from tests.helpers import assert_error, create_wallet, delete, get, post, subscribed_customer
+from tests.support.api import assert_error, create_wallet, delete, get, post, subscribed_customer
 
 
 def register(client: FlaskClient, url: str = "https://billing.example/hooks", **fields: Any) -> Any:

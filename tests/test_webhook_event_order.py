@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
 from gateway.models import EntryStatus, PurchaseStatus
-from tests.webhook_support import (
+from tests.support.webhooks import (
     PurchaseRow,
     PurchaseState,
     invoice_event,

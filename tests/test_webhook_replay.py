@@ -9,7 +9,7 @@ from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy.orm import Session
 
 from gateway.models import EntryStatus, PurchaseStatus, WalletTransaction, WebhookEventStatus
-from tests.webhook_support import (
+from tests.support.webhooks import (
     PurchaseRow,
     invoice_event,
     make_purchase,

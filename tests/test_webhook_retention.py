@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from gateway.db import get_db, utcnow
 from gateway.models import WebhookEvent, WebhookEventStatus
 from gateway.webhooks import purge_events
-from tests.webhook_support import (
+from tests.support.webhooks import (
     invoice_event,
     make_purchase,
     post_signed,

@@ -21,8 +21,8 @@ from gateway.models import (
     WalletTransaction,
     WebhookEventStatus,
 )
-from tests.helpers import assert_error, delete, get
-from tests.webhook_support import (
+from tests.support.api import assert_error, delete, get
+from tests.support.webhooks import (
     invoice_event,
     invoice_object,
     make_purchase,

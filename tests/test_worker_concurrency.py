@@ -23,8 +23,8 @@ from gateway.models import DeliveryAttempt, EventDelivery
 from gateway.settings import Settings
 from gateway.worker import Worker
 from tests.conftest import TEST_SETTINGS
-from tests.helpers import create_wallet, post, subscribed_customer
-from tests.receiver import Behaviour, running_receiver
+from tests.support.api import create_wallet, post, subscribed_customer
+from tests.support.receiver import Behaviour, running_receiver
 
 pytestmark = pytest.mark.postgres
 

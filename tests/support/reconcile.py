@@ -31,9 +31,9 @@ from gateway.providers.base import (
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.purchases import invoice_description
 from gateway.reconcile import Finding, FindingAction, FindingKind, ReconcileReport, reconcile
-from tests.helpers import create_wallet, post, subscribed_customer
-from tests.stripe_support import SECRET_KEY
-from tests.webhook_support import make_purchase, post_signed, state_of
+from tests.support.api import create_wallet, post, subscribed_customer
+from tests.support.stripe import SECRET_KEY
+from tests.support.webhooks import make_purchase, post_signed, state_of
 
 
 @dataclass(frozen=True)
