@@ -11,12 +11,12 @@ cannot be reached the PostgreSQL half is skipped locally, and fails under CI=tru
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import responses
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import Engine, create_engine, text
@@ -25,37 +25,9 @@ from sqlalchemy.orm import Session
 
 from gateway import create_app, migrate
 from gateway.db import Base, build_engine
-
-DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/gateway_test"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-TEST_SETTINGS: dict[str, Any] = {
-    "GATEWAY_API_KEYS": "test-key-1,test-key-2",
-    "STRIPE_SECRET_KEY": "sk_test_gateway",
-    "STRIPE_WEBHOOK_SECRETS": "whsec_test_primary,whsec_test_secondary",
-    "STRIPE_API_BASE": "",
-    "STRIPE_TAX_MODE": "none",
-    "STRIPE_TAX_RATE_IDS": "",
-    "STRIPE_COLLECTION_METHOD": "charge_automatically",
-    "STRIPE_MAX_NETWORK_RETRIES": 0,
-    "SECRET_KEY": "test-secret-key-for-console-sessions",
-    # Test receivers listen on loopback over plain http.
-    "OUTGOING_WEBHOOKS_ALLOW_HTTP": True,
-}
-API_KEY = "test-key-1"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
-
-
-def _worker_suffix() -> str:
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    return f"_{worker}" if worker else ""
-
-
-def postgres_url() -> str:
-    url = make_url(os.environ.get("GATEWAY_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL))
-    return url.set(database=f"{url.database}{_worker_suffix()}").render_as_string(
-        hide_password=False
-    )
+from gateway.providers.stripe.sandbox import StripeStub
+from tests.support.config import IN_CI, TEST_SETTINGS, postgres_url
+from tests.support.stripe import TAX_RATES
 
 
 def _ensure_postgres_database(url: str) -> None:
@@ -174,3 +146,24 @@ def committed_app(postgres_engine: Engine, settings_overrides: dict[str, Any]) -
     app = create_app({**TEST_SETTINGS, **settings_overrides}, bind=postgres_engine)
     yield app
     truncate_all(postgres_engine)
+
+
+@pytest.fixture
+def stub() -> StripeStub:
+    """Stripe's rules, in process (gateway/providers/stripe/sandbox.py)."""
+    return StripeStub(tax_rates=TAX_RATES)
+
+
+@pytest.fixture
+def stripe_mock() -> Iterator[responses.RequestsMock]:
+    """Every request to Stripe stopped at the HTTP edge, and none answered: the test
+    registers the answers (then, if it wants the rest answered, `stub.register`)."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        yield rsps
+
+
+@pytest.fixture
+def stripe_http(stripe_mock: responses.RequestsMock, stub: StripeStub) -> responses.RequestsMock:
+    """Stripe's API at https://api.stripe.com, answered by the in-process stub."""
+    stub.register(stripe_mock)
+    return stripe_mock

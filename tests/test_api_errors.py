@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
-from tests.conftest import AUTH, TEST_SETTINGS
 from tests.support.api import (
     assert_error,
     create_wallet,
@@ -27,6 +26,7 @@ from tests.support.api import (
     subscribed_customer,
     unique,
 )
+from tests.support.config import AUTH, TEST_SETTINGS
 
 SECRETS = [
     *TEST_SETTINGS["GATEWAY_API_KEYS"].split(","),

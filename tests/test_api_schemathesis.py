@@ -29,8 +29,7 @@ from sqlalchemy.engine import Connection
 
 from gateway import create_app
 from gateway.api.spec import build_spec
-from tests.conftest import API_KEY, TEST_SETTINGS
-from tests.support.stripe import stripe_http, stub  # noqa: F401 (fixtures)
+from tests.support.config import API_KEY, TEST_SETTINGS
 
 SEED = 20261204
 CONFIG = SchemathesisConfig.from_dict(
@@ -77,7 +76,7 @@ schema.app = CURRENT_APP
 def under_test(
     app: Flask,
     connection: Connection,
-    stripe_http: responses.RequestsMock,  # noqa: F811 (the fixture imported above)
+    stripe_http: responses.RequestsMock,
 ) -> Iterator[Flask]:
     CURRENT_APP.target, CURRENT_APP.connection = app, connection
     yield app

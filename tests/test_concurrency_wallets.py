@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 
 from gateway.db import get_db
 from gateway.models import Customer, Wallet, WalletTransaction
-from tests.conftest import AUTH
 from tests.support.api import subscribed_customer
+from tests.support.config import AUTH
 
 THREADS = 8
 

@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from gateway import create_app
 from gateway.models import Purchase, Wallet, WalletTransaction
 from gateway.settings import ConfigurationError
-from tests.conftest import TEST_SETTINGS
 from tests.support.api import create_wallet, delete, post, subscribed_customer, unique
+from tests.support.config import TEST_SETTINGS
 from tests.support.console import PASSWORD, audit, hidden, make_operator, sign_in, submit
 from tests.support.webhooks import make_purchase
 

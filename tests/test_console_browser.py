@@ -32,7 +32,7 @@ from gateway.db import get_db
 from gateway.models import Purchase, WalletTransaction
 from gateway.providers.stripe.sandbox_pages import StripeSandbox
 from gateway.settings import PROJECT_ROOT
-from tests.conftest import IN_CI, TEST_SETTINGS
+from tests.support.config import IN_CI, TEST_SETTINGS
 from tests.support.console import PASSWORD, make_operator
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

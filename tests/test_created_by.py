@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 from gateway import create_app
 from gateway.models import Wallet, WalletTransaction
 from gateway.settings import ConfigurationError, parse_api_keys
-from tests.conftest import TEST_SETTINGS
 from tests.support.api import unique
+from tests.support.config import TEST_SETTINGS
 
 BILLING = {"Authorization": "Bearer key-of-billing"}
 BARE = {"Authorization": "Bearer bare-key"}

@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 
 from gateway import db
 from gateway.db import build_engine
-from tests.conftest import postgres_url
+from tests.support.config import postgres_url
 
 pytestmark = pytest.mark.postgres
 

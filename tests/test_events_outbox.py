@@ -20,12 +20,9 @@ from gateway.models import Event, Wallet
 from gateway.providers.stripe.sandbox import StripeStub
 from tests.support.api import create_wallet, delete, get, post, put, subscribed_customer, unique
 from tests.support.reconcile import settled_purchase
-from tests.support.stripe import stripe_http, stub
 from tests.support.webhooks import invoice_event, make_purchase, post_signed
 from tests.test_credit_applications import apply
 from tests.test_refunds import customer_of, deliver, spend
-
-__all__ = ["stripe_http", "stub"]  # fixtures
 
 
 def wallet_events(session: Session, wallet_id: str) -> list[dict[str, Any]]:

@@ -27,8 +27,8 @@ import requests
 from flask import Flask
 
 from gateway.providers.stripe.sandbox import StripeStub
-from tests.conftest import AUTH, TEST_SETTINGS, postgres_url
 from tests.support.api import unique
+from tests.support.config import AUTH, TEST_SETTINGS, postgres_url
 from tests.support.webhooks import sign
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,8 +11,8 @@ from sqlalchemy.engine import Connection
 
 from gateway import create_app, migrate
 from gateway.db import build_engine
-from tests.conftest import AUTH, TEST_SETTINGS
 from tests.support.api import assert_error
+from tests.support.config import AUTH, TEST_SETTINGS
 
 
 def test_healthz(client: FlaskClient) -> None:

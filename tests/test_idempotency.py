@@ -19,7 +19,6 @@ from gateway import create_app
 from gateway.api.auth import principal_of
 from gateway.db import utcnow
 from gateway.models import Customer, IdempotencyKey
-from tests.conftest import API_KEY, AUTH, TEST_SETTINGS
 from tests.support import idempotency_probe
 from tests.support.api import (
     assert_error,
@@ -29,6 +28,7 @@ from tests.support.api import (
     subscribed_customer,
     unique,
 )
+from tests.support.config import API_KEY, AUTH, TEST_SETTINGS
 
 
 @pytest.fixture

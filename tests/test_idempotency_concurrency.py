@@ -11,9 +11,9 @@ from sqlalchemy import func, select
 
 from gateway.db import get_db
 from gateway.models import Customer, IdempotencyKey, TransactionStatus, WalletTransaction
-from tests.conftest import AUTH
 from tests.support import idempotency_probe
 from tests.support.api import assert_error, create_wallet, subscribed_customer, unique
+from tests.support.config import AUTH
 from tests.test_credit_applications_concurrency import run_together
 
 pytestmark = pytest.mark.postgres

@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
 from gateway import ledger
-from tests.conftest import API_KEY
 from tests.support.api import assert_error, create_wallet, get, post, subscribed_customer
+from tests.support.config import API_KEY
 
 
 @pytest.fixture

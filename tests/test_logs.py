@@ -16,8 +16,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from gateway import logs
-from tests.conftest import AUTH
 from tests.support.api import create_wallet, post, subscribed_customer
+from tests.support.config import AUTH
 from tests.support.webhooks import post_signed, stripe_event
 
 SECRETS = ("test-key-1", "test-key-2", "whsec_test_primary", "whsec_test_secondary",

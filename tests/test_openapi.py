@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 
 from gateway.api.errors import STATUS_BY_CODE
-from tests.conftest import AUTH
+from tests.support.config import AUTH
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 

@@ -36,7 +36,7 @@ def slow_stripe() -> Iterator[StripeStub]:
 
 @pytest.fixture
 def settings_overrides(slow_stripe: StripeStub) -> dict[str, Any]:
-    from tests.conftest import TEST_SETTINGS
+    from tests.support.config import TEST_SETTINGS
 
     return {
         **TEST_SETTINGS,

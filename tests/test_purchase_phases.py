@@ -32,17 +32,6 @@ from tests.support.api import create_wallet, post, subscribed_customer
 from tests.support.stripe import during_finalize, only_purchase
 
 
-@pytest.fixture
-def stub() -> StripeStub:
-    return StripeStub()
-
-
-@pytest.fixture
-def stripe_http() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield rsps
-
-
 def top_up(client: FlaskClient, wallet_id: str, **credits: str) -> Any:
     return post(
         client, "/wallet_transactions", {"wallet_transaction": {"wallet_id": wallet_id, **credits}}
@@ -93,7 +82,6 @@ def test_a_paid_top_up_is_a_few_statements_in_two_transactions(
     stub: StripeStub,
     recorded: tuple[list[str], list[int]],
 ) -> None:
-    stub.register(stripe_http)
     wallet_id = create_wallet(client, subscribed_customer(client), paid_credits="5")["wallet"]["id"]
     statements, transactions = recorded
     statements.clear()
@@ -131,7 +119,6 @@ def test_a_paid_top_up_is_a_few_statements_in_two_transactions(
 def test_a_customers_first_purchase_reads_it_to_create_its_stripe_customer(
     client: FlaskClient, stripe_http: responses.RequestsMock, stub: StripeStub
 ) -> None:
-    stub.register(stripe_http)
     wallet_id = create_wallet(client, subscribed_customer(client))["wallet"]["id"]
 
     response = top_up(client, wallet_id, paid_credits="10")
@@ -200,7 +187,7 @@ def elsewhere(connection: Connection, work: Callable[[Session], Any]) -> None:
 def test_the_answer_shows_the_wallet_as_it_is_once_the_invoice_is_stored(
     client: FlaskClient,
     connection: Connection,
-    stripe_http: responses.RequestsMock,
+    stripe_mock: responses.RequestsMock,
     stub: StripeStub,
 ) -> None:
     def grant(invoice: dict[str, Any]) -> None:
@@ -217,7 +204,7 @@ def test_the_answer_shows_the_wallet_as_it_is_once_the_invoice_is_stored(
             ),
         )
 
-    during_finalize(stripe_http, stub, grant)
+    during_finalize(stripe_mock, stub, grant)
     customer = subscribed_customer(client)
 
     response = post(
@@ -237,7 +224,7 @@ def test_a_wallet_ended_while_stripe_made_the_invoice_has_it_voided_by_the_purch
     client: FlaskClient,
     connection: Connection,
     db_session: Session,
-    stripe_http: responses.RequestsMock,
+    stripe_mock: responses.RequestsMock,
     stub: StripeStub,
 ) -> None:
     wallet_id = create_wallet(client, subscribed_customer(client), granted_credits="1")["wallet"][
@@ -247,7 +234,7 @@ def test_a_wallet_ended_while_stripe_made_the_invoice_has_it_voided_by_the_purch
     # Stripe's search does not show yet: the purchase stays flagged.
     stub.search_delay = 30.0
     during_finalize(
-        stripe_http,
+        stripe_mock,
         stub,
         lambda _invoice: elsewhere(
             connection,

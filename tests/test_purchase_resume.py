@@ -20,9 +20,7 @@ from gateway.errors import NotFound
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.purchases import PROVIDER_IDEMPOTENCY_WINDOW, complete_purchase
 from tests.support.api import post, subscribed_customer
-from tests.support.stripe import entry, only_purchase, routes, stripe_http, stub
-
-__all__ = ["stripe_http", "stub"]  # fixtures
+from tests.support.stripe import entry, only_purchase, routes
 
 
 def interrupted_purchase(client: FlaskClient, stub: StripeStub, path: str, *, after: bool) -> None:

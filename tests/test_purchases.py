@@ -38,11 +38,7 @@ from tests.support.stripe import (
     only_purchase,
     routes,
     sent,
-    stripe_http,
-    stub,
 )
-
-__all__ = ["stripe_http", "stub"]  # fixtures
 
 CUSTOMERS = ("POST", "/v1/customers")
 INVOICES = ("POST", "/v1/invoices")

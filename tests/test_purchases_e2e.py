@@ -23,8 +23,8 @@ from werkzeug.serving import make_server
 from gateway.db import get_db
 from gateway.models import Purchase, WalletTransaction
 from gateway.providers.stripe.sandbox import StripeStub
-from tests.conftest import AUTH
 from tests.support.api import create_wallet, get, post, subscribed_customer, unique
+from tests.support.config import AUTH
 from tests.support.stripe import SECRET_KEY, STRIPE_VERSION, TAX_RATES
 
 

@@ -26,8 +26,8 @@ from gateway.reconcile import (
     FindingKind,
     ReconcileAborted,
 )
-from tests.conftest import API_KEY
 from tests.support.api import delete, post
+from tests.support.config import API_KEY
 from tests.support.reconcile import (
     actions,
     backdate,
@@ -43,10 +43,7 @@ from tests.support.reconcile import (
     settled_purchase,
     table_rows,
 )
-from tests.support.stripe import stripe_http, stub
 from tests.support.webhooks import invoice_event, make_purchase, post_signed, state_of
-
-__all__ = ["stripe_http", "stub"]  # fixtures
 
 pytestmark = pytest.mark.usefixtures("stripe_http")
 

@@ -25,12 +25,9 @@ from gateway.cli.reconcile import parse_since
 from gateway.db import utcnow
 from gateway.models import PurchaseStatus
 from gateway.providers.stripe.sandbox import StripeStub
-from tests.conftest import TEST_SETTINGS
+from tests.support.config import TEST_SETTINGS
 from tests.support.reconcile import buy_wallet, settled_purchase, table_rows
-from tests.support.stripe import stripe_http, stub
 from tests.support.webhooks import make_purchase, state_of
-
-__all__ = ["stripe_http", "stub"]  # fixtures
 
 
 def reconcile(runner: FlaskCliRunner, *args: str) -> Result:

@@ -18,10 +18,7 @@ from gateway.models import EntryStatus, Purchase, PurchaseStatus, Wallet, Wallet
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.reconcile import FindingKind, ReconcileReport
 from tests.support.reconcile import Bought, buy_more, buy_wallet, run
-from tests.support.stripe import stripe_http, stub
 from tests.support.webhooks import encode, sign
-
-__all__ = ["stripe_http", "stub"]  # fixtures
 
 pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("stripe_http")]
 

@@ -17,9 +17,6 @@ from gateway.models import PurchaseStatus
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.reconcile import context
 from tests.support.reconcile import backdate, buy_wallet, only, run, state_of
-from tests.support.stripe import stripe_http, stub
-
-__all__ = ["stripe_http", "stub"]  # fixtures
 
 pytestmark = pytest.mark.usefixtures("stripe_http")
 

@@ -16,7 +16,6 @@ from gateway.models import Purchase, PurchaseStatus, TransactionStatus, WalletTr
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.reconcile import ReconcileReport
 from tests.support.reconcile import settled_purchase
-from tests.support.stripe import stripe_http, stub
 from tests.support.webhooks import (
     PurchaseRow,
     encode,
@@ -29,8 +28,6 @@ from tests.support.webhooks import (
 )
 from tests.test_reconcile_concurrency import _run_in_thread
 from tests.test_webhook_concurrency import _at_once, _inspect
-
-__all__ = ["stripe_http", "stub"]  # fixtures
 
 pytestmark = pytest.mark.postgres
 

@@ -26,10 +26,7 @@ from gateway.models import (
 from gateway.providers.stripe.sandbox import StripeStub
 from tests.support.api import delete, get, post
 from tests.support.reconcile import Bought, buy_wallet, settled_purchase
-from tests.support.stripe import stripe_http, stub
 from tests.support.webhooks import post_signed, state_of, stored_event
-
-__all__ = ["stripe_http", "stub"]  # fixtures
 
 pytestmark = pytest.mark.usefixtures("stripe_http")
 

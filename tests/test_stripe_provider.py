@@ -34,10 +34,8 @@ from gateway.providers.stripe.client import StripeProvider, build_client
 from gateway.providers.stripe.objects import invoice_snapshot
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.settings import PROJECT_ROOT, Settings, load_config
-from tests.conftest import TEST_SETTINGS
-from tests.support.stripe import SECRET_KEY, STRIPE_VERSION, sent, stripe_http, stub
-
-__all__ = ["stripe_http", "stub"]  # fixtures
+from tests.support.config import TEST_SETTINGS
+from tests.support.stripe import SECRET_KEY, STRIPE_VERSION, sent
 
 BASE = "https://api.stripe.com"
 

@@ -17,10 +17,7 @@ from gateway.db import get_session
 from gateway.models import Event, Purchase, RecurringTransactionRule
 from gateway.providers.stripe.sandbox import StripeStub
 from tests.support.api import create_wallet, post, put, subscribed_customer, unique
-from tests.support.stripe import stripe_http, stub
 from tests.support.webhooks import post_signed
-
-__all__ = ["stripe_http", "stub"]  # fixtures
 
 CROSSINGS = ("wallet.balance_low", "wallet.balance_recovered", "wallet.depleted")
 

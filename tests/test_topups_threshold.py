@@ -26,10 +26,8 @@ from gateway.providers import get_provider
 from gateway.providers.stripe.sandbox import StripeStub
 from tests.support.api import create_wallet, get, post, put, subscribed_customer, unique
 from tests.support.reconcile import settled_purchase
-from tests.support.stripe import routes, sent, stripe_http, stub
+from tests.support.stripe import routes, sent
 from tests.support.webhooks import post_signed
-
-__all__ = ["stripe_http", "stub"]  # fixtures
 
 
 def apply(client: FlaskClient, customer: str, subtotal: int) -> dict[str, Any]:

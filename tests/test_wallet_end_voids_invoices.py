@@ -19,8 +19,8 @@ from gateway import settlement
 from gateway.db import get_db, utcnow
 from gateway.models import EntryStatus, PurchaseStatus, Wallet, WalletStatus
 from gateway.providers import get_provider
-from tests.conftest import postgres_url
 from tests.support.api import delete
+from tests.support.config import postgres_url
 from tests.support.webhooks import (
     PurchaseRow,
     invoice_event,
@@ -31,12 +31,6 @@ from tests.support.webhooks import (
 )
 
 STRIPE = "https://api.stripe.com/v1"
-
-
-@pytest.fixture
-def stripe_http() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 def _stripe_invoice(purchase: PurchaseRow, mock: responses.RequestsMock, status: str) -> None:
@@ -58,15 +52,15 @@ def _void_calls(mock: responses.RequestsMock) -> list[Any]:
 
 
 def test_terminating_a_wallet_fails_its_unpaid_purchase_and_voids_the_invoice(
-    client: FlaskClient, db_session: Session, stripe_http: responses.RequestsMock
+    client: FlaskClient, db_session: Session, stripe_mock: responses.RequestsMock
 ) -> None:
     purchase = make_purchase(db_session, granted=Decimal("2"))
-    _stripe_invoice(purchase, stripe_http, "open")
+    _stripe_invoice(purchase, stripe_mock, "open")
 
     response = delete(client, f"/wallets/{purchase.wallet_id}")
 
     assert response.status_code == 200, response.json
-    [void] = _void_calls(stripe_http)
+    [void] = _void_calls(stripe_mock)
     assert void.request.headers["Idempotency-Key"] == f"{purchase.invoice_id}:void"
     state = state_of(db_session, purchase.id)
     assert state.purchase_status == PurchaseStatus.FAILED
@@ -77,13 +71,13 @@ def test_terminating_a_wallet_fails_its_unpaid_purchase_and_voids_the_invoice(
 
 
 def test_a_failed_void_leaves_the_purchase_flagged_and_a_later_run_finishes_it(
-    app: Flask, client: FlaskClient, db_session: Session, stripe_http: responses.RequestsMock
+    app: Flask, client: FlaskClient, db_session: Session, stripe_mock: responses.RequestsMock
 ) -> None:
     purchase = make_purchase(db_session)
-    stripe_http.get(
+    stripe_mock.get(
         f"{STRIPE}/invoices/{purchase.invoice_id}", json=invoice_object(purchase, "open")
     )
-    stripe_http.post(
+    stripe_mock.post(
         f"{STRIPE}/invoices/{purchase.invoice_id}/void",
         status=500,
         json={"error": {"type": "api_error", "message": "down"}},
@@ -98,8 +92,8 @@ def test_a_failed_void_leaves_the_purchase_flagged_and_a_later_run_finishes_it(
     assert state.void_pending
 
     # Stripe is back; the reconciliation run calls the same routine for every flag.
-    stripe_http.reset()
-    _stripe_invoice(purchase, stripe_http, "open")
+    stripe_mock.reset()
+    _stripe_invoice(purchase, stripe_mock, "open")
     with app.app_context():
         result = settlement.void_flagged_invoices(get_db().session, get_provider())
     assert result.voided == [purchase.id]
@@ -109,15 +103,15 @@ def test_a_failed_void_leaves_the_purchase_flagged_and_a_later_run_finishes_it(
 
 
 def test_a_payment_that_beat_the_void_is_marked_for_refund(
-    client: FlaskClient, db_session: Session, stripe_http: responses.RequestsMock
+    client: FlaskClient, db_session: Session, stripe_mock: responses.RequestsMock
 ) -> None:
     purchase = make_purchase(db_session)
     # The customer paid just before the wallet ended: there is nothing left to void.
-    _stripe_invoice(purchase, stripe_http, "paid")
+    _stripe_invoice(purchase, stripe_mock, "paid")
 
     assert delete(client, f"/wallets/{purchase.wallet_id}").status_code == 200
 
-    assert _void_calls(stripe_http) == []
+    assert _void_calls(stripe_mock) == []
     state = state_of(db_session, purchase.id)
     assert state.purchase_status == PurchaseStatus.REFUND_REQUIRED
     assert state.entry_status == EntryStatus.FAILED
@@ -129,10 +123,10 @@ def test_a_payment_that_beat_the_void_is_marked_for_refund(
 
 
 def test_payment_landing_after_termination_adds_no_credits(
-    client: FlaskClient, db_session: Session, stripe_http: responses.RequestsMock
+    client: FlaskClient, db_session: Session, stripe_mock: responses.RequestsMock
 ) -> None:
     purchase = make_purchase(db_session, granted=Decimal("4"))
-    _stripe_invoice(purchase, stripe_http, "open")
+    _stripe_invoice(purchase, stripe_mock, "open")
     assert delete(client, f"/wallets/{purchase.wallet_id}").status_code == 200
 
     # Stripe's void webhook, then a payment that raced it anyway.
@@ -151,7 +145,7 @@ def test_a_payment_waiting_for_review_is_resolved_when_its_wallet_ends(
     client: FlaskClient,
     runner: FlaskCliRunner,
     db_session: Session,
-    stripe_http: responses.RequestsMock,
+    stripe_mock: responses.RequestsMock,
     ending: str,
 ) -> None:
     """Issue 12 #6: a `review_required` purchase kept a pending entry in a terminated
@@ -180,25 +174,25 @@ def test_a_payment_waiting_for_review_is_resolved_when_its_wallet_ends(
     assert "refund" in state.attention_reason
     assert before.attention_reason is not None and before.attention_reason in state.attention_reason
     assert state.balance == 0
-    assert _void_calls(stripe_http) == []  # paid: nothing to void
+    assert _void_calls(stripe_mock) == []  # paid: nothing to void
     # A repeat of the paid event changes nothing.
     assert post_signed(client, underpaid).status_code == 200
     assert state_of(db_session, purchase.id) == state
 
 
 def test_the_expiry_sweep_voids_the_invoices_of_expired_wallets(
-    runner: FlaskCliRunner, db_session: Session, stripe_http: responses.RequestsMock
+    runner: FlaskCliRunner, db_session: Session, stripe_mock: responses.RequestsMock
 ) -> None:
     purchase = make_purchase(db_session, granted=Decimal("3"))
     wallet = db_session.get_one(Wallet, purchase.wallet_id)
     wallet.expiration_at = utcnow() - timedelta(hours=1)
     db_session.commit()
-    _stripe_invoice(purchase, stripe_http, "open")
+    _stripe_invoice(purchase, stripe_mock, "open")
 
     result = runner.invoke(args=["expire-wallets"])
 
     assert result.exit_code == 0, result.output
-    assert len(_void_calls(stripe_http)) == 1
+    assert len(_void_calls(stripe_mock)) == 1
     db_session.expire_all()
     assert db_session.get_one(Wallet, purchase.wallet_id).status == WalletStatus.TERMINATED
     state = state_of(db_session, purchase.id)
@@ -217,7 +211,7 @@ def observer() -> Iterator[Engine]:
 
 @pytest.mark.postgres
 def test_the_invoice_is_voided_after_commit_with_no_lock_held(
-    committed_app: Flask, observer: Engine, stripe_http: responses.RequestsMock
+    committed_app: Flask, observer: Engine, stripe_mock: responses.RequestsMock
 ) -> None:
     with committed_app.app_context():
         session = get_db().session()
@@ -240,10 +234,10 @@ def test_the_invoice_is_voided_after_commit_with_no_lock_held(
             conn.rollback()
         return 200, {}, json.dumps(invoice_object(purchase, "void"))
 
-    stripe_http.get(
+    stripe_mock.get(
         f"{STRIPE}/invoices/{purchase.invoice_id}", json=invoice_object(purchase, "open")
     )
-    stripe_http.add_callback("POST", f"{STRIPE}/invoices/{purchase.invoice_id}/void", callback=void)
+    stripe_mock.add_callback("POST", f"{STRIPE}/invoices/{purchase.invoice_id}/void", callback=void)
 
     response = delete(committed_app.test_client(), f"/wallets/{purchase.wallet_id}")
 

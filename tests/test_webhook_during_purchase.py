@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,11 +33,6 @@ from tests.support.webhooks import encode, sign, state_of
 Deliver = Callable[[bytes], tuple[int, Any]]
 
 
-@pytest.fixture
-def stub() -> StripeStub:
-    return StripeStub()
-
-
 def _pay_during_finalize(
     rsps: responses.RequestsMock, stub: StripeStub, deliver: Deliver
 ) -> list[tuple[int, Any]]:
@@ -50,12 +45,6 @@ def _pay_during_finalize(
 
     during_finalize(rsps, stub, pay)  # the finalize answer stays `open`
     return deliveries
-
-
-@pytest.fixture
-def stripe_http() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        yield rsps
 
 
 def _signed_post(client: FlaskClient, body: bytes) -> tuple[int, Any]:
@@ -73,11 +62,11 @@ def test_paid_webhook_during_the_create_call_is_credited_once(
     client: FlaskClient,
     db_session: Session,
     stub: StripeStub,
-    stripe_http: responses.RequestsMock,
+    stripe_mock: responses.RequestsMock,
 ) -> None:
     webhook_client = app.test_client()  # Stripe's connection, not the caller's
     deliveries = _pay_during_finalize(
-        stripe_http, stub, lambda body: _signed_post(webhook_client, body)
+        stripe_mock, stub, lambda body: _signed_post(webhook_client, body)
     )
     customer = subscribed_customer(client)
 
@@ -126,7 +115,7 @@ def test_paid_webhook_during_the_create_call_is_credited_once(
 
 @pytest.mark.postgres
 def test_paid_webhook_from_another_thread_during_the_create_call_is_credited_once(
-    committed_app: Flask, stub: StripeStub, stripe_http: responses.RequestsMock
+    committed_app: Flask, stub: StripeStub, stripe_mock: responses.RequestsMock
 ) -> None:
     """On PostgreSQL with real commits: the webhook runs on its own thread and must not
     wait for the create call (which holds no lock while it talks to Stripe)."""
@@ -141,7 +130,7 @@ def test_paid_webhook_from_another_thread_during_the_create_call_is_credited_onc
         assert not thread.is_alive(), "the webhook waited on a lock held by the create call"
         return result[0]
 
-    deliveries = _pay_during_finalize(stripe_http, stub, deliver_from_another_thread)
+    deliveries = _pay_during_finalize(stripe_mock, stub, deliver_from_another_thread)
     client = committed_app.test_client()
     customer = subscribed_customer(client)
 
@@ -172,7 +161,7 @@ def test_a_wallet_ended_during_the_create_call_gets_its_new_invoice_voided(
     client: FlaskClient,
     db_session: Session,
     stub: StripeStub,
-    stripe_http: responses.RequestsMock,
+    stripe_mock: responses.RequestsMock,
 ) -> None:
     """The wallet is terminated while its invoice is being finalized: the purchase
     fails with the wallet, and the invoice the create call then finalizes is voided."""
@@ -195,8 +184,8 @@ def test_a_wallet_ended_during_the_create_call_gets_its_new_invoice_voided(
         assert json.loads(answer[2])["id"] == invoice_id
         return answer
 
-    stripe_http.add_callback("POST", re.compile(FINALIZE), callback=terminate_then_finalize)
-    stub.register(stripe_http)
+    stripe_mock.add_callback("POST", re.compile(FINALIZE), callback=terminate_then_finalize)
+    stub.register(stripe_mock)
     customer = subscribed_customer(client)
 
     response = post(

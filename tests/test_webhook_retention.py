@@ -98,7 +98,7 @@ def test_a_retention_shorter_than_stripes_redeliveries_is_refused(app: Flask) ->
 class TestTheCommand:
     @pytest.fixture
     def settings_overrides(self) -> dict[str, Any]:
-        from tests.conftest import TEST_SETTINGS
+        from tests.support.config import TEST_SETTINGS
 
         return {**TEST_SETTINGS, "WEBHOOK_EVENT_RETENTION_DAYS": 30}
 

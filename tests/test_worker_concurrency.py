@@ -22,8 +22,8 @@ from gateway.db import get_db
 from gateway.models import DeliveryAttempt, EventDelivery
 from gateway.settings import Settings
 from gateway.worker import Worker
-from tests.conftest import TEST_SETTINGS
 from tests.support.api import create_wallet, post, subscribed_customer
+from tests.support.config import TEST_SETTINGS
 from tests.support.receiver import Behaviour, running_receiver
 
 pytestmark = pytest.mark.postgres

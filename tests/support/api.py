@@ -8,7 +8,7 @@ from typing import Any
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tests.conftest import AUTH
+from tests.support.config import AUTH
 
 _counter = itertools.count(1)
 

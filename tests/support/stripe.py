@@ -1,16 +1,16 @@
-"""Helpers for tests that talk to Stripe through `responses` and the stub."""
+"""Helpers for tests that talk to Stripe through `responses` and the stub (the fixtures
+`stub`, `stripe_http` and `stripe_mock` are in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import pytest
 import responses
 import stripe
 from sqlalchemy import select
@@ -20,7 +20,7 @@ from gateway.models import Purchase, WalletTransaction
 from gateway.providers.stripe.sandbox import StripeStub
 
 STRIPE_VERSION: str = stripe.api_version
-SECRET_KEY = "sk_test_gateway"  # tests/conftest.py TEST_SETTINGS
+SECRET_KEY = "sk_test_gateway"  # tests/support/config.py TEST_SETTINGS
 TAX_RATES = {"txr_vat20": Decimal("20"), "txr_state5": Decimal("5")}
 
 
@@ -63,19 +63,6 @@ def sent(rsps: responses.RequestsMock) -> list[SentRequest]:
 
 def routes(rsps: responses.RequestsMock) -> list[tuple[str, str]]:
     return [(request.method, request.path) for request in sent(rsps)]
-
-
-@pytest.fixture
-def stub() -> StripeStub:
-    return StripeStub(tax_rates=TAX_RATES)
-
-
-@pytest.fixture
-def stripe_http(stub: StripeStub) -> Iterator[responses.RequestsMock]:
-    """Stripe's API at https://api.stripe.com, answered by the in-process stub."""
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
-        stub.register(rsps)
-        yield rsps
 
 
 def only_purchase(session: Session) -> Purchase:
