@@ -25,6 +25,7 @@ from tests.support.api import (
     post,
     subscribed_customer,
     unique,
+    wallet_body,
 )
 from tests.support.config import AUTH, TEST_SETTINGS
 
@@ -80,10 +81,6 @@ def assert_clean_error(response: TestResponse) -> dict[str, Any]:
 
 def raw_post(client: FlaskClient, path: str, data: str | bytes, content_type: str) -> TestResponse:
     return client.post(f"/api/v1{path}", data=data, headers={**AUTH, "Content-Type": content_type})
-
-
-def wallet_body(customer: str, **fields: Any) -> dict[str, Any]:
-    return {"wallet": {"external_customer_id": customer, "rate_amount": "1.00", **fields}}
 
 
 # --- unknown fields and wrong types ------------------------------------------------

@@ -11,12 +11,12 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
-from werkzeug.test import TestResponse
 
 from gateway import ledger
 from gateway.db import utcnow
 from gateway.models import CreditApplication, Wallet, WalletTransaction
 from tests.support.api import (
+    apply,
     assert_error,
     create_customer,
     create_wallet,
@@ -26,29 +26,6 @@ from tests.support.api import (
     subscribed_customer,
     unique,
 )
-
-
-def apply(
-    client: FlaskClient,
-    customer: str,
-    subtotal: int,
-    *,
-    invoice: str | None = None,
-    invoice_type: str = "subscription",
-    currency: str = "USD",
-    **extra: Any,
-) -> TestResponse:
-    body = {
-        "credit_application": {
-            "invoice_external_id": invoice or unique("inv"),
-            "external_customer_id": customer,
-            "invoice_type": invoice_type,
-            "currency": currency,
-            "subtotal_amount_cents": subtotal,
-            **extra,
-        }
-    }
-    return post(client, "/credit_applications", body)
 
 
 def wallet_with(

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from gateway import ledger
 from gateway.db import get_db
 from gateway.models import CreditApplication, TransactionStatus, Wallet, WalletTransaction
-from tests.support.api import create_wallet, post, subscribed_customer, unique
+from tests.support.api import application_body, create_wallet, post, subscribed_customer, unique
 
 pytestmark = pytest.mark.postgres
 
@@ -43,18 +43,6 @@ def run_together(count: int, work: Callable[[int], Any]) -> list[Any]:
     return results
 
 
-def application_body(customer: str, invoice: str, subtotal: int) -> dict[str, Any]:
-    return {
-        "credit_application": {
-            "invoice_external_id": invoice,
-            "external_customer_id": customer,
-            "invoice_type": "subscription",
-            "currency": "USD",
-            "subtotal_amount_cents": subtotal,
-        }
-    }
-
-
 def inspect(app: Flask) -> Session:
     with app.app_context():
         return get_db().session()
@@ -71,7 +59,7 @@ def test_concurrent_invoices_never_overdraw_a_small_balance(committed_app: Flask
     def apply(index: int) -> tuple[int, dict[str, Any]]:
         client = committed_app.test_client()
         response = post(
-            client, "/credit_applications", application_body(customer, f"race-{index}", 90)
+            client, "/credit_applications", application_body(customer, 90, invoice=f"race-{index}")
         )
         return response.status_code, response.json["credit_application"]  # type: ignore[index]
 
@@ -104,7 +92,9 @@ def test_concurrent_repeats_of_one_invoice_consume_once(committed_app: Flask) ->
 
     def apply(_index: int) -> tuple[int, bytes]:
         client = committed_app.test_client()
-        response = post(client, "/credit_applications", application_body(customer, invoice, 300))
+        response = post(
+            client, "/credit_applications", application_body(customer, 300, invoice=invoice)
+        )
         return response.status_code, response.get_data()
 
     results = run_together(5, apply)
@@ -146,7 +136,7 @@ def test_concurrent_repeats_of_an_ineligible_invoice_store_one_answer(
 
     def apply(_index: int) -> tuple[int, bytes]:
         client = committed_app.test_client()
-        body = application_body(customer, invoice, 300)
+        body = application_body(customer, 300, invoice=invoice)
         body["credit_application"]["invoice_type"] = "add_on"
         response = post(client, "/credit_applications", body)
         return response.status_code, response.get_data()

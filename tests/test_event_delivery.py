@@ -20,7 +20,13 @@ from gateway.db import get_db
 from gateway.models import DeliveryAttempt, Event, EventDelivery
 from gateway.settings import Settings
 from gateway.worker import Worker
-from tests.support.api import create_wallet, delete, get, post, subscribed_customer
+from tests.support.api import (
+    create_wallet,
+    delete,
+    get,
+    registered_endpoint,
+    subscribed_customer,
+)
 from tests.support.receiver import Behaviour, Receiver, running_receiver
 
 
@@ -28,12 +34,6 @@ from tests.support.receiver import Behaviour, Receiver, running_receiver
 def receiver() -> Iterator[Receiver]:
     with running_receiver() as running:
         yield running
-
-
-def register(client: FlaskClient, url: str, **fields: Any) -> dict[str, Any]:
-    response = post(client, "/webhook_endpoints", {"webhook_endpoint": {"url": url, **fields}})
-    assert response.status_code == 201, response.json
-    return response.json["webhook_endpoint"]  # type: ignore[no-any-return,index]
 
 
 class Clock:
@@ -68,7 +68,7 @@ def stored_events(session: Session, wallet_id: str) -> list[Event]:
 def test_events_are_delivered_signed_with_standard_webhooks(
     app: Flask, client: FlaskClient, runner: FlaskCliRunner, db_session: Session, receiver: Receiver
 ) -> None:
-    endpoint = register(client, receiver.url)
+    endpoint = registered_endpoint(client, receiver.url)
     wallet_id = create_wallet(client, subscribed_customer(client), granted_credits="3")["wallet"][
         "id"
     ]
@@ -106,7 +106,7 @@ def test_an_endpoint_gets_only_its_event_types_and_only_events_after_it_existed(
     app: Flask, client: FlaskClient, receiver: Receiver
 ) -> None:
     create_wallet(client, subscribed_customer(client))  # before the endpoint: not sent
-    register(client, receiver.url, event_types=["wallet.updated"])
+    registered_endpoint(client, receiver.url, event_types=["wallet.updated"])
     wallet_id = create_wallet(client, subscribed_customer(client), granted_credits="1")["wallet"][
         "id"
     ]
@@ -123,7 +123,7 @@ def test_an_endpoint_gets_only_its_event_types_and_only_events_after_it_existed(
 def test_a_disabled_endpoint_gets_nothing_more(
     app: Flask, client: FlaskClient, receiver: Receiver
 ) -> None:
-    endpoint = register(client, receiver.url)
+    endpoint = registered_endpoint(client, receiver.url)
     create_wallet(client, subscribed_customer(client))
     delete(client, f"/webhook_endpoints/{endpoint['id']}")
     create_wallet(client, subscribed_customer(client))
@@ -136,7 +136,7 @@ def test_a_failing_receiver_gets_retries_on_the_schedule_then_the_delivery_fails
     app: Flask, client: FlaskClient, db_session: Session, receiver: Receiver
 ) -> None:
     receiver.behaviour = Behaviour(status=500, body=b"down for maintenance")
-    register(client, receiver.url, event_types=["wallet.created"])
+    registered_endpoint(client, receiver.url, event_types=["wallet.created"])
     wallet_id = create_wallet(client, subscribed_customer(client))["wallet"]["id"]
     [event] = stored_events(db_session, wallet_id)
     clock = Clock()
@@ -203,7 +203,7 @@ def test_whatever_a_receiver_answers_is_recorded_as_an_attempt(  # noqa: PLR0917
     error: str | None,
 ) -> None:
     receiver.behaviour = behaviour
-    register(client, receiver.url, event_types=["wallet.created"])
+    registered_endpoint(client, receiver.url, event_types=["wallet.created"])
     create_wallet(client, subscribed_customer(client))
     summary = run_worker(app)
     assert summary.delivered == (1 if status == 200 else 0)
@@ -224,7 +224,7 @@ def test_a_receiver_slower_than_the_timeout_is_a_failed_attempt(
     app: Flask, client: FlaskClient, db_session: Session, receiver: Receiver
 ) -> None:
     receiver.behaviour = Behaviour(delay=2.5)
-    register(client, receiver.url, event_types=["wallet.created"])
+    registered_endpoint(client, receiver.url, event_types=["wallet.created"])
     create_wallet(client, subscribed_customer(client))
     summary = run_worker(app, outgoing_webhook_timeout_seconds=1)
     assert (summary.delivered, summary.failed_attempts) == (0, 1)
@@ -242,7 +242,7 @@ class Killed(BaseException):
 def test_a_worker_killed_between_claim_and_delivery_loses_nothing(
     app: Flask, client: FlaskClient, db_session: Session, receiver: Receiver
 ) -> None:
-    register(client, receiver.url, event_types=["wallet.created"])
+    registered_endpoint(client, receiver.url, event_types=["wallet.created"])
     wallet_id = create_wallet(client, subscribed_customer(client))["wallet"]["id"]
     [event] = stored_events(db_session, wallet_id)
 
@@ -267,7 +267,7 @@ def test_a_worker_killed_between_claim_and_delivery_loses_nothing(
 def test_old_settled_events_are_purged_and_owed_ones_kept(
     app: Flask, client: FlaskClient, db_session: Session, receiver: Receiver
 ) -> None:
-    register(client, receiver.url, event_types=["wallet.created"])
+    registered_endpoint(client, receiver.url, event_types=["wallet.created"])
     old_wallet = create_wallet(client, subscribed_customer(client))["wallet"]["id"]
     run_worker(app)
     receiver.behaviour = Behaviour(status=503)
@@ -297,7 +297,7 @@ def test_old_settled_events_are_purged_and_owed_ones_kept(
 def test_redeliver_one_event_and_unknown_ids(
     app: Flask, client: FlaskClient, runner: FlaskCliRunner, receiver: Receiver, db_session: Session
 ) -> None:
-    register(client, receiver.url, event_types=["wallet.created"])
+    registered_endpoint(client, receiver.url, event_types=["wallet.created"])
     wallet_id = create_wallet(client, subscribed_customer(client))["wallet"]["id"]
     [event] = stored_events(db_session, wallet_id)
     run_worker(app)

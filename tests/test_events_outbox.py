@@ -18,11 +18,20 @@ from gateway import events
 from gateway.db import get_db
 from gateway.models import Event, Wallet
 from gateway.providers.stripe.sandbox import StripeStub
-from tests.support.api import create_wallet, delete, get, post, put, subscribed_customer, unique
+from tests.support.api import (
+    apply,
+    create_wallet,
+    delete,
+    get,
+    post,
+    put,
+    spend,
+    subscribed_customer,
+    unique,
+)
 from tests.support.reconcile import settled_purchase
 from tests.support.webhooks import invoice_event, make_purchase, post_signed
-from tests.test_credit_applications import apply
-from tests.test_refunds import customer_of, deliver, spend
+from tests.test_refunds import customer_of, deliver
 
 
 def wallet_events(session: Session, wallet_id: str) -> list[dict[str, Any]]:

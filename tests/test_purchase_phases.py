@@ -28,14 +28,8 @@ from gateway.errors import IdempotencyKeyInProgress
 from gateway.models import EntryStatus, Purchase, PurchaseStatus, WalletTransaction
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.purchases import MAX_PURCHASES_PER_REQUEST, PurchaseBatch, RequestScope
-from tests.support.api import create_wallet, post, subscribed_customer
+from tests.support.api import create_wallet, post, subscribed_customer, top_up
 from tests.support.stripe import during_finalize, only_purchase
-
-
-def top_up(client: FlaskClient, wallet_id: str, **credits: str) -> Any:
-    return post(
-        client, "/wallet_transactions", {"wallet_transaction": {"wallet_id": wallet_id, **credits}}
-    )
 
 
 def _shape(statement: str) -> tuple[str, str]:

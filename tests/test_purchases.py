@@ -27,8 +27,11 @@ from tests.support.api import (
     create_wallet,
     get,
     post,
+    post_wallet,
     subscribed_customer,
+    top_up,
     unique,
+    wallet_body,
 )
 from tests.support.stripe import (
     SECRET_KEY,
@@ -47,21 +50,6 @@ ITEMS = ("POST", "/v1/invoiceitems")
 
 def finalize_route(invoice_id: str) -> tuple[str, str]:
     return ("POST", f"/v1/invoices/{invoice_id}/finalize")
-
-
-def wallet_body(customer: str, **fields: Any) -> dict[str, Any]:
-    return {"wallet": {"external_customer_id": customer, "rate_amount": "1.00", **fields}}
-
-
-def buy_wallet(client: FlaskClient, customer: str, key: str | None = None, **fields: Any) -> Any:
-    headers = {"Idempotency-Key": key} if key else {}
-    return post(client, "/wallets", wallet_body(customer, **fields), **headers)
-
-
-def top_up(client: FlaskClient, wallet_id: str, key: str | None = None, **fields: Any) -> Any:
-    headers = {"Idempotency-Key": key} if key else {}
-    body = {"wallet_transaction": {"wallet_id": wallet_id, **fields}}
-    return post(client, "/wallet_transactions", body, **headers)
 
 
 def count(session: Session, model: type[Any]) -> int:
@@ -110,7 +98,7 @@ def test_paid_credits_open_a_finalized_stripe_invoice(
     currency, rate, paid, cents, description = case
     customer = subscribed_customer(client, currency=currency)
 
-    response = buy_wallet(client, customer, rate_amount=rate, paid_credits=paid)
+    response = post_wallet(client, customer, rate_amount=rate, paid_credits=paid)
 
     assert response.status_code == 201, response.json
     wallet = response.json["wallet"]
@@ -201,7 +189,7 @@ def test_a_second_purchase_reuses_the_stripe_customer(
     client: FlaskClient, db_session: Session, stripe_http: responses.RequestsMock, stub: StripeStub
 ) -> None:
     customer = subscribed_customer(client)
-    wallet_id = buy_wallet(client, customer, paid_credits="100").json["wallet"]["id"]
+    wallet_id = post_wallet(client, customer, paid_credits="100").json["wallet"]["id"]
     first_customer = db_session.execute(
         select(Customer.provider_customer_id).where(Customer.external_id == customer)
     ).scalar_one()
@@ -242,7 +230,7 @@ def test_a_customer_name_and_email_reach_stripe(
         },
     )
 
-    assert buy_wallet(client, external_id, paid_credits="10").status_code == 201
+    assert post_wallet(client, external_id, paid_credits="10").status_code == 201
 
     create_customer = sent(stripe_http)[0]
     assert create_customer.params["name"] == "Ada Lovelace"
@@ -284,7 +272,7 @@ def test_paid_and_granted_credits_in_one_request(
 ) -> None:
     customer = subscribed_customer(client)
 
-    response = buy_wallet(client, customer, paid_credits="50", granted_credits="5")
+    response = post_wallet(client, customer, paid_credits="50", granted_credits="5")
 
     assert response.status_code == 201, response.json
     purchased, granted = response.json["wallet_transactions"]
@@ -304,7 +292,7 @@ def test_stripe_tax_mode_enables_automatic_tax(
 ) -> None:
     customer = subscribed_customer(client)
 
-    response = buy_wallet(client, customer, rate_amount="2.00", paid_credits="10")
+    response = post_wallet(client, customer, rate_amount="2.00", paid_credits="10")
 
     assert response.status_code == 201, response.json
     calls = {(r.method, r.path): r for r in sent(stripe_http)}
@@ -326,7 +314,7 @@ def test_tax_rate_mode_sets_the_configured_rates(
 ) -> None:
     customer = subscribed_customer(client)
 
-    response = buy_wallet(client, customer, rate_amount="2.00", paid_credits="10")
+    response = post_wallet(client, customer, rate_amount="2.00", paid_credits="10")
 
     assert response.status_code == 201, response.json
     calls = {(r.method, r.path): r for r in sent(stripe_http)}
@@ -345,7 +333,7 @@ def test_no_tax_mode_sends_no_tax_parameters(
 ) -> None:
     customer = subscribed_customer(client)
 
-    assert buy_wallet(client, customer, paid_credits="10").status_code == 201
+    assert post_wallet(client, customer, paid_credits="10").status_code == 201
 
     for request in sent(stripe_http):
         assert not any("tax" in key for key in request.params), request.params
@@ -360,7 +348,7 @@ def test_send_invoice_collection_sets_days_until_due(
 ) -> None:
     customer = subscribed_customer(client)
 
-    response = buy_wallet(client, customer, paid_credits="10")
+    response = post_wallet(client, customer, paid_credits="10")
 
     assert response.status_code == 201, response.json
     invoice_request = next(r for r in sent(stripe_http) if (r.method, r.path) == INVOICES)
@@ -373,7 +361,7 @@ def test_charge_automatically_sends_no_due_date(
 ) -> None:
     customer = subscribed_customer(client)
 
-    assert buy_wallet(client, customer, paid_credits="10").status_code == 201
+    assert post_wallet(client, customer, paid_credits="10").status_code == 201
 
     invoice_request = next(r for r in sent(stripe_http) if (r.method, r.path) == INVOICES)
     assert invoice_request.params["collection_method"] == "charge_automatically"
@@ -450,7 +438,7 @@ def test_amounts_stripe_cannot_charge_are_refused_before_anything_is_stored(
     currency, rate, paid, code = case
     customer = subscribed_customer(client, currency=currency)
 
-    response = buy_wallet(client, customer, rate_amount=rate, paid_credits=paid)
+    response = post_wallet(client, customer, rate_amount=rate, paid_credits=paid)
 
     result = assert_error(response, 422, code)
     assert "paid_credits" in result["error_details"]
@@ -462,8 +450,8 @@ def test_amounts_stripe_cannot_charge_are_refused_before_anything_is_stored(
 def test_the_smallest_and_largest_chargeable_amounts_are_accepted(
     client: FlaskClient, stripe_http: responses.RequestsMock
 ) -> None:
-    small = buy_wallet(client, subscribed_customer(client), paid_credits="0.5")
-    large = buy_wallet(
+    small = post_wallet(client, subscribed_customer(client), paid_credits="0.5")
+    large = post_wallet(
         client, subscribed_customer(client), rate_amount="999999.99", paid_credits="1"
     )
 
@@ -491,12 +479,12 @@ def test_a_three_decimal_currency_is_billed_in_whole_hundredths(
     customer = subscribed_customer(client, currency="KWD")
 
     # 2 x 1.2345 = 2.469 KWD, which no card can pay: refused before anything is made.
-    refused = buy_wallet(client, customer, rate_amount="1.2345", paid_credits="2")
+    refused = post_wallet(client, customer, rate_amount="1.2345", paid_credits="2")
     body = assert_error(refused, 422, "validation_errors")
     assert body["error_details"] == {"paid_credits": ["must bill a multiple of 0.010 KWD"]}
     assert len(stripe_http.calls) == 0
     # 20 credits bill 24.690 KWD: charged as they are, never rounded.
-    response = buy_wallet(client, customer, rate_amount="1.2345", paid_credits="20")
+    response = post_wallet(client, customer, rate_amount="1.2345", paid_credits="20")
     assert response.status_code == 201, response.json
     [line] = [request for request in sent(stripe_http) if request.path == ITEMS[1]]
     assert line.params["amount"] == "24690"
@@ -512,7 +500,7 @@ def test_without_a_stripe_key_paid_credits_name_the_setting(
 ) -> None:
     customer = subscribed_customer(client)
 
-    response = buy_wallet(client, customer, paid_credits="10", granted_credits="1")
+    response = post_wallet(client, customer, paid_credits="10", granted_credits="1")
 
     result = assert_error(response, 503, "payment_provider_unavailable")
     assert "STRIPE_SECRET_KEY" in result["message"]
@@ -520,7 +508,7 @@ def test_without_a_stripe_key_paid_credits_name_the_setting(
     assert len(stripe_http.calls) == 0
     assert count(db_session, Wallet) == 0
     # Granted credits alone need no payment provider.
-    assert buy_wallet(client, customer, granted_credits="1").status_code == 201
+    assert post_wallet(client, customer, granted_credits="1").status_code == 201
 
 
 # --- failures at Stripe -----------------------------------------------------------------
@@ -555,7 +543,7 @@ def test_stripe_unavailable_leaves_a_purchase_the_same_request_completes(
     key = unique("buy")
     stub.fail_next("POST", outage.path, status=outage.status, after=outage.after)
 
-    failed = buy_wallet(client, customer, key, paid_credits="20", granted_credits="2")
+    failed = post_wallet(client, customer, key, paid_credits="20", granted_credits="2")
 
     result = assert_error(failed, 503, "payment_provider_unavailable")
     assert "same Idempotency-Key" in result["message"]
@@ -571,7 +559,7 @@ def test_stripe_unavailable_leaves_a_purchase_the_same_request_completes(
     wallet = db_session.get(Wallet, purchase.wallet_id, populate_existing=True)
     assert wallet is not None and wallet.credits_balance == Decimal("2")
 
-    retried = buy_wallet(client, customer, key, paid_credits="20", granted_credits="2")
+    retried = post_wallet(client, customer, key, paid_credits="20", granted_credits="2")
 
     assert retried.status_code == 201, retried.json
     assert retried.json["wallet"]["id"] == purchase.wallet_id
@@ -588,7 +576,7 @@ def test_stripe_unavailable_leaves_a_purchase_the_same_request_completes(
     assert only_purchase(db_session).provider_invoice_id == invoice["id"]
     assert count(db_session, Wallet) == 1
     # Now the answer is kept: a third attempt replays it.
-    replayed = buy_wallet(client, customer, key, paid_credits="20", granted_credits="2")
+    replayed = post_wallet(client, customer, key, paid_credits="20", granted_credits="2")
     assert replayed.get_data() == retried.get_data()
 
 
@@ -617,9 +605,9 @@ def test_a_retry_with_another_body_does_not_resume_the_purchase(
     customer = subscribed_customer(client)
     key = unique("buy")
     stub.fail_next("POST", "/v1/invoices", status=500)
-    assert buy_wallet(client, customer, key, paid_credits="20").status_code == 503
+    assert post_wallet(client, customer, key, paid_credits="20").status_code == 503
 
-    other = buy_wallet(client, customer, key, paid_credits="30")
+    other = post_wallet(client, customer, key, paid_credits="30")
 
     assert_error(other, 422, "idempotency_key_reused")
     assert only_purchase(db_session).credit_amount == Decimal("20")
@@ -679,12 +667,12 @@ def test_without_an_idempotency_key_the_503_says_what_was_kept(
     customer = subscribed_customer(client)
     stub.fail_next("POST", "/v1/invoices", status=500)
 
-    failed = buy_wallet(client, customer, paid_credits="20")
+    failed = post_wallet(client, customer, paid_credits="20")
 
     result = assert_error(failed, 503, "payment_provider_unavailable")
     wallet_id = result["error_details"]["wallet_id"]
     assert get(client, f"/wallets/{wallet_id}").status_code == 200
-    assert_error(buy_wallet(client, customer, paid_credits="20"), 422, "wallet_already_exists")
+    assert_error(post_wallet(client, customer, paid_credits="20"), 422, "wallet_already_exists")
 
 
 class Rejection(NamedTuple):

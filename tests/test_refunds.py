@@ -24,7 +24,7 @@ from gateway.models import (
     WebhookEventStatus,
 )
 from gateway.providers.stripe.sandbox import StripeStub
-from tests.support.api import delete, get, post
+from tests.support.api import delete, get, spend
 from tests.support.reconcile import Bought, buy_wallet, settled_purchase
 from tests.support.webhooks import post_signed, state_of, stored_event
 
@@ -70,24 +70,6 @@ def entries(session: Session, wallet_id: str, kind: TransactionStatus) -> list[D
             .order_by(WalletTransaction.created_at, WalletTransaction.id)
         ).scalars()
     )
-
-
-def spend(client: FlaskClient, customer: str, cents: int) -> None:
-    response = post(
-        client,
-        "/credit_applications",
-        {
-            "credit_application": {
-                "invoice_external_id": f"inv-{customer}-{cents}",
-                "external_customer_id": customer,
-                "invoice_type": "usage",
-                "currency": "USD",
-                "subtotal_amount_cents": cents,
-            }
-        },
-    )
-    assert response.status_code == 201, response.json
-    assert response.json["credit_application"]["status"] == "applied"
 
 
 def customer_of(session: Session, bought: Bought) -> str:

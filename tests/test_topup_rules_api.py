@@ -20,6 +20,7 @@ from tests.support.api import (
     post,
     put,
     subscribed_customer,
+    wallet_body,
 )
 
 THRESHOLD = {"trigger": "threshold", "threshold_credits": "10", "paid_credits": "50"}
@@ -30,10 +31,6 @@ MONTHLY = {
     "method": "target",
     "target_credits": "100",
 }
-
-
-def wallet_body(customer: str, **fields: Any) -> dict[str, Any]:
-    return {"wallet": {"external_customer_id": customer, "rate_amount": "1.00", **fields}}
 
 
 def rules_of(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:

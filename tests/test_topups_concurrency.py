@@ -12,8 +12,8 @@ from sqlalchemy import select
 from gateway import topups
 from gateway.db import get_session, utcnow
 from gateway.models import EntrySource, Purchase, WalletTransaction
-from tests.support.api import create_wallet, post, subscribed_customer
-from tests.test_credit_applications_concurrency import application_body, inspect, run_together
+from tests.support.api import application_body, create_wallet, post, subscribed_customer
+from tests.test_credit_applications_concurrency import inspect, run_together
 
 pytestmark = pytest.mark.postgres
 
@@ -30,7 +30,7 @@ def test_ten_concurrent_credit_applications_crossing_the_threshold_start_one_top
 
     def apply(index: int) -> int:
         client = committed_app.test_client()
-        body = application_body(customer, f"cross-{index}", 900)  # 9 credits each
+        body = application_body(customer, 900, invoice=f"cross-{index}")  # 9 credits each
         response = post(client, "/credit_applications", body)
         return response.status_code
 

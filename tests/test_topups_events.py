@@ -16,7 +16,7 @@ from gateway import topups
 from gateway.db import get_session
 from gateway.models import Event, Purchase, RecurringTransactionRule
 from gateway.providers.stripe.sandbox import StripeStub
-from tests.support.api import create_wallet, post, put, subscribed_customer, unique
+from tests.support.api import applied, create_wallet, post, put, subscribed_customer
 from tests.support.webhooks import post_signed
 
 CROSSINGS = ("wallet.balance_low", "wallet.balance_recovered", "wallet.depleted")
@@ -35,13 +35,6 @@ def crossings(session: Session, wallet_id: str) -> list[tuple[str, str]]:
     ]
 
 
-def apply(client: FlaskClient, customer: str, cents: int) -> None:
-    body = {"credit_application": {"invoice_external_id": unique("inv"),
-                                   "external_customer_id": customer, "invoice_type": "usage",
-                                   "currency": "USD", "subtotal_amount_cents": cents}}  # fmt: skip
-    assert post(client, "/credit_applications", body).status_code == 201
-
-
 def grant(client: FlaskClient, wallet_id: str, credits: str) -> None:
     body = {"wallet_transaction": {"wallet_id": wallet_id, "granted_credits": credits}}
     assert post(client, "/wallet_transactions", body).status_code == 201
@@ -58,13 +51,13 @@ def low_wallet(client: FlaskClient, **fields: Any) -> tuple[str, str]:
 def test_each_crossing_is_announced_once(client: FlaskClient, db_session: Session) -> None:
     customer, wallet_id = low_wallet(client)
 
-    apply(client, customer, 1500)  # 30 -> 15: above
-    apply(client, customer, 600)  # 15 -> 9: crossed down
-    apply(client, customer, 400)  # 9 -> 5: still low, nothing
+    applied(client, customer, 1500, invoice_type="usage")  # 30 -> 15: above
+    applied(client, customer, 600, invoice_type="usage")  # 15 -> 9: crossed down
+    applied(client, customer, 400, invoice_type="usage")  # 9 -> 5: still low, nothing
     grant(client, wallet_id, "3")  # 5 -> 8: still low
     grant(client, wallet_id, "2")  # 8 -> 10: at the threshold is low
     grant(client, wallet_id, "0.5")  # 10 -> 10.5: recovered
-    apply(client, customer, 1050)  # 10.5 -> 0: low again, and depleted
+    applied(client, customer, 1050, invoice_type="usage")  # 10.5 -> 0: low again, and depleted
 
     assert crossings(db_session, wallet_id) == [
         ("wallet.balance_low", "9.00000"),
@@ -78,7 +71,7 @@ def test_no_threshold_no_crossing_events(client: FlaskClient, db_session: Sessio
     customer = subscribed_customer(client)
     wallet_id = create_wallet(client, customer, granted_credits="30")["wallet"]["id"]
 
-    apply(client, customer, 2500)
+    applied(client, customer, 2500, invoice_type="usage")
     grant(client, wallet_id, "20")
 
     assert crossings(db_session, wallet_id) == []
@@ -88,7 +81,7 @@ def test_a_paid_top_up_recovers_the_balance(
     client: FlaskClient, db_session: Session, stub: StripeStub, stripe_http: responses.RequestsMock
 ) -> None:
     customer, wallet_id = low_wallet(client)
-    apply(client, customer, 2500)  # 30 -> 5: low
+    applied(client, customer, 2500, invoice_type="usage")  # 30 -> 5: low
     body = {"wallet_transaction": {"wallet_id": wallet_id, "paid_credits": "20"}}
     assert post(client, "/wallet_transactions", body).status_code == 201
     invoice_id = db_session.execute(select(Purchase.provider_invoice_id)).scalar_one()
@@ -108,7 +101,7 @@ def test_an_interval_grant_recovers_the_balance(
 ) -> None:
     weekly = {"trigger": "interval", "interval": "weekly", "granted_credits": "20"}
     customer, wallet_id = low_wallet(client, recurring_transaction_rules=[weekly])
-    apply(client, customer, 2500)  # 30 -> 5: low
+    applied(client, customer, 2500, invoice_type="usage")  # 30 -> 5: low
     rule = db_session.execute(select(RecurringTransactionRule)).scalar_one()
     assert rule.started_at is not None
 
@@ -125,9 +118,11 @@ def test_changing_the_threshold_announces_nothing_by_itself(
     client: FlaskClient, db_session: Session
 ) -> None:
     customer, wallet_id = low_wallet(client)
-    apply(client, customer, 1500)  # 30 -> 15
+    applied(client, customer, 1500, invoice_type="usage")  # 30 -> 15
 
     put(client, f"/wallets/{wallet_id}", {"wallet": {"low_balance_threshold_credits": "20"}})
-    apply(client, customer, 100)  # 15 -> 14: already below the new threshold, no crossing
+    applied(
+        client, customer, 100, invoice_type="usage"
+    )  # 15 -> 14: already below the new threshold, no crossing
 
     assert crossings(db_session, wallet_id) == []

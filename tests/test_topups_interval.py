@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 import pytest
 from flask import Flask
@@ -26,20 +25,10 @@ from gateway.models import (
     Wallet,
     WalletTransaction,
 )
-from tests.support.api import create_wallet, subscribed_customer
+from tests.support.api import wallet_with_rule
 
 GRANTED_WEEKLY = {"trigger": "interval", "interval": "weekly", "granted_credits": "5"}
 PAID_MONTHLY = {"trigger": "interval", "interval": "monthly", "paid_credits": "20"}
-
-
-def wallet_with(client: FlaskClient, rule: dict[str, Any], granted: str = "10") -> str:
-    answer = create_wallet(
-        client,
-        subscribed_customer(client),
-        granted_credits=granted,
-        recurring_transaction_rules=[rule],
-    )
-    return answer["wallet"]["id"]  # type: ignore[no-any-return]
 
 
 def run_worker(app: Flask, now: datetime, batch_size: int = 100) -> topups.IntervalRun:
@@ -73,7 +62,9 @@ def rule_of(session: Session, wallet_id: str) -> RecurringTransactionRule:
 def test_a_due_rule_buys_its_period_once(
     app: Flask, client: FlaskClient, db_session: Session
 ) -> None:
-    wallet_id = wallet_with(client, GRANTED_WEEKLY)  # started now: due at once
+    _, wallet_id = wallet_with_rule(
+        client, GRANTED_WEEKLY, granted="10"
+    )  # started now: due at once
     started = rule_of(db_session, wallet_id).started_at
     assert started is not None
     now = started + timedelta(minutes=1)
@@ -99,7 +90,7 @@ def test_a_due_rule_buys_its_period_once(
 def test_after_downtime_only_the_latest_missed_period_is_bought(
     app: Flask, client: FlaskClient, db_session: Session
 ) -> None:
-    wallet_id = wallet_with(client, GRANTED_WEEKLY)
+    _, wallet_id = wallet_with_rule(client, GRANTED_WEEKLY, granted="10")
     started = rule_of(db_session, wallet_id).started_at
     assert started is not None
     later = started + timedelta(weeks=3, days=2)  # three periods missed
@@ -115,7 +106,7 @@ def test_after_downtime_only_the_latest_missed_period_is_bought(
 def test_a_period_bought_before_is_refused_by_the_unique_index(
     app: Flask, client: FlaskClient, db_session: Session
 ) -> None:
-    wallet_id = wallet_with(client, GRANTED_WEEKLY)
+    _, wallet_id = wallet_with_rule(client, GRANTED_WEEKLY, granted="10")
     rule = rule_of(db_session, wallet_id)
     started = rule.started_at
     assert started is not None
@@ -136,7 +127,7 @@ def test_a_period_bought_before_is_refused_by_the_unique_index(
 def test_a_rule_with_an_unpaid_top_up_skips_its_next_period(
     app: Flask, client: FlaskClient, db_session: Session
 ) -> None:
-    wallet_id = wallet_with(client, PAID_MONTHLY)
+    _, wallet_id = wallet_with_rule(client, PAID_MONTHLY, granted="10")
     started = rule_of(db_session, wallet_id).started_at
     assert started is not None
     run_worker(app, started)
@@ -156,13 +147,13 @@ def test_a_rule_with_an_unpaid_top_up_skips_its_next_period(
 def test_paused_rules_and_ended_wallets_buy_nothing(
     app: Flask, client: FlaskClient, db_session: Session
 ) -> None:
-    paused_wallet = wallet_with(client, GRANTED_WEEKLY)
+    _, paused_wallet = wallet_with_rule(client, GRANTED_WEEKLY, granted="10")
     db_session.execute(
         update(RecurringTransactionRule)
         .where(RecurringTransactionRule.wallet_id == paused_wallet)
         .values(status=RuleStatus.PAUSED, paused_reason="payment_failed")
     )
-    expired_wallet = wallet_with(client, GRANTED_WEEKLY)
+    _, expired_wallet = wallet_with_rule(client, GRANTED_WEEKLY, granted="10")
     started = rule_of(db_session, expired_wallet).started_at
     assert started is not None
     db_session.execute(
@@ -187,7 +178,7 @@ def test_a_target_rule_buys_up_to_its_target(
         "method": "target",
         "target_credits": "100",
     }
-    wallet_id = wallet_with(client, rule, granted="30")
+    _, wallet_id = wallet_with_rule(client, rule, granted="30")
     started = rule_of(db_session, wallet_id).started_at
     assert started is not None
 
@@ -201,7 +192,7 @@ def test_a_target_rule_buys_up_to_its_target(
 def test_batches_go_through_every_due_rule(
     app: Flask, client: FlaskClient, db_session: Session, batch_size: int
 ) -> None:
-    wallets = [wallet_with(client, GRANTED_WEEKLY) for _ in range(4)]
+    wallets = [wallet_with_rule(client, GRANTED_WEEKLY, granted="10")[1] for _ in range(4)]
 
     run = run_worker(app, utcnow() + timedelta(minutes=1), batch_size)
 
@@ -214,7 +205,7 @@ def test_each_interval_entry_is_announced_with_its_purchase(
 ) -> None:
     rule = {"trigger": "interval", "interval": "weekly", "paid_credits": "20",
             "granted_credits": "2"}  # fmt: skip
-    wallet_id = wallet_with(client, rule)
+    _, wallet_id = wallet_with_rule(client, rule, granted="10")
     started = rule_of(db_session, wallet_id).started_at
     assert started is not None
 

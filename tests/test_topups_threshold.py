@@ -24,35 +24,15 @@ from gateway.models import (
 )
 from gateway.providers import get_provider
 from gateway.providers.stripe.sandbox import StripeStub
-from tests.support.api import create_wallet, get, post, put, subscribed_customer, unique
+from tests.support.api import (
+    applied,
+    get,
+    put,
+    wallet_with_rule,
+)
 from tests.support.reconcile import settled_purchase
 from tests.support.stripe import routes, sent
 from tests.support.webhooks import post_signed
-
-
-def apply(client: FlaskClient, customer: str, subtotal: int) -> dict[str, Any]:
-    body = {
-        "credit_application": {
-            "invoice_external_id": unique("inv"),
-            "external_customer_id": customer,
-            "invoice_type": "usage",
-            "currency": "USD",
-            "subtotal_amount_cents": subtotal,
-        }
-    }
-    response = post(client, "/credit_applications", body)
-    assert response.status_code == 201, response.json
-    return response.json["credit_application"]  # type: ignore[no-any-return,index]
-
-
-def wallet_with_rule(
-    client: FlaskClient, rule: dict[str, Any], granted: str = "30"
-) -> tuple[str, str]:
-    customer = subscribed_customer(client)
-    wallet = create_wallet(
-        client, customer, granted_credits=granted, recurring_transaction_rules=[rule]
-    )["wallet"]
-    return customer, wallet["id"]
 
 
 def automatic_entries(session: Session, wallet_id: str) -> list[WalletTransaction]:
@@ -89,11 +69,11 @@ FIXED = {"trigger": "threshold", "threshold_credits": "10", "paid_credits": "50"
 def test_crossing_the_threshold_starts_one_purchase_without_calling_stripe(
     client: FlaskClient, db_session: Session, stripe_http: responses.RequestsMock
 ) -> None:
-    customer, wallet_id = wallet_with_rule(client, FIXED)
+    customer, wallet_id = wallet_with_rule(client, FIXED, granted="30")
 
-    apply(client, customer, 1500)  # 30 -> 15: above the threshold, nothing
+    applied(client, customer, 1500, invoice_type="usage")  # 30 -> 15: above the threshold, nothing
     assert automatic_entries(db_session, wallet_id) == []
-    apply(client, customer, 500)  # 15 -> 10: at the threshold
+    applied(client, customer, 500, invoice_type="usage")  # 15 -> 10: at the threshold
 
     [entry] = automatic_entries(db_session, wallet_id)
     assert (entry.source, entry.transaction_status, entry.status) == (
@@ -121,9 +101,11 @@ def test_no_second_top_up_while_the_first_is_unpaid(
     rule = {"trigger": "threshold", "threshold_credits": "10", "paid_credits": "5"}
     customer, wallet_id = wallet_with_rule(client, rule, granted="12")
 
-    apply(client, customer, 300)  # 12 -> 9: buys 5 (9 + 5 pending = 14)
-    apply(client, customer, 300)  # 9 -> 6: 6 + 5 = 11 > 10
-    apply(client, customer, 300)  # 6 -> 3: 3 + 5 = 8 <= 10, but the rule's top-up is unpaid
+    applied(client, customer, 300, invoice_type="usage")  # 12 -> 9: buys 5 (9 + 5 pending = 14)
+    applied(client, customer, 300, invoice_type="usage")  # 9 -> 6: 6 + 5 = 11 > 10
+    applied(
+        client, customer, 300, invoice_type="usage"
+    )  # 6 -> 3: 3 + 5 = 8 <= 10, but the rule's top-up is unpaid
 
     assert len(automatic_entries(db_session, wallet_id)) == 1
 
@@ -135,7 +117,7 @@ def test_target_buys_up_to_the_target_counting_pending_credits(
             "target_credits": "40"}  # fmt: skip
     customer, wallet_id = wallet_with_rule(client, rule, granted="30")
 
-    apply(client, customer, 2250)  # 30 -> 7.5
+    applied(client, customer, 2250, invoice_type="usage")  # 30 -> 7.5
 
     [entry] = automatic_entries(db_session, wallet_id)
     assert entry.credit_amount == Decimal("32.5")
@@ -146,9 +128,9 @@ def test_fixed_rule_grants_its_free_credits_at_once(
 ) -> None:
     rule = {"trigger": "threshold", "threshold_credits": "10", "paid_credits": "50",
             "granted_credits": "5"}  # fmt: skip
-    customer, wallet_id = wallet_with_rule(client, rule)
+    customer, wallet_id = wallet_with_rule(client, rule, granted="30")
 
-    apply(client, customer, 2500)  # 30 -> 5, then 5 granted
+    applied(client, customer, 2500, invoice_type="usage")  # 30 -> 5, then 5 granted
 
     entries = automatic_entries(db_session, wallet_id)
     assert sorted((e.transaction_status, e.status) for e in entries) == [
@@ -166,8 +148,8 @@ def test_worker_completes_it_charged_automatically_then_payment_rearms_the_rule(
     stub: StripeStub,
     stripe_http: responses.RequestsMock,
 ) -> None:
-    customer, wallet_id = wallet_with_rule(client, FIXED)
-    apply(client, customer, 2000)  # 30 -> 10
+    customer, wallet_id = wallet_with_rule(client, FIXED, granted="30")
+    applied(client, customer, 2000, invoice_type="usage")  # 30 -> 10
 
     run = complete(app)
 
@@ -187,7 +169,7 @@ def test_worker_completes_it_charged_automatically_then_payment_rearms_the_rule(
     wallet = get(client, f"/wallets/{wallet_id}").json["wallet"]
     assert (wallet["credits_balance"], wallet["pending_credits"]) == ("60.00000", "0.00000")
 
-    apply(client, customer, 5000)  # 60 -> 10: a new crossing, a new top-up
+    applied(client, customer, 5000, invoice_type="usage")  # 60 -> 10: a new crossing, a new top-up
     assert len(automatic_entries(db_session, wallet_id)) == 2
 
 
@@ -210,8 +192,8 @@ def test_a_failed_top_up_pauses_its_rule_until_a_put_updates_it(
     reason: str,
 ) -> None:
     rule = {"trigger": "threshold", "threshold_credits": "10", "paid_credits": "5"}
-    customer, wallet_id = wallet_with_rule(client, rule)
-    apply(client, customer, 2100)  # 30 -> 9
+    customer, wallet_id = wallet_with_rule(client, rule, granted="30")
+    applied(client, customer, 2100, invoice_type="usage")  # 30 -> 9
     complete(app)
     invoice_id = db_session.execute(select(Purchase.provider_invoice_id)).scalar_one()
     assert invoice_id is not None
@@ -226,7 +208,7 @@ def test_a_failed_top_up_pauses_its_rule_until_a_put_updates_it(
     if event_type == "invoice.payment_failed":
         stub.mark_uncollectible(invoice_id)  # then Stripe gives up
         post_signed(client, stub.event(invoice_id, "invoice.marked_uncollectible"))
-    apply(client, customer, 500)  # 9 -> 4: a paused rule buys nothing
+    applied(client, customer, 500, invoice_type="usage")  # 9 -> 4: a paused rule buys nothing
     assert len(automatic_entries(db_session, wallet_id)) == 1
 
     resumed = put(
@@ -234,7 +216,7 @@ def test_a_failed_top_up_pauses_its_rule_until_a_put_updates_it(
     )
     assert resumed.json["wallet"]["recurring_transaction_rules"][0]["status"] == "active"
     assert resumed.json["wallet"]["recurring_transaction_rules"][0]["paused_reason"] is None
-    apply(client, customer, 100)  # 4 -> 3
+    applied(client, customer, 100, invoice_type="usage")  # 4 -> 3
     assert len(automatic_entries(db_session, wallet_id)) == 2
 
 
@@ -245,8 +227,8 @@ def test_a_top_up_the_provider_refuses_fails_and_pauses_its_rule(
     stub: StripeStub,
     stripe_http: responses.RequestsMock,
 ) -> None:
-    customer, wallet_id = wallet_with_rule(client, FIXED)
-    apply(client, customer, 2000)
+    customer, wallet_id = wallet_with_rule(client, FIXED, granted="30")
+    applied(client, customer, 2000, invoice_type="usage")
     stub.fail_next("POST", "/v1/invoices", status=400)
 
     run = complete(app)
@@ -264,8 +246,8 @@ def test_the_worker_leaves_automatic_purchases_for_later_when_stripe_is_down(
     stub: StripeStub,
     stripe_http: responses.RequestsMock,
 ) -> None:
-    customer, wallet_id = wallet_with_rule(client, FIXED)
-    apply(client, customer, 2000)
+    customer, wallet_id = wallet_with_rule(client, FIXED, granted="30")
+    applied(client, customer, 2000, invoice_type="usage")
     stub.fail_next("POST", "/v1/customers", status=503)
 
     assert complete(app).unavailable is True
@@ -277,7 +259,7 @@ def test_the_worker_leaves_automatic_purchases_for_later_when_stripe_is_down(
 
 
 def test_an_ended_wallet_pauses_its_rules(client: FlaskClient, db_session: Session) -> None:
-    _customer, wallet_id = wallet_with_rule(client, FIXED)
+    _customer, wallet_id = wallet_with_rule(client, FIXED, granted="30")
 
     client.delete(f"/api/v1/wallets/{wallet_id}", headers={"Authorization": "Bearer test-key-1"})
 
@@ -310,13 +292,13 @@ def test_gateway_worker_once_buys_due_interval_top_ups_and_makes_their_invoices(
     stripe_http: responses.RequestsMock,
 ) -> None:
     monthly = {"trigger": "interval", "interval": "monthly", "paid_credits": "20"}
-    customer, wallet_id = wallet_with_rule(client, FIXED)
+    customer, wallet_id = wallet_with_rule(client, FIXED, granted="30")
     put(
         client,
         f"/wallets/{wallet_id}",
         {"wallet": {"recurring_transaction_rules": [FIXED, monthly]}},
     )
-    apply(client, customer, 2000)  # 30 -> 10: the threshold's top-up
+    applied(client, customer, 2000, invoice_type="usage")  # 30 -> 10: the threshold's top-up
 
     result = runner.invoke(args=["worker", "--once"])
 

@@ -11,18 +11,19 @@ from sqlalchemy.orm import Session
 
 from gateway.ledger import ledger_balance
 from gateway.models import Wallet
-from tests.support.api import assert_error, create_wallet, delete, get, post, subscribed_customer
+from tests.support.api import (
+    assert_error,
+    create_wallet,
+    delete,
+    get,
+    subscribed_customer,
+    top_up,
+)
 
 
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     return {"STRIPE_SECRET_KEY": ""}
-
-
-def top_up(client: FlaskClient, wallet_id: str, **credits: Any) -> Any:
-    return post(
-        client, "/wallet_transactions", {"wallet_transaction": {"wallet_id": wallet_id, **credits}}
-    )
 
 
 def test_granted_top_up_is_settled_and_raises_the_balance(

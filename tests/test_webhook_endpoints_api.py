@@ -12,15 +12,18 @@ from sqlalchemy.orm import Session
 
 from gateway.events import EVENT_TYPES
 from gateway.models import WebhookEndpoint
-from tests.support.api import assert_error, create_wallet, delete, get, post, subscribed_customer
-
-
-def register(client: FlaskClient, url: str = "https://billing.example/hooks", **fields: Any) -> Any:
-    return post(client, "/webhook_endpoints", {"webhook_endpoint": {"url": url, **fields}})
+from tests.support.api import (
+    assert_error,
+    create_wallet,
+    delete,
+    get,
+    register_endpoint,
+    subscribed_customer,
+)
 
 
 def test_create_shows_the_secret_once(client: FlaskClient, db_session: Session) -> None:
-    response = register(client, event_types=["wallet.created"], description="billing core")
+    response = register_endpoint(client, event_types=["wallet.created"], description="billing core")
     assert response.status_code == 201, response.json
     created = response.json["webhook_endpoint"]  # type: ignore[index]
     assert created["status"] == "enabled"
@@ -44,12 +47,12 @@ def test_create_shows_the_secret_once(client: FlaskClient, db_session: Session) 
 
 
 def test_no_event_types_means_every_type(client: FlaskClient) -> None:
-    created = register(client).json["webhook_endpoint"]  # type: ignore[index]
+    created = register_endpoint(client).json["webhook_endpoint"]  # type: ignore[index]
     assert created["event_types"] is None
 
 
 def test_delete_disables(client: FlaskClient) -> None:
-    endpoint_id = register(client).json["webhook_endpoint"]["id"]  # type: ignore[index]
+    endpoint_id = register_endpoint(client).json["webhook_endpoint"]["id"]  # type: ignore[index]
     first = delete(client, f"/webhook_endpoints/{endpoint_id}")
     assert first.status_code == 200
     assert first.json["webhook_endpoint"]["status"] == "disabled"  # type: ignore[index]
@@ -75,20 +78,22 @@ def test_delete_disables(client: FlaskClient) -> None:
     ],
 )
 def test_a_url_that_is_not_https_is_refused(client: FlaskClient, url: str) -> None:
-    details = assert_error(register(client, url), 422, "validation_errors")["error_details"]
+    details = assert_error(register_endpoint(client, url), 422, "validation_errors")[
+        "error_details"
+    ]
     assert "url" in details["webhook_endpoint"]
 
 
 @pytest.mark.parametrize("bad", [["wallet.exploded"], [], "wallet.created", [1], [None]])
 def test_unknown_event_types_are_refused(client: FlaskClient, bad: Any) -> None:
-    details = assert_error(register(client, event_types=bad), 422, "validation_errors")[
+    details = assert_error(register_endpoint(client, event_types=bad), 422, "validation_errors")[
         "error_details"
     ]
     assert "event_types" in details["webhook_endpoint"]
 
 
 def test_unknown_fields_and_a_secret_in_the_request_are_refused(client: FlaskClient) -> None:
-    response = register(client, secret="whsec_mine")
+    response = register_endpoint(client, secret="whsec_mine")
     details = assert_error(response, 422, "validation_errors")["error_details"]
     assert "secret" in details["webhook_endpoint"]
 
@@ -99,14 +104,14 @@ class TestPlainHttpNeedsTheSetting:
         return {"OUTGOING_WEBHOOKS_ALLOW_HTTP": False}
 
     def test_http_is_refused(self, client: FlaskClient) -> None:
-        response = register(client, "http://billing.example/hooks")
+        response = register_endpoint(client, "http://billing.example/hooks")
         details = assert_error(response, 422, "validation_errors")["error_details"]
         assert "OUTGOING_WEBHOOKS_ALLOW_HTTP" in details["webhook_endpoint"]["url"][0]
-        assert register(client, "https://billing.example/hooks").status_code == 201
+        assert register_endpoint(client, "https://billing.example/hooks").status_code == 201
 
 
 def test_http_is_accepted_when_allowed(client: FlaskClient) -> None:
-    assert register(client, "http://127.0.0.1:9/hooks").status_code == 201
+    assert register_endpoint(client, "http://127.0.0.1:9/hooks").status_code == 201
 
 
 # --- the feed -------------------------------------------------------------------------

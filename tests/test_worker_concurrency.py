@@ -22,21 +22,13 @@ from gateway.db import get_db
 from gateway.models import DeliveryAttempt, EventDelivery
 from gateway.settings import Settings
 from gateway.worker import Worker
-from tests.support.api import create_wallet, post, subscribed_customer
+from tests.support.api import create_wallet, registered_endpoint, subscribed_customer
 from tests.support.config import TEST_SETTINGS
 from tests.support.receiver import Behaviour, running_receiver
 
 pytestmark = pytest.mark.postgres
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def register(app: Flask, url: str, **fields: Any) -> dict[str, Any]:
-    response = post(
-        app.test_client(), "/webhook_endpoints", {"webhook_endpoint": {"url": url, **fields}}
-    )
-    assert response.status_code == 201, response.json
-    return response.json["webhook_endpoint"]  # type: ignore[no-any-return,index]
 
 
 def make_wallets(app: Flask, count: int) -> None:
@@ -63,7 +55,9 @@ def count_rows(app: Flask, model: Any, *where: Any) -> int:
 
 def test_concurrent_workers_never_send_one_attempt_twice(committed_app: Flask) -> None:
     with running_receiver() as receiver:
-        register(committed_app, receiver.url, event_types=["wallet.created"])
+        registered_endpoint(
+            committed_app.test_client(), receiver.url, event_types=["wallet.created"]
+        )
         make_wallets(committed_app, 120)
         barrier = threading.Barrier(4)
         errors: list[BaseException] = []
@@ -96,8 +90,10 @@ def test_concurrent_workers_never_send_one_attempt_twice(committed_app: Flask) -
 
 def test_a_timing_out_endpoint_does_not_delay_a_healthy_one(committed_app: Flask) -> None:
     with running_receiver(Behaviour(delay=3.0)) as slow, running_receiver() as healthy:
-        register(committed_app, slow.url, event_types=["wallet.created"])
-        register(committed_app, healthy.url, event_types=["wallet.created"])
+        registered_endpoint(committed_app.test_client(), slow.url, event_types=["wallet.created"])
+        registered_endpoint(
+            committed_app.test_client(), healthy.url, event_types=["wallet.created"]
+        )
         make_wallets(committed_app, 30)
         with committed_app.app_context():
             worker = Worker(
@@ -142,7 +138,9 @@ def test_a_worker_killed_mid_delivery_loses_nothing(
 ) -> None:
     hold = threading.Event()
     with running_receiver(Behaviour(hold=hold)) as receiver:
-        register(committed_app, receiver.url, event_types=["wallet.created"])
+        registered_endpoint(
+            committed_app.test_client(), receiver.url, event_types=["wallet.created"]
+        )
         make_wallets(committed_app, 1)
         process = _worker_process(postgres_engine)
         try:
@@ -171,7 +169,9 @@ def test_sigterm_finishes_the_attempt_in_hand(
     committed_app: Flask, postgres_engine: Engine
 ) -> None:
     with running_receiver(Behaviour(delay=1.5)) as receiver:
-        register(committed_app, receiver.url, event_types=["wallet.created"])
+        registered_endpoint(
+            committed_app.test_client(), receiver.url, event_types=["wallet.created"]
+        )
         make_wallets(committed_app, 3)
         process = _worker_process(postgres_engine)
         try:
