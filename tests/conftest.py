@@ -155,6 +155,13 @@ def stub() -> StripeStub:
 
 
 @pytest.fixture
+def stripe_server() -> Iterator[StripeStub]:
+    """The stub as a real HTTP server on 127.0.0.1 (its `url`), for tests over the wire."""
+    with StripeStub(tax_rates=TAX_RATES) as server:
+        yield server
+
+
+@pytest.fixture
 def stripe_mock() -> Iterator[responses.RequestsMock]:
     """Every request to Stripe stopped at the HTTP edge, and none answered: the test
     registers the answers (then, if it wants the rest answered, `stub.register`)."""

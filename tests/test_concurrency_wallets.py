@@ -9,10 +9,10 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from gateway.db import get_db
 from gateway.models import Customer, Wallet, WalletTransaction
 from tests.support.api import subscribed_customer
 from tests.support.config import AUTH
+from tests.support.threads import app_session
 
 THREADS = 8
 
@@ -62,21 +62,17 @@ def test_concurrent_wallet_creations_for_one_customer(committed_app: Flask) -> N
             assert body["status"] == 422
     [winner] = [body for status, body in answers if status == 201]
 
-    with committed_app.app_context():
-        session = get_db().session()
-        try:
-            wallets = session.execute(
-                select(Wallet.id, Wallet.status, Wallet.credits_balance)
-                .join(Customer, Customer.id == Wallet.customer_id)
-                .where(Customer.external_id == customer)
-            ).all()
-            assert [(w.id, w.status) for w in wallets] == [(winner["wallet"]["id"], "active")]
-            # The losers' grants were rolled back with them: one entry, ten credits.
-            entries = session.execute(select(func.count()).select_from(WalletTransaction)).scalar()
-            assert entries == 1
-            assert str(wallets[0].credits_balance) == "10.00000"
-        finally:
-            session.close()
+    with app_session(committed_app) as session:
+        wallets = session.execute(
+            select(Wallet.id, Wallet.status, Wallet.credits_balance)
+            .join(Customer, Customer.id == Wallet.customer_id)
+            .where(Customer.external_id == customer)
+        ).all()
+        assert [(w.id, w.status) for w in wallets] == [(winner["wallet"]["id"], "active")]
+        # The losers' grants were rolled back with them: one entry, ten credits.
+        entries = session.execute(select(func.count()).select_from(WalletTransaction)).scalar()
+        assert entries == 1
+        assert str(wallets[0].credits_balance) == "10.00000"
 
 
 @pytest.mark.postgres
@@ -96,21 +92,17 @@ def test_a_wallet_takes_the_customers_currency_as_committed_while_it_is_created(
         response = committed_app.test_client().post("/api/v1/wallets", json=body, headers=AUTH)
         answers.append(response)
 
-    with committed_app.app_context():
-        changing = get_db().session()  # an upsert of the customer, half-way
-        try:
-            row = changing.execute(
-                select(Customer).where(Customer.external_id == customer).with_for_update()
-            ).scalar_one()
-            assert row.currency == "USD"
-            creating = threading.Thread(target=create)
-            creating.start()
-            creating.join(timeout=1.0)
-            assert creating.is_alive(), "the wallet was created under the customer's lock"
-            row.currency = "EUR"
-            changing.commit()
-        finally:
-            changing.close()
+    with app_session(committed_app) as changing:
+        row = changing.execute(
+            select(Customer).where(Customer.external_id == customer).with_for_update()
+        ).scalar_one()
+        assert row.currency == "USD"
+        creating = threading.Thread(target=create)
+        creating.start()
+        creating.join(timeout=1.0)
+        assert creating.is_alive(), "the wallet was created under the customer's lock"
+        row.currency = "EUR"
+        changing.commit()
     creating.join(timeout=30)
 
     [response] = answers

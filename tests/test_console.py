@@ -16,11 +16,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from gateway import create_app
-from gateway.models import Purchase, Wallet, WalletTransaction
+from gateway.models import Purchase, Wallet
 from gateway.settings import ConfigurationError
 from tests.support.api import create_wallet, delete, post, subscribed_customer, unique
 from tests.support.config import TEST_SETTINGS
 from tests.support.console import PASSWORD, audit, hidden, make_operator, sign_in, submit
+from tests.support.ledger import entries
 from tests.support.webhooks import make_purchase
 
 
@@ -38,17 +39,6 @@ def operator(app: Flask) -> str:
 def signed_in(client: FlaskClient, operator: str) -> FlaskClient:
     assert sign_in(client).status_code == 303
     return client
-
-
-def entries(db_session: Session, wallet_id: str) -> list[WalletTransaction]:
-    db_session.expire_all()
-    return list(
-        db_session.execute(
-            select(WalletTransaction)
-            .where(WalletTransaction.wallet_id == wallet_id)
-            .order_by(WalletTransaction.created_at)
-        ).scalars()
-    )
 
 
 def errors_on(page: Any) -> dict[str, list[str]]:

@@ -185,7 +185,7 @@ def fact(driver: WebDriver, term: str) -> str:
     return driver.find_element(By.XPATH, f"//dt[normalize-space()='{term}']/../dd").text
 
 
-def entries(service: Service_) -> list[WalletTransaction]:
+def stored_entries(service: Service_) -> list[WalletTransaction]:
     with service.app.app_context(), get_db().session() as session:
         return list(
             session.execute(
@@ -236,7 +236,7 @@ def test_the_seeds_flows_in_chromium(service: Service_, browser: WebDriver) -> N
         "Credit value"
     )
     shoot(driver, "04-add-wallet-error")
-    assert entries(service) == []  # nothing stored
+    assert stored_entries(service) == []  # nothing stored
     rate = field(driver, "Credit value")
     rate.clear()
     rate.send_keys("2.50")
@@ -307,7 +307,7 @@ def test_the_seeds_flows_in_chromium(service: Service_, browser: WebDriver) -> N
         in driver.find_element(By.ID, "terminated-wallets").find_element(By.XPATH, "..").text
     )
     shoot(driver, "13-customer-terminated")
-    voided = entries(service)[-1]
+    voided = stored_entries(service)[-1]
     assert (voided.transaction_status, voided.credit_amount, voided.created_by) == (
         "voided", 15, "operator:alice"
     )  # fmt: skip

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from gateway import create_app
 from gateway.models import Wallet, WalletTransaction
 from gateway.settings import ConfigurationError, parse_api_keys
-from tests.support.api import unique
+from tests.support.api import unique, wallet_body
 from tests.support.config import TEST_SETTINGS
 
 BILLING = {"Authorization": "Bearer key-of-billing"}
@@ -41,8 +41,7 @@ def _customer(client: FlaskClient) -> str:
 
 
 def _wallet(client: FlaskClient, headers: dict[str, str], granted: str = "10") -> dict[str, Any]:
-    body = {"wallet": {"external_customer_id": _customer(client), "rate_amount": "1.00",
-                       "granted_credits": granted}}  # fmt: skip
+    body = wallet_body(_customer(client), granted_credits=granted)
     response = client.post("/api/v1/wallets", json=body, headers=headers)
     assert response.status_code == 201, response.json
     return response.json  # type: ignore[no-any-return]

@@ -392,17 +392,7 @@ def test_successive_invoices_use_up_the_balance_and_the_ledger_agrees(
 )
 def test_invalid_requests_are_refused(client: FlaskClient, field: str, value: Any) -> None:
     customer = create_customer(client)["external_id"]
-    body = {
-        "credit_application": {
-            "invoice_external_id": unique("inv"),
-            "external_customer_id": customer,
-            "invoice_type": "subscription",
-            "currency": "USD",
-            "subtotal_amount_cents": 500,
-            field: value,
-        }
-    }
-    response = post(client, "/credit_applications", body)
+    response = apply(client, customer, 500, **{field: value})
     details = assert_error(response, 422, "validation_errors")["error_details"]
     assert field in details["credit_application"]
 

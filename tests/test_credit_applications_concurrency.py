@@ -2,50 +2,19 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from flask import Flask
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from gateway import ledger
-from gateway.db import get_db
 from gateway.models import CreditApplication, TransactionStatus, Wallet, WalletTransaction
 from tests.support.api import application_body, create_wallet, post, subscribed_customer, unique
+from tests.support.threads import app_session, run_together
 
 pytestmark = pytest.mark.postgres
-
-
-def run_together(count: int, work: Callable[[int], Any]) -> list[Any]:
-    """Run `work(i)` on `count` threads released at the same instant; their results."""
-    barrier = threading.Barrier(count)
-    results: list[Any] = [None] * count
-    errors: list[BaseException] = []
-
-    def run(index: int) -> None:
-        try:
-            barrier.wait(timeout=10)
-            results[index] = work(index)
-        except BaseException as exc:  # reported below, in the test's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors, errors
-    assert not any(thread.is_alive() for thread in threads)
-    return results
-
-
-def inspect(app: Flask) -> Session:
-    with app.app_context():
-        return get_db().session()
 
 
 def test_concurrent_invoices_never_overdraw_a_small_balance(committed_app: Flask) -> None:
@@ -72,16 +41,13 @@ def test_concurrent_invoices_never_overdraw_a_small_balance(committed_app: Flask
     assert deducted[:3] == [90, 90, 90]
     assert sum(deducted) == 270 + deducted[3]
     assert deducted[4:] == [0] * 6
-    session = inspect(committed_app)
-    try:
+    with app_session(committed_app) as session:
         wallet = session.get(Wallet, wallet_id)
         assert wallet is not None
         assert wallet.credits_balance == 0
         assert ledger.ledger_balance(session, wallet_id) == wallet.credits_balance
         assert wallet.consumed_amount_cents == sum(deducted)
         assert wallet.consumed_credits == Decimal("10")
-    finally:
-        session.close()
 
 
 def test_concurrent_repeats_of_one_invoice_consume_once(committed_app: Flask) -> None:
@@ -101,8 +67,7 @@ def test_concurrent_repeats_of_one_invoice_consume_once(committed_app: Flask) ->
 
     assert sorted(status for status, _ in results) == [200, 200, 200, 200, 201]
     assert len({body for _, body in results}) == 1  # every answer is the first one
-    session = inspect(committed_app)
-    try:
+    with app_session(committed_app) as session:
         wallet = session.get(Wallet, wallet_id)
         assert wallet is not None
         assert wallet.credits_balance == Decimal("7")
@@ -122,8 +87,6 @@ def test_concurrent_repeats_of_one_invoice_consume_once(committed_app: Flask) ->
             .where(CreditApplication.invoice_external_id == invoice)
         ).scalar_one()
         assert stored == 1
-    finally:
-        session.close()
 
 
 def test_concurrent_repeats_of_an_ineligible_invoice_store_one_answer(

@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 from gateway import credits, ledger, money
 from gateway.actors import SYSTEM
 from gateway.db import utcnow
-from gateway.models import Customer, Wallet, WalletStatus
+from gateway.models import Wallet
+from tests.support.ledger import wallet_row
 
 CREDIT = Decimal("0.00001")
 
@@ -87,26 +88,6 @@ def test_taxes_and_total_on_what_remains(subtotal: int, tax_rate: Decimal | None
 _ids = itertools.count()
 
 
-def _wallet(session: Session, balance: Decimal, rate: Decimal, currency: str) -> Wallet:
-    n = next(_ids)
-    customer = Customer(external_id=f"prop-customer-{n}", currency=currency)
-    session.add(customer)
-    session.flush()
-    wallet = Wallet(
-        customer_id=customer.id,
-        status=WalletStatus.ACTIVE,
-        currency=currency,
-        rate_amount=rate,
-        credits_balance=Decimal(0),
-        consumed_credits=Decimal(0),
-        consumed_amount_cents=0,
-    )
-    session.add(wallet)
-    session.flush()
-    ledger.grant_credits(session, wallet, balance, utcnow(), created_by=SYSTEM)
-    return wallet
-
-
 def _request(
     wallet: Wallet, subtotal: int, tax_rate: Decimal | None = None
 ) -> credits.CreditApplicationInput:
@@ -135,7 +116,7 @@ def test_applying_credits_moves_the_balance_by_exactly_what_it_consumes(
 ) -> None:
     savepoint = db_session.begin_nested()
     try:
-        wallet = _wallet(db_session, balance, rate, currency)
+        wallet = wallet_row(db_session, balance, rate, currency)
         value_cents = money.balance_minor(balance, rate, currency)
 
         result = credits.apply_credits(
@@ -175,7 +156,7 @@ def test_a_run_of_invoices_never_deducts_more_than_the_wallet_held(
 ) -> None:
     savepoint = db_session.begin_nested()
     try:
-        wallet = _wallet(db_session, balance, rate, currency)
+        wallet = wallet_row(db_session, balance, rate, currency)
         initial_value = money.balance_minor(balance, rate, currency)
         deducted = 0
         for subtotal in invoices:

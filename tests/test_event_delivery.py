@@ -56,7 +56,7 @@ def run_worker(app: Flask, clock: Clock | None = None, **overrides: Any) -> Any:
         return worker.run_once()
 
 
-def stored_events(session: Session, wallet_id: str) -> list[Event]:
+def events_of(session: Session, wallet_id: str) -> list[Event]:
     session.expire_all()
     return list(
         session.execute(
@@ -72,7 +72,7 @@ def test_events_are_delivered_signed_with_standard_webhooks(
     wallet_id = create_wallet(client, subscribed_customer(client), granted_credits="3")["wallet"][
         "id"
     ]
-    events = stored_events(db_session, wallet_id)
+    events = events_of(db_session, wallet_id)
     assert [event.type for event in events] == ["wallet.created", "wallet_transaction.created"]
 
     result = runner.invoke(args=["worker", "--once"])
@@ -138,7 +138,7 @@ def test_a_failing_receiver_gets_retries_on_the_schedule_then_the_delivery_fails
     receiver.behaviour = Behaviour(status=500, body=b"down for maintenance")
     registered_endpoint(client, receiver.url, event_types=["wallet.created"])
     wallet_id = create_wallet(client, subscribed_customer(client))["wallet"]["id"]
-    [event] = stored_events(db_session, wallet_id)
+    [event] = events_of(db_session, wallet_id)
     clock = Clock()
     schedule = (5, 300)
 
@@ -244,7 +244,7 @@ def test_a_worker_killed_between_claim_and_delivery_loses_nothing(
 ) -> None:
     registered_endpoint(client, receiver.url, event_types=["wallet.created"])
     wallet_id = create_wallet(client, subscribed_customer(client))["wallet"]["id"]
-    [event] = stored_events(db_session, wallet_id)
+    [event] = events_of(db_session, wallet_id)
 
     class DyingSender(delivery.Sender):
         def send(self, *args: Any, **kwargs: Any) -> delivery.Outcome:
@@ -299,7 +299,7 @@ def test_redeliver_one_event_and_unknown_ids(
 ) -> None:
     registered_endpoint(client, receiver.url, event_types=["wallet.created"])
     wallet_id = create_wallet(client, subscribed_customer(client))["wallet"]["id"]
-    [event] = stored_events(db_session, wallet_id)
+    [event] = events_of(db_session, wallet_id)
     run_worker(app)
     result = runner.invoke(args=["events", "redeliver", event.id])
     assert result.exit_code == 0 and "queued 1" in result.output

@@ -15,7 +15,6 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from gateway import events
-from gateway.db import get_db
 from gateway.models import Event, Wallet
 from gateway.providers.stripe.sandbox import StripeStub
 from tests.support.api import (
@@ -29,9 +28,9 @@ from tests.support.api import (
     subscribed_customer,
     unique,
 )
-from tests.support.reconcile import settled_purchase
-from tests.support.webhooks import invoice_event, make_purchase, post_signed
-from tests.test_refunds import customer_of, deliver
+from tests.support.purchases import customer_of, settled_purchase
+from tests.support.threads import app_session
+from tests.support.webhooks import deliver_object, invoice_event, make_purchase, post_signed
 
 
 def wallet_events(session: Session, wallet_id: str) -> list[dict[str, Any]]:
@@ -247,12 +246,10 @@ def test_concurrent_changes_to_one_wallet_get_consecutive_sequences(
     for thread in threads:
         thread.join(timeout=60)
     assert not errors, errors
-    with committed_app.app_context():
-        session = get_db().session()
+    with app_session(committed_app) as session:
         rows = session.execute(
             select(Event.sequence, Event.body).where(Event.wallet_id == wallet_id)
         ).all()
-        session.close()
     sequences = sorted(sequence for sequence, _ in rows)
     # created + granted entry, then 18 applications of two events each
     assert sequences == list(range(1, 2 + 18 * 2 + 1))
@@ -277,7 +274,7 @@ def test_a_refund_after_consumption_publishes_the_take_back_and_the_shortfall(
 ) -> None:
     bought = settled_purchase(client, db_session, stub, paid="10")
     spend(client, customer_of(db_session, bought), 700)
-    deliver(client, stub, stub.refund_payment(bought.invoice_id or ""), "refund.created")
+    deliver_object(client, stub, stub.refund_payment(bought.invoice_id or ""), "refund.created")
 
     rows = wallet_events(db_session, bought.wallet_id)
     assert types_of(rows)[-3:] == [
@@ -300,8 +297,8 @@ def test_a_won_dispute_publishes_the_hold_and_the_reinstatement(
 ) -> None:
     bought = settled_purchase(client, db_session, stub, paid="10")
     dispute = stub.dispute(bought.invoice_id or "")
-    deliver(client, stub, dispute, "charge.dispute.created")
-    deliver(client, stub, stub.close_dispute(dispute["id"], "won"), "charge.dispute.closed")
+    deliver_object(client, stub, dispute, "charge.dispute.created")
+    deliver_object(client, stub, stub.close_dispute(dispute["id"], "won"), "charge.dispute.closed")
 
     rows = wallet_events(db_session, bought.wallet_id)
     created = [

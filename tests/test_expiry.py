@@ -18,6 +18,7 @@ from gateway.expiry import expire_wallets
 from gateway.ledger import ledger_balance
 from gateway.models import Wallet, WalletTransaction
 from tests.support.api import assert_error, create_wallet, get, post, put, subscribed_customer
+from tests.support.clock import past
 
 
 @pytest.fixture
@@ -39,10 +40,6 @@ def wallet_expiring(client: FlaskClient, granted: str | None = "10") -> str:
 def set_expiration(db_session: Session, wallet_id: str, at: datetime) -> None:
     db_session.execute(update(Wallet).where(Wallet.id == wallet_id).values(expiration_at=at))
     db_session.commit()
-
-
-def past(hours: int) -> datetime:
-    return datetime.now(UTC).replace(microsecond=0) - timedelta(hours=hours)
 
 
 def voided_entries(db_session: Session, wallet_id: str) -> list[WalletTransaction]:

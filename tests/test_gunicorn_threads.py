@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,8 +26,8 @@ import requests
 from flask import Flask
 
 from gateway.providers.stripe.sandbox import StripeStub
-from tests.support.api import unique
-from tests.support.config import AUTH, TEST_SETTINGS, postgres_url
+from tests.support.api import application_body, unique
+from tests.support.config import AUTH, TEST_SETTINGS, free_port, postgres_url
 from tests.support.webhooks import sign
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,23 +39,11 @@ FAST_ENOUGH = 1.0
 HOLD_SECONDS = 8.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def stripe_server() -> Iterator[StripeStub]:
-    with StripeStub() as stub:
-        yield stub
-
-
 @pytest.fixture
 def service(committed_app: Flask, stripe_server: StripeStub) -> Iterator[str]:
     """gunicorn -c config/gunicorn.conf.py wsgi:app, one worker, the config's defaults
     otherwise (worker class, threads), on the test database."""
-    port = _free_port()
+    port = free_port()
     # A clean environment: nothing another test left in os.environ reaches the service.
     environment = {
         key: os.environ[key] for key in ("PATH", "HOME", "LANG", "TZ") if key in os.environ
@@ -161,15 +148,7 @@ def test_purchases_waiting_on_stripe_do_not_stall_credit_applications_nor_webhoo
 
         # Every purchase now waits on Stripe. The other routes answer meanwhile.
         for _ in range(TIMED_REQUESTS):
-            body = {
-                "credit_application": {
-                    "invoice_external_id": unique("inv"),
-                    "external_customer_id": customer,
-                    "invoice_type": "subscription",
-                    "currency": "USD",
-                    "subtotal_amount_cents": 100,
-                }
-            }
+            body = application_body(customer, 100)
             started = time.monotonic()
             applied = _post(f"{api}/credit_applications", body, timeout=HOLD_SECONDS)
             timings.append(time.monotonic() - started)

@@ -21,12 +21,14 @@ from gateway.db import utcnow
 from gateway.models import Customer, IdempotencyKey
 from tests.support import idempotency_probe
 from tests.support.api import (
+    application_body,
     assert_error,
     create_customer,
     create_wallet,
     get,
     subscribed_customer,
     unique,
+    wallet_body,
 )
 from tests.support.config import API_KEY, AUTH, TEST_SETTINGS
 
@@ -115,17 +117,9 @@ def test_every_post_of_the_api_replays(client: FlaskClient, db_session: Session,
                 "plan_code": "pro",
             }
         },
-        "/wallets": {"wallet": {"external_customer_id": other, "rate_amount": "1.00"}},
+        "/wallets": wallet_body(other),
         "/wallet_transactions": top_up_body(wallet_id),
-        "/credit_applications": {
-            "credit_application": {
-                "invoice_external_id": unique("inv"),
-                "external_customer_id": customer,
-                "invoice_type": "subscription",
-                "currency": "USD",
-                "subtotal_amount_cents": 300,
-            }
-        },
+        "/credit_applications": application_body(customer, 300),
     }
     key = unique("key")
 
@@ -216,7 +210,7 @@ def test_keys_belong_to_the_api_key_that_sent_them(client: FlaskClient) -> None:
 
 def test_a_refusal_is_kept_and_replayed(client: FlaskClient) -> None:
     customer = create_customer(client)["external_id"]  # no subscription yet
-    body = {"wallet": {"external_customer_id": customer, "rate_amount": "1.00"}}
+    body = wallet_body(customer)
     key = unique("key")
 
     first = keyed_post(client, "/wallets", body, key)

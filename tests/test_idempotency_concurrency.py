@@ -9,12 +9,17 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from gateway.db import get_db
 from gateway.models import Customer, IdempotencyKey, TransactionStatus, WalletTransaction
 from tests.support import idempotency_probe
-from tests.support.api import assert_error, create_wallet, subscribed_customer, unique
+from tests.support.api import (
+    application_body,
+    assert_error,
+    create_wallet,
+    subscribed_customer,
+    unique,
+)
 from tests.support.config import AUTH
-from tests.test_credit_applications_concurrency import run_together
+from tests.support.threads import app_session, run_together
 
 pytestmark = pytest.mark.postgres
 
@@ -27,12 +32,8 @@ def probed_app(committed_app: Flask) -> Iterator[Flask]:
 
 
 def count(app: Flask, statement: object) -> int:
-    with app.app_context():
-        session = get_db().session()
-        try:
-            return int(session.execute(statement).scalar_one())  # type: ignore[call-overload]
-        finally:
-            session.close()
+    with app_session(app) as session:
+        return int(session.execute(statement).scalar_one())  # type: ignore[call-overload]
 
 
 def test_concurrent_requests_with_one_key_act_once(probed_app: Flask) -> None:
@@ -75,15 +76,7 @@ def test_concurrent_credit_applications_with_one_key_act_once(probed_app: Flask)
     key = unique("key")
 
     def apply(_index: int) -> tuple[int, bytes]:
-        body = {
-            "credit_application": {
-                "invoice_external_id": "inv-same-key",
-                "external_customer_id": customer,
-                "invoice_type": "subscription",
-                "currency": "USD",
-                "subtotal_amount_cents": 100,
-            }
-        }
+        body = application_body(customer, 100, invoice="inv-same-key")
         response = probed_app.test_client().post(
             "/api/v1/credit_applications", json=body, headers={**AUTH, "Idempotency-Key": key}
         )

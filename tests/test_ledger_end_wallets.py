@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -15,26 +14,15 @@ from sqlalchemy.orm import Session
 from gateway import ledger, money
 from gateway.actors import SYSTEM
 from gateway.db import utcnow
-from gateway.models import Customer, Wallet, WalletStatus, WalletTransaction
+from gateway.models import Wallet, WalletStatus, WalletTransaction
+from tests.support.ledger import wallet_row
 
-_ids = itertools.count()
 WALLETS: Table = Wallet.__table__  # type: ignore[assignment]
 
 
-def _wallet(session: Session, balance: Decimal, rate: Decimal) -> Wallet:
-    n = next(_ids)
-    customer = Customer(external_id=f"end-customer-{n}", currency="USD")
-    session.add(customer)
-    session.flush()
-    wallet = Wallet(customer_id=customer.id, status=WalletStatus.ACTIVE, currency="USD",
-                    rate_amount=rate, credits_balance=Decimal(0), consumed_credits=Decimal(0),
-                    consumed_amount_cents=0)  # fmt: skip
-    session.add(wallet)
-    session.flush()
-    if balance:
-        ledger.grant_credits(
-            session, wallet, balance, utcnow() - timedelta(days=10), created_by=SYSTEM
-        )
+def _locked_wallet(session: Session, balance: Decimal, rate: Decimal) -> Wallet:
+    """A wallet granted `balance` ten days ago, read back under its lock."""
+    wallet = wallet_row(session, balance, rate, granted_at=utcnow() - timedelta(days=10))
     return ledger.lock_wallet(session, wallet.id)
 
 
@@ -60,7 +48,7 @@ def test_each_wallet_ends_at_its_own_time_with_its_exact_balance_voided(
         (Decimal("123456789.12345"), Decimal("999999.99999")),
     ]
     ending = [
-        (_wallet(db_session, balance, rate), base + timedelta(hours=n))
+        (_locked_wallet(db_session, balance, rate), base + timedelta(hours=n))
         for n, (balance, rate) in enumerate(cases)
     ]
     statements: list[str] = []
@@ -108,8 +96,8 @@ def test_each_wallet_ends_at_its_own_time_with_its_exact_balance_voided(
 def test_a_wallet_changed_under_the_caller_stops_them_all(db_session: Session) -> None:
     """The UPDATE matches only rows still holding what was voided: a stale object (here,
     a balance changed behind the session's back) raises, and rolling back keeps all."""
-    fresh = _wallet(db_session, Decimal("3"), Decimal("1"))
-    stale = _wallet(db_session, Decimal("5"), Decimal("1"))
+    fresh = _locked_wallet(db_session, Decimal("3"), Decimal("1"))
+    stale = _locked_wallet(db_session, Decimal("5"), Decimal("1"))
     db_session.connection().execute(
         update(WALLETS).where(WALLETS.c.id == stale.id).values(credits_balance=Decimal("7"))
     )
@@ -126,7 +114,7 @@ def test_a_wallet_changed_under_the_caller_stops_them_all(db_session: Session) -
 
 
 def test_a_wallet_ends_once(db_session: Session) -> None:
-    wallet = _wallet(db_session, Decimal("2"), Decimal("1"))
+    wallet = _locked_wallet(db_session, Decimal("2"), Decimal("1"))
     at = utcnow()
     with pytest.raises(ledger.LedgerError, match="given twice"):
         ledger.terminate_and_void(db_session, [(wallet, at), (wallet, at)], created_by=SYSTEM)
@@ -138,7 +126,7 @@ def test_a_wallet_ends_once(db_session: Session) -> None:
 
 
 def test_a_naive_end_time_is_refused(db_session: Session) -> None:
-    wallet = _wallet(db_session, Decimal("2"), Decimal("1"))
+    wallet = _locked_wallet(db_session, Decimal("2"), Decimal("1"))
     naive = datetime(2030, 1, 1)
     with pytest.raises(ledger.LedgerError, match="UTC-aware"):
         ledger.terminate_and_void(db_session, [(wallet, naive)], created_by=SYSTEM)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import runpy
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,23 +23,16 @@ from gateway.providers import deadline
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.settings import PROJECT_ROOT, WORKER_TIMEOUT_SECONDS, Settings
 from tests.support.api import assert_error, create_wallet, post, subscribed_customer, unique
+from tests.support.config import TEST_SETTINGS
 
 DEADLINE = 2
 
 
 @pytest.fixture
-def slow_stripe() -> Iterator[StripeStub]:
-    with StripeStub() as stub:
-        yield stub
-
-
-@pytest.fixture
-def settings_overrides(slow_stripe: StripeStub) -> dict[str, Any]:
-    from tests.support.config import TEST_SETTINGS
-
+def settings_overrides(stripe_server: StripeStub) -> dict[str, Any]:
     return {
         **TEST_SETTINGS,
-        "STRIPE_API_BASE": slow_stripe.url,
+        "STRIPE_API_BASE": stripe_server.url,
         "STRIPE_TIMEOUT_SECONDS": 20,
         "STRIPE_MAX_NETWORK_RETRIES": 2,
         "PURCHASE_DEADLINE_SECONDS": DEADLINE,
@@ -48,12 +40,12 @@ def settings_overrides(slow_stripe: StripeStub) -> dict[str, Any]:
 
 
 def test_a_slow_stripe_gets_the_json_503_within_the_deadline_and_the_key_is_free(
-    client: FlaskClient, db_session: Session, slow_stripe: StripeStub
+    client: FlaskClient, db_session: Session, stripe_server: StripeStub
 ) -> None:
     wallet_id = create_wallet(client, subscribed_customer(client))["wallet"]["id"]
     key = unique("top-up")
     body = {"wallet_transaction": {"wallet_id": wallet_id, "paid_credits": "12"}}
-    slow_stripe.latency = 1.2  # four calls: 4.8 s, more than the 2 s budget
+    stripe_server.latency = 1.2  # four calls: 4.8 s, more than the 2 s budget
 
     started = time.monotonic()
     response = post(client, "/wallet_transactions", body, **{"Idempotency-Key": key})
@@ -69,7 +61,7 @@ def test_a_slow_stripe_gets_the_json_503_within_the_deadline_and_the_key_is_free
     # The key is released, not held for its two-minute lease: the same key resumes now.
     held = db_session.execute(select(IdempotencyKey).where(IdempotencyKey.key == key))
     assert held.scalar_one_or_none() is None
-    slow_stripe.latency = 0.0
+    stripe_server.latency = 0.0
 
     retried = post(client, "/wallet_transactions", body, **{"Idempotency-Key": key})
 
@@ -77,16 +69,16 @@ def test_a_slow_stripe_gets_the_json_503_within_the_deadline_and_the_key_is_free
     [transaction] = retried.json["wallet_transactions"]
     assert transaction["id"] == purchase.transaction_id
     assert transaction["invoice"]["status"] == "open"
-    assert len(slow_stripe.invoices_with(gateway_purchase_id=purchase.id)) == 1
+    assert len(stripe_server.invoices_with(gateway_purchase_id=purchase.id)) == 1
 
 
 def test_a_stripe_that_never_answers_is_given_up_at_the_deadline(
-    client: FlaskClient, db_session: Session, slow_stripe: StripeStub
+    client: FlaskClient, db_session: Session, stripe_server: StripeStub
 ) -> None:
     """One call hanging for longer than the deadline (and than the call timeout would
     allow with its retries) still answers in time."""
     wallet_id = create_wallet(client, subscribed_customer(client))["wallet"]["id"]
-    gate = slow_stripe.hold("POST", "/v1/invoices")
+    gate = stripe_server.hold("POST", "/v1/invoices")
     body = {"wallet_transaction": {"wallet_id": wallet_id, "paid_credits": "12"}}
     try:
         started = time.monotonic()

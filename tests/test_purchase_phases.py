@@ -28,7 +28,7 @@ from gateway.errors import IdempotencyKeyInProgress
 from gateway.models import EntryStatus, Purchase, PurchaseStatus, WalletTransaction
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.purchases import MAX_PURCHASES_PER_REQUEST, PurchaseBatch, RequestScope
-from tests.support.api import create_wallet, post, subscribed_customer, top_up
+from tests.support.api import create_wallet, post, subscribed_customer, top_up, wallet_body
 from tests.support.stripe import during_finalize, only_purchase
 
 
@@ -204,7 +204,7 @@ def test_the_answer_shows_the_wallet_as_it_is_once_the_invoice_is_stored(
     response = post(
         client,
         "/wallets",
-        {"wallet": {"external_customer_id": customer, "rate_amount": "1.00", "paid_credits": "20"}},
+        wallet_body(customer, paid_credits="20"),
     )
 
     assert response.status_code == 201, response.json

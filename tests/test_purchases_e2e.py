@@ -20,18 +20,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
-from gateway.db import get_db
 from gateway.models import Purchase, WalletTransaction
 from gateway.providers.stripe.sandbox import StripeStub
 from tests.support.api import create_wallet, get, post, subscribed_customer, unique
 from tests.support.config import AUTH
-from tests.support.stripe import SECRET_KEY, STRIPE_VERSION, TAX_RATES
-
-
-@pytest.fixture
-def stripe_server() -> Iterator[StripeStub]:
-    with StripeStub(tax_rates=TAX_RATES) as stub:
-        yield stub
+from tests.support.stripe import SECRET_KEY, STRIPE_VERSION
+from tests.support.threads import app_session
 
 
 @pytest.fixture
@@ -182,13 +176,11 @@ def test_no_database_lock_is_held_while_stripe_is_waited_on(
         assert gate.arrived.wait(20), "the purchase never reached Stripe"
 
         # Stripe is being waited on. The purchase is already committed...
-        with committed_app.app_context():
-            session = get_db().session()
+        with app_session(committed_app) as session:
             pending = session.execute(select(Purchase)).scalar_one()
             entry = session.get(WalletTransaction, pending.transaction_id)
             assert pending.status == "creating"
             assert entry is not None and entry.status == "pending"
-            session.close()
 
         # ...and the wallet's row is not locked: writes to it go through meanwhile.
         granted: dict[str, requests.Response] = {}
@@ -244,11 +236,9 @@ def test_concurrent_first_purchases_share_one_stripe_customer(
     assert sorted(answer.status_code for answer in answers) == [201] * 5
     assert len(stripe_server.customers) == 1
     assert len(stripe_server.invoices) == 5
-    with committed_app.app_context():
-        session = get_db().session()
+    with app_session(committed_app) as session:
         purchases = session.execute(select(Purchase)).scalars().all()
         assert {purchase.status for purchase in purchases} == {"open"}
         assert len({purchase.provider_invoice_id for purchase in purchases}) == 5
-        session.close()
     wallet = client.get(f"/api/v1/wallets/{wallet_id}", headers=AUTH).json
     assert wallet is not None and wallet["wallet"]["credits_balance"] == "0.00000"

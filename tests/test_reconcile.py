@@ -26,13 +26,12 @@ from gateway.reconcile import (
     FindingKind,
     ReconcileAborted,
 )
-from tests.support.api import delete, post
+from tests.support.api import applied, delete
 from tests.support.config import API_KEY
+from tests.support.purchases import buy_more, buy_wallet, settled_purchase
 from tests.support.reconcile import (
     actions,
     backdate,
-    buy_more,
-    buy_wallet,
     claimable,
     findings,
     foreign_invoice,
@@ -40,7 +39,6 @@ from tests.support.reconcile import (
     many_open_purchases,
     only,
     run,
-    settled_purchase,
     table_rows,
 )
 from tests.support.webhooks import invoice_event, make_purchase, post_signed, state_of
@@ -571,20 +569,13 @@ def test_a_shortfall_is_reported_until_a_person_clears_it(
 ) -> None:
     bought = settled_purchase(client, db_session, stub, paid="5")
     wallet = db_session.get_one(Wallet, bought.wallet_id)
-    apply = post(
+    applied(
         client,
-        "/credit_applications",
-        {
-            "credit_application": {
-                "invoice_external_id": f"inv-{bought.purchase_id}",
-                "external_customer_id": wallet.customer.external_id,
-                "invoice_type": "usage",
-                "currency": "USD",
-                "subtotal_amount_cents": 400,
-            }
-        },
+        wallet.customer.external_id,
+        400,
+        invoice=f"inv-{bought.purchase_id}",
+        invoice_type="usage",
     )
-    assert apply.status_code == 201
     stub.refund_payment(bought.invoice_id or "")
 
     report = run(app)

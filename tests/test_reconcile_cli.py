@@ -7,7 +7,6 @@ import os
 import pty
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -26,7 +25,8 @@ from gateway.db import utcnow
 from gateway.models import PurchaseStatus
 from gateway.providers.stripe.sandbox import StripeStub
 from tests.support.config import TEST_SETTINGS
-from tests.support.reconcile import buy_wallet, settled_purchase, table_rows
+from tests.support.purchases import buy_wallet, settled_purchase
+from tests.support.reconcile import table_rows
 from tests.support.webhooks import make_purchase, state_of
 
 
@@ -340,12 +340,6 @@ def test_database_without_schema_exits_2(tmp_path: Path) -> None:
 # --- on a terminal: the progress bar ------------------------------------------------------
 
 
-@pytest.fixture
-def stub_server() -> Iterator[StripeStub]:
-    with StripeStub() as server:
-        yield server
-
-
 def _run_on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     """Run the `gateway` console script with stdout on a pseudo-terminal."""
     primary, secondary = pty.openpty()
@@ -370,12 +364,12 @@ def _run_on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     return process.wait(timeout=60), output.decode(errors="replace")
 
 
-def test_progress_bar_is_drawn_on_a_terminal(tmp_path: Path, stub_server: StripeStub) -> None:
+def test_progress_bar_is_drawn_on_a_terminal(tmp_path: Path, stripe_server: StripeStub) -> None:
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'gateway.sqlite3'}",
         "STRIPE_SECRET_KEY": "sk_test_terminal",
-        "STRIPE_API_BASE": stub_server.url,
+        "STRIPE_API_BASE": stripe_server.url,
         "STRIPE_MAX_NETWORK_RETRIES": "0",
         "TERM": "xterm-256color",
         "COLUMNS": "120",
@@ -394,7 +388,7 @@ def test_progress_bar_is_drawn_on_a_terminal(tmp_path: Path, stub_server: Stripe
     assert "Reading Stripe invoices" in output
     assert "Checking wallet balances against the ledger" in output
     assert "all consistent" in output
-    assert [r.path for r in stub_server.requests] == ["/v1/invoices", "/v1/refunds"]
+    assert [r.path for r in stripe_server.requests] == ["/v1/invoices", "/v1/refunds"]
 
 
 @pytest.mark.usefixtures("stripe_http")
@@ -407,7 +401,8 @@ def test_the_command_knows_which_api_keys_can_still_claim_a_purchase(
 
     from gateway.providers.base import META_PURCHASE_ID
     from gateway.settings import current_settings
-    from tests.support.reconcile import backdate, buy_more
+    from tests.support.purchases import buy_more
+    from tests.support.reconcile import backdate
 
     first = buy_wallet(client, db_session, paid="1")
     stub.fail_next("POST", "/v1/invoices/", after=True)

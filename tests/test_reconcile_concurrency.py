@@ -13,12 +13,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gateway import ledger
-from gateway.db import get_db
 from gateway.models import EntryStatus, Purchase, PurchaseStatus, Wallet, WalletTransaction
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.reconcile import FindingKind, ReconcileReport
-from tests.support.reconcile import Bought, buy_more, buy_wallet, run
-from tests.support.webhooks import encode, sign
+from tests.support.purchases import Bought, buy_more, buy_wallet
+from tests.support.reconcile import run_in_thread
+from tests.support.threads import app_session
+from tests.support.webhooks import post_signed
 
 pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("stripe_http")]
 
@@ -28,12 +29,8 @@ PURCHASES_PER_WALLET = 4
 
 @pytest.fixture
 def session(committed_app: Flask) -> Iterator[Session]:
-    with committed_app.app_context():
-        db_session = get_db().session()
-        try:
-            yield db_session
-        finally:
-            db_session.close()
+    with app_session(committed_app) as db_session:
+        yield db_session
 
 
 def _paid_purchases(app: Flask, session: Session, stub: StripeStub) -> list[Bought]:
@@ -50,30 +47,6 @@ def _paid_purchases(app: Flask, session: Session, stub: StripeStub) -> list[Boug
     for purchase in bought:
         stub.mark_paid(purchase.invoice_id or "")
     return bought
-
-
-def _deliver(app: Flask, body: bytes) -> int:
-    response = app.test_client().post(
-        "/webhooks/stripe",
-        data=body,
-        headers={"Stripe-Signature": sign(body)},
-        content_type="application/json",
-    )
-    return response.status_code
-
-
-def _run_in_thread(
-    app: Flask, reports: list[ReconcileReport], errors: list[BaseException]
-) -> threading.Thread:
-    def target() -> None:
-        try:
-            reports.append(run(app))
-        except BaseException as exc:  # surfaced by the test, not lost in the thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    return thread
 
 
 def _assert_credited_once(session: Session, bought: list[Bought]) -> None:
@@ -105,7 +78,7 @@ def test_lost_webhooks_repaired_while_duplicate_webhooks_race_credit_once(
     gate = stub.hold("GET", "/v1/invoices")
     reports: list[ReconcileReport] = []
     errors: list[BaseException] = []
-    reconciler = _run_in_thread(committed_app, reports, errors)
+    reconciler = run_in_thread(committed_app, reports, errors)
     assert gate.arrived.wait(10), "reconciliation never reached Stripe"
 
     # Webhook senders go through the purchases oldest first while reconciliation (which
@@ -122,7 +95,7 @@ def test_lost_webhooks_repaired_while_duplicate_webhooks_race_credit_once(
             for purchase in bought:
                 event_type = "invoice.paid" if len(statuses) % 2 else "invoice.payment_succeeded"
                 event = stub.event(purchase.invoice_id or "", event_type)
-                statuses.append(_deliver(committed_app, encode(event)))
+                statuses.append(post_signed(committed_app.test_client(), event).status_code)
 
     threads = [threading.Thread(target=send) for _ in range(senders)]
     for thread in threads:
@@ -149,7 +122,7 @@ def test_two_reconciliation_runs_at_once_credit_once(
     gate = stub.hold("GET", "/v1/invoices")
     reports: list[ReconcileReport] = []
     errors: list[BaseException] = []
-    runners = [_run_in_thread(committed_app, reports, errors) for _ in range(3)]
+    runners = [run_in_thread(committed_app, reports, errors) for _ in range(3)]
     assert gate.arrived.wait(10)
     gate.release()
     for thread in runners:

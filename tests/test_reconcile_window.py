@@ -16,7 +16,9 @@ from gateway.db import utcnow
 from gateway.models import PurchaseStatus
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.reconcile import context
-from tests.support.reconcile import backdate, buy_wallet, only, run, state_of
+from tests.support.purchases import buy_wallet
+from tests.support.reconcile import backdate, only, run
+from tests.support.webhooks import state_of
 
 pytestmark = pytest.mark.usefixtures("stripe_http")
 

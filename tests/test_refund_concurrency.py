@@ -11,13 +11,15 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from gateway.db import get_db
 from gateway.models import Purchase, PurchaseStatus, TransactionStatus, WalletTransaction
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.reconcile import ReconcileReport
-from tests.support.reconcile import settled_purchase
+from tests.support.purchases import settled_purchase
+from tests.support.reconcile import run_in_thread
+from tests.support.threads import app_session
 from tests.support.webhooks import (
     PurchaseRow,
+    deliver_at_once,
     encode,
     invoice_object,
     make_purchase,
@@ -26,8 +28,6 @@ from tests.support.webhooks import (
     state_of,
     stripe_event,
 )
-from tests.test_reconcile_concurrency import _run_in_thread
-from tests.test_webhook_concurrency import _at_once, _inspect
 
 pytestmark = pytest.mark.postgres
 
@@ -37,12 +37,8 @@ PAYMENT = "pi_concurrent"
 def settled(app: Flask, payment_id: str = PAYMENT) -> PurchaseRow:
     """A purchase of 10 credits (1000 cents) settled by an invoice that names its
     payment, so refunds map to it without asking Stripe."""
-    with app.app_context():
-        session = get_db().session()
-        try:
-            purchase = make_purchase(session, credits=Decimal("10"), rate=Decimal("1"))
-        finally:
-            session.close()
+    with app_session(app) as session:
+        purchase = make_purchase(session, credits=Decimal("10"), rate=Decimal("1"))
     invoice = {**invoice_object(purchase, "paid"), "payment_intent": payment_id}
     client = app.test_client()
     assert post_signed(client, stripe_event("invoice.paid", invoice)).status_code == 200
@@ -79,7 +75,7 @@ def test_the_same_refund_event_ten_times_concurrently_takes_back_once(
     purchase = settled(committed_app)
     body = encode(stripe_event("refund.created", refund("re_once", 400)))
 
-    answers = _at_once(committed_app, [body] * 10)
+    answers = deliver_at_once(committed_app, [body] * 10)
 
     assert [status for status, _ in answers] == [200] * 10, answers
 
@@ -87,7 +83,8 @@ def test_the_same_refund_event_ten_times_concurrently_takes_back_once(
         assert taken_back(session, purchase.wallet_id) == [Decimal("4")]
         assert state_of(session, purchase.id).balance == Decimal("6")
 
-    _inspect(committed_app, check)
+    with app_session(committed_app) as session:
+        check(session)
 
 
 def test_every_event_of_three_partial_refunds_racing_adds_up_exactly(
@@ -108,7 +105,7 @@ def test_every_event_of_three_partial_refunds_racing_adds_up_exactly(
     }
     bodies.append(encode(stripe_event("charge.refunded", charge)))
 
-    answers = _at_once(committed_app, bodies)
+    answers = deliver_at_once(committed_app, bodies)
 
     assert [status for status, _ in answers] == [200] * len(bodies), answers
 
@@ -120,7 +117,8 @@ def test_every_event_of_three_partial_refunds_racing_adds_up_exactly(
         state = state_of(session, purchase.id)
         assert state.balance == 0 and state.purchase_status == PurchaseStatus.REFUNDED
 
-    _inspect(committed_app, check)
+    with app_session(committed_app) as session:
+        check(session)
 
 
 def test_a_credit_note_and_its_refund_racing_count_once(committed_app: Flask) -> None:
@@ -142,7 +140,7 @@ def test_a_credit_note_and_its_refund_racing_count_once(committed_app: Flask) ->
         made = refund(f"re_note{index}", 500, payment_id=f"pi_note{index}")
         bodies.append(encode(stripe_event("refund.created", made)))
 
-    answers = _at_once(committed_app, bodies)
+    answers = deliver_at_once(committed_app, bodies)
 
     assert [status for status, _ in answers] == [200] * len(bodies), answers
 
@@ -152,7 +150,8 @@ def test_a_credit_note_and_its_refund_racing_count_once(committed_app: Flask) ->
             row = session.get_one(Purchase, purchase.id)
             assert row.returned_cents == 500
 
-    _inspect(committed_app, check)
+    with app_session(committed_app) as session:
+        check(session)
 
 
 @pytest.mark.usefixtures("stripe_http")
@@ -162,13 +161,9 @@ def test_reconcile_racing_refund_webhooks_takes_each_refund_back_once(
     """Purchases refunded at Stripe every way (on the payment, through a credit note,
     by a credit to the balance): reconciliation applies them while the same refunds and
     credit notes arrive as webhooks, repeatedly, from several threads."""
-    with committed_app.app_context():
-        session = get_db().session()
-        try:
-            client = committed_app.test_client()
-            bought = [settled_purchase(client, session, stub, paid="10") for _ in range(4)]
-        finally:
-            session.close()
+    with app_session(committed_app) as session:
+        client = committed_app.test_client()
+        bought = [settled_purchase(client, session, stub, paid="10") for _ in range(4)]
     objects: list[tuple[dict[str, Any], str]] = []
     for index, purchase in enumerate(bought):
         invoice_id = purchase.invoice_id or ""
@@ -183,7 +178,7 @@ def test_reconcile_racing_refund_webhooks_takes_each_refund_back_once(
     gate = stub.hold("GET", "/v1/invoices")
     reports: list[ReconcileReport] = []
     errors: list[BaseException] = []
-    reconciler = _run_in_thread(committed_app, reports, errors)
+    reconciler = run_in_thread(committed_app, reports, errors)
     assert gate.arrived.wait(10), "reconciliation never reached Stripe"
     senders = 3
     start = threading.Barrier(senders + 1)
@@ -222,4 +217,5 @@ def test_reconcile_racing_refund_webhooks_takes_each_refund_back_once(
             assert state.balance == Decimal("5")
             assert session.get_one(Purchase, purchase.purchase_id).returned_cents == 500
 
-    _inspect(committed_app, check)
+    with app_session(committed_app) as session:
+        check(session)

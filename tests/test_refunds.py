@@ -25,8 +25,8 @@ from gateway.models import (
 )
 from gateway.providers.stripe.sandbox import StripeStub
 from tests.support.api import delete, get, spend
-from tests.support.reconcile import Bought, buy_wallet, settled_purchase
-from tests.support.webhooks import post_signed, state_of, stored_event
+from tests.support.purchases import Bought, buy_wallet, customer_of, settled_purchase
+from tests.support.webhooks import deliver_object, post_signed, state_of, stored_event
 
 pytestmark = pytest.mark.usefixtures("stripe_http")
 
@@ -34,14 +34,6 @@ D = Decimal
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-def deliver(client: FlaskClient, stub: StripeStub, obj: dict[str, Any], event_type: str) -> str:
-    """Deliver `obj` in an event of `event_type`; returns the event's stored status."""
-    event = stub.object_event(obj, event_type)
-    response = post_signed(client, event)
-    assert response.status_code == 200, response.get_data(as_text=True)
-    return str(response.json["event"]["status"])  # type: ignore[index]
 
 
 def purchase_row(session: Session, purchase_id: str) -> Purchase:
@@ -57,7 +49,7 @@ def balance(session: Session, wallet_id: str) -> Decimal:
     return wallet.credits_balance
 
 
-def entries(session: Session, wallet_id: str, kind: TransactionStatus) -> list[Decimal]:
+def settled_credits(session: Session, wallet_id: str, kind: TransactionStatus) -> list[Decimal]:
     session.expire_all()
     return list(
         session.execute(
@@ -72,12 +64,7 @@ def entries(session: Session, wallet_id: str, kind: TransactionStatus) -> list[D
     )
 
 
-def customer_of(session: Session, bought: Bought) -> str:
-    wallet = session.get_one(Wallet, bought.wallet_id)
-    return wallet.customer.external_id
-
-
-def invoice_block(client: FlaskClient, bought: Bought) -> dict[str, Any]:
+def invoice_of(client: FlaskClient, bought: Bought) -> dict[str, Any]:
     response = get(client, f"/wallet_transactions/{bought.transaction_id}")
     assert response.status_code == 200
     block: dict[str, Any] = response.json["wallet_transaction"]["invoice"]
@@ -93,14 +80,14 @@ def test_a_full_refund_takes_the_purchased_credits_back(
     bought = settled_purchase(client, db_session, stub, paid="10")
     refund = stub.refund_payment(bought.invoice_id or "")
 
-    assert deliver(client, stub, refund, "refund.created") == "processed"
+    assert deliver_object(client, stub, refund, "refund.created") == "processed"
 
-    assert entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("10")]
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("10")]
     assert balance(db_session, bought.wallet_id) == 0
     purchase = purchase_row(db_session, bought.purchase_id)
     assert purchase.status == PurchaseStatus.REFUNDED
     assert (purchase.returned_cents, purchase.shortfall_credits) == (1000, 0)
-    block = invoice_block(client, bought)
+    block = invoice_of(client, bought)
     assert (block["status"], block["returned_cents"], block["dispute_status"]) == (
         "refunded",
         1000,
@@ -121,9 +108,9 @@ def test_partial_refunds_add_up_to_exactly_the_purchased_credits(
     bought = settled_purchase_at(client, db_session, stub, paid="10", rate="0.333")
     for _ in range(3):
         refund = stub.refund_payment(bought.invoice_id or "", amount=111)
-        deliver(client, stub, refund, "refund.created")
+        deliver_object(client, stub, refund, "refund.created")
 
-    taken = entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED)
+    taken = settled_credits(db_session, bought.wallet_id, TransactionStatus.REFUNDED)
     # The running total rounds: 3.33333, 6.66667, then exactly 10.
     assert taken == [D("3.33333"), D("3.33334"), D("3.33333")]
     assert sum(taken) == D("10")
@@ -149,13 +136,13 @@ def test_repeats_and_every_event_of_one_refund_count_it_once(
     event = stub.object_event(refund, "refund.created")
     post_signed(client, event)
     post_signed(client, event)  # the same delivery again
-    deliver(client, stub, refund, "refund.updated")  # another event, same refund
+    deliver_object(client, stub, refund, "refund.updated")  # another event, same refund
     pi = stub.payment_intent_of(bought.invoice_id or "") or ""
-    deliver(client, stub, stub.charge_of(pi), "charge.refunded")
+    deliver_object(client, stub, stub.charge_of(pi), "charge.refunded")
     # charge.refunded without its refunds listed: the service lists them itself.
-    deliver(client, stub, stub.charge_of(pi, list_refunds=False), "charge.refunded")
+    deliver_object(client, stub, stub.charge_of(pi, list_refunds=False), "charge.refunded")
 
-    assert entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("4")]
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("4")]
     assert balance(db_session, bought.wallet_id) == D("6")
     purchase = purchase_row(db_session, bought.purchase_id)
     assert purchase.status == PurchaseStatus.SETTLED
@@ -167,10 +154,10 @@ def test_a_pending_refund_counts_once_it_succeeds(
 ) -> None:
     bought = settled_purchase(client, db_session, stub, paid="10")
     refund = stub.refund_payment(bought.invoice_id or "", amount=500, status="pending")
-    assert deliver(client, stub, refund, "refund.created") == "processed"
+    assert deliver_object(client, stub, refund, "refund.created") == "processed"
     assert balance(db_session, bought.wallet_id) == D("10")
 
-    deliver(client, stub, {**refund, "status": "succeeded"}, "refund.updated")
+    deliver_object(client, stub, {**refund, "status": "succeeded"}, "refund.updated")
 
     assert balance(db_session, bought.wallet_id) == D("5")
 
@@ -182,13 +169,13 @@ def test_a_refund_before_the_payment_event_takes_the_credits_when_it_settles(
     stub.mark_paid(bought.invoice_id or "")
     refund = stub.refund_payment(bought.invoice_id or "", amount=250)
 
-    assert deliver(client, stub, refund, "refund.created") == "processed"
+    assert deliver_object(client, stub, refund, "refund.created") == "processed"
     assert balance(db_session, bought.wallet_id) == 0  # nothing credited yet
     assert purchase_row(db_session, bought.purchase_id).returned_cents == 250
 
     post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
 
-    assert entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("2.5")]
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("2.5")]
     assert balance(db_session, bought.wallet_id) == D("7.5")
 
 
@@ -197,10 +184,13 @@ def test_a_refund_above_what_was_paid_is_capped(
 ) -> None:
     bought = settled_purchase(client, db_session, stub, paid="10")
     pi = stub.payment_intent_of(bought.invoice_id or "") or ""
-    deliver(client, stub, stub.refund_payment_intent(pi, 800), "refund.created")
-    deliver(client, stub, stub.refund_payment_intent(pi, 800), "refund.created")
+    deliver_object(client, stub, stub.refund_payment_intent(pi, 800), "refund.created")
+    deliver_object(client, stub, stub.refund_payment_intent(pi, 800), "refund.created")
 
-    assert entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("8"), D("2")]
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [
+        D("8"),
+        D("2"),
+    ]
     purchase = purchase_row(db_session, bought.purchase_id)
     assert (purchase.returned_cents, purchase.status) == (1000, PurchaseStatus.REFUNDED)
 
@@ -212,9 +202,9 @@ def test_credits_already_spent_are_a_shortfall_and_the_balance_stays_at_zero(
     spend(client, customer_of(db_session, bought), 700)  # 7 of the 10 credits
     refund = stub.refund_payment(bought.invoice_id or "")
 
-    deliver(client, stub, refund, "refund.created")
+    deliver_object(client, stub, refund, "refund.created")
 
-    assert entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("3")]
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("3")]
     assert balance(db_session, bought.wallet_id) == 0
     purchase = purchase_row(db_session, bought.purchase_id)
     assert purchase.shortfall_credits == D("7")
@@ -232,11 +222,11 @@ def test_a_refund_of_a_refund_required_purchase_resolves_it(
     post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
     assert purchase_row(db_session, bought.purchase_id).status == PurchaseStatus.REFUND_REQUIRED
 
-    deliver(client, stub, stub.refund_payment(bought.invoice_id or ""), "refund.created")
+    deliver_object(client, stub, stub.refund_payment(bought.invoice_id or ""), "refund.created")
 
     purchase = purchase_row(db_session, bought.purchase_id)
     assert (purchase.status, purchase.returned_cents) == (PurchaseStatus.REFUNDED, 1000)
-    assert entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == []
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == []
 
 
 # --- credit notes ----------------------------------------------------------------------
@@ -254,9 +244,9 @@ def test_a_refund_made_through_a_credit_note_counts_once(
         deliveries.reverse()
 
     for obj, event_type in deliveries:
-        deliver(client, stub, obj, event_type)
+        deliver_object(client, stub, obj, event_type)
 
-    assert entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("3")]
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("3")]
     assert balance(db_session, bought.wallet_id) == D("7")
     assert purchase_row(db_session, bought.purchase_id).returned_cents == 300
 
@@ -267,9 +257,9 @@ def test_a_credit_note_to_the_customer_balance_takes_credits_back_too(
     bought = settled_purchase(client, db_session, stub, paid="10")
     note = stub.credit_note(bought.invoice_id or "", 200)
 
-    assert deliver(client, stub, note, "credit_note.created") == "processed"
+    assert deliver_object(client, stub, note, "credit_note.created") == "processed"
 
-    assert entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("2")]
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == [D("2")]
 
 
 def test_a_pre_payment_credit_note_takes_nothing(
@@ -283,7 +273,7 @@ def test_a_pre_payment_credit_note_takes_nothing(
         "post_payment_amount": 0,
     }
 
-    deliver(client, stub, note, "credit_note.created")
+    deliver_object(client, stub, note, "credit_note.created")
 
     assert balance(db_session, bought.wallet_id) == D("10")
     assert purchase_row(db_session, bought.purchase_id).returned_cents == 0
@@ -298,17 +288,17 @@ def test_a_dispute_holds_the_credits_and_a_won_dispute_gives_them_back(
     bought = settled_purchase(client, db_session, stub, paid="10")
     dispute = stub.dispute(bought.invoice_id or "")
 
-    deliver(client, stub, dispute, "charge.dispute.created")
+    deliver_object(client, stub, dispute, "charge.dispute.created")
 
-    assert entries(db_session, bought.wallet_id, TransactionStatus.DISPUTED) == [D("10")]
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.DISPUTED) == [D("10")]
     assert balance(db_session, bought.wallet_id) == 0
-    assert invoice_block(client, bought)["dispute_status"] == "open"
+    assert invoice_of(client, bought)["dispute_status"] == "open"
 
-    deliver(client, stub, stub.close_dispute(dispute["id"], "won"), "charge.dispute.closed")
+    deliver_object(client, stub, stub.close_dispute(dispute["id"], "won"), "charge.dispute.closed")
 
-    assert entries(db_session, bought.wallet_id, TransactionStatus.REINSTATED) == [D("10")]
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.REINSTATED) == [D("10")]
     assert balance(db_session, bought.wallet_id) == D("10")
-    assert invoice_block(client, bought)["dispute_status"] == "won"
+    assert invoice_of(client, bought)["dispute_status"] == "won"
     assert purchase_row(db_session, bought.purchase_id).status == PurchaseStatus.SETTLED
 
 
@@ -317,14 +307,14 @@ def test_a_lost_dispute_keeps_the_credits_out_and_a_later_refund_takes_nothing_m
 ) -> None:
     bought = settled_purchase(client, db_session, stub, paid="10")
     dispute = stub.dispute(bought.invoice_id or "")
-    deliver(client, stub, dispute, "charge.dispute.created")
-    deliver(client, stub, stub.close_dispute(dispute["id"], "lost"), "charge.dispute.closed")
-    deliver(client, stub, stub.refund_payment(bought.invoice_id or ""), "refund.created")
+    deliver_object(client, stub, dispute, "charge.dispute.created")
+    deliver_object(client, stub, stub.close_dispute(dispute["id"], "lost"), "charge.dispute.closed")
+    deliver_object(client, stub, stub.refund_payment(bought.invoice_id or ""), "refund.created")
 
-    assert entries(db_session, bought.wallet_id, TransactionStatus.DISPUTED) == [D("10")]
-    assert entries(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == []
-    assert entries(db_session, bought.wallet_id, TransactionStatus.REINSTATED) == []
-    assert invoice_block(client, bought)["dispute_status"] == "lost"
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.DISPUTED) == [D("10")]
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == []
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.REINSTATED) == []
+    assert invoice_of(client, bought)["dispute_status"] == "lost"
 
 
 def test_a_dispute_closed_before_its_opening_arrives_stays_closed(
@@ -334,11 +324,11 @@ def test_a_dispute_closed_before_its_opening_arrives_stays_closed(
     dispute = stub.dispute(bought.invoice_id or "")
     closed = stub.close_dispute(dispute["id"], "won")
 
-    deliver(client, stub, closed, "charge.dispute.closed")
-    deliver(client, stub, dispute, "charge.dispute.created")
+    deliver_object(client, stub, closed, "charge.dispute.closed")
+    deliver_object(client, stub, dispute, "charge.dispute.created")
 
     assert balance(db_session, bought.wallet_id) == D("10")
-    assert entries(db_session, bought.wallet_id, TransactionStatus.DISPUTED) == []
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.DISPUTED) == []
     assert purchase_row(db_session, bought.purchase_id).dispute_status == "won"
 
 
@@ -348,12 +338,12 @@ def test_a_won_dispute_gives_back_only_what_was_held(
     bought = settled_purchase(client, db_session, stub, paid="10")
     spend(client, customer_of(db_session, bought), 600)
     dispute = stub.dispute(bought.invoice_id or "")
-    deliver(client, stub, dispute, "charge.dispute.created")
+    deliver_object(client, stub, dispute, "charge.dispute.created")
     assert purchase_row(db_session, bought.purchase_id).shortfall_credits == D("6")
 
-    deliver(client, stub, stub.close_dispute(dispute["id"], "won"), "charge.dispute.closed")
+    deliver_object(client, stub, stub.close_dispute(dispute["id"], "won"), "charge.dispute.closed")
 
-    assert entries(db_session, bought.wallet_id, TransactionStatus.REINSTATED) == [D("4")]
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.REINSTATED) == [D("4")]
     assert balance(db_session, bought.wallet_id) == D("4")
     purchase = purchase_row(db_session, bought.purchase_id)
     assert (purchase.shortfall_credits, purchase.attention_reason) == (0, None)
@@ -368,12 +358,12 @@ def test_the_invoice_payment_lookup_is_made_once_then_the_stored_payment_maps(
     bought = settled_purchase(client, db_session, stub, paid="10")
     lookups = len(stub.requests_to("GET", "/v1/invoice_payments"))
     first = stub.refund_payment(bought.invoice_id or "", amount=100)
-    deliver(client, stub, first, "refund.created")
+    deliver_object(client, stub, first, "refund.created")
     assert len(stub.requests_to("GET", "/v1/invoice_payments")) == lookups + 1
     pi = stub.payment_intent_of(bought.invoice_id or "")
     assert purchase_row(db_session, bought.purchase_id).payment_id == pi
 
-    deliver(
+    deliver_object(
         client, stub, stub.refund_payment(bought.invoice_id or "", amount=100), "refund.created"
     )
 
@@ -393,7 +383,7 @@ def test_a_payment_intent_on_the_paid_invoice_is_stored_at_settlement(
     assert purchase_row(db_session, bought.purchase_id).payment_id == pi
     lookups = len(stub.requests_to("GET", "/v1/invoice_payments"))
 
-    deliver(client, stub, stub.refund_payment(bought.invoice_id or ""), "refund.created")
+    deliver_object(client, stub, stub.refund_payment(bought.invoice_id or ""), "refund.created")
 
     assert len(stub.requests_to("GET", "/v1/invoice_payments")) == lookups
     assert balance(db_session, bought.wallet_id) == 0
@@ -423,9 +413,9 @@ def test_events_for_payments_and_invoices_we_do_not_know_are_ignored(
         "status": "issued",
         "refunds": [],
     }
-    assert deliver(client, stub, note, "credit_note.created") == "ignored"
+    assert deliver_object(client, stub, note, "credit_note.created") == "ignored"
     dispute = {**foreign, "id": "dp_not_ours", "object": "dispute", "status": "needs_response"}
-    assert deliver(client, stub, dispute, "charge.dispute.created") == "ignored"
+    assert deliver_object(client, stub, dispute, "charge.dispute.created") == "ignored"
 
 
 def test_a_failure_rolls_everything_back_and_the_event_is_replayable(
@@ -457,17 +447,17 @@ def test_the_invoice_payment_event_stores_the_payment_so_refunds_need_no_lookup(
     [invoice_payment] = [
         row for row in stub.invoice_payments.values() if row["invoice"] == bought.invoice_id
     ]
-    assert deliver(client, stub, invoice_payment, "invoice_payment.paid") == "processed"
+    assert deliver_object(client, stub, invoice_payment, "invoice_payment.paid") == "processed"
     post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
     pi = stub.payment_intent_of(bought.invoice_id or "")
     assert purchase_row(db_session, bought.purchase_id).payment_id == pi
     lookups = len(stub.requests_to("GET", "/v1/invoice_payments"))
 
-    deliver(
+    deliver_object(
         client, stub, stub.refund_payment(bought.invoice_id or "", amount=100), "refund.created"
     )
 
     assert len(stub.requests_to("GET", "/v1/invoice_payments")) == lookups
     assert balance(db_session, bought.wallet_id) == D("9")
     other = {**invoice_payment, "id": "inpay_other", "invoice": "in_not_ours"}
-    assert deliver(client, stub, other, "invoice_payment.paid") == "ignored"
+    assert deliver_object(client, stub, other, "invoice_payment.paid") == "ignored"

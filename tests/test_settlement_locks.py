@@ -21,9 +21,10 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import Connection
 
 from gateway import settlement
-from gateway.db import get_db, utcnow
+from gateway.db import utcnow
 from gateway.models import PurchaseStatus
 from gateway.providers.stripe.objects import invoice_snapshot
+from tests.support.threads import app_session
 from tests.support.webhooks import PurchaseRow, invoice_object, make_purchase, state_of
 
 pytestmark = pytest.mark.postgres
@@ -31,12 +32,8 @@ pytestmark = pytest.mark.postgres
 
 @pytest.fixture
 def purchase(committed_app: Flask) -> PurchaseRow:
-    with committed_app.app_context():
-        session = get_db().session()
-        try:
-            return make_purchase(session, credits=Decimal("4"))
-        finally:
-            session.close()
+    with app_session(committed_app) as session:
+        return make_purchase(session, credits=Decimal("4"))
 
 
 @pytest.fixture
@@ -131,11 +128,7 @@ def test_a_settlement_that_waited_reads_what_the_lock_holder_committed(
     assert first.action == settlement.SettlementAction.SETTLED
     # Not a stale "open" purchase with a "pending" entry: it sees the settlement.
     assert outcome[0].action == settlement.SettlementAction.UNCHANGED
-    with committed_app.app_context():
-        session = get_db().session()
-        try:
-            state = state_of(session, purchase.id)
-        finally:
-            session.close()
+    with app_session(committed_app) as session:
+        state = state_of(session, purchase.id)
     assert state.purchase_status == PurchaseStatus.SETTLED
     assert state.balance == Decimal("4.00000")

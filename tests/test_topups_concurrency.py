@@ -13,7 +13,7 @@ from gateway import topups
 from gateway.db import get_session, utcnow
 from gateway.models import EntrySource, Purchase, WalletTransaction
 from tests.support.api import application_body, create_wallet, post, subscribed_customer
-from tests.test_credit_applications_concurrency import inspect, run_together
+from tests.support.threads import app_session, run_together
 
 pytestmark = pytest.mark.postgres
 
@@ -36,8 +36,7 @@ def test_ten_concurrent_credit_applications_crossing_the_threshold_start_one_top
 
     assert run_together(10, apply) == [201] * 10  # 100 -> 10: crossed once, at 55 -> 46
 
-    session = inspect(committed_app)
-    try:
+    with app_session(committed_app) as session:
         automatic = list(
             session.execute(
                 select(WalletTransaction).where(
@@ -50,8 +49,6 @@ def test_ten_concurrent_credit_applications_crossing_the_threshold_start_one_top
             ("purchased", Decimal("30"))
         ]
         assert len(session.execute(select(Purchase.id)).all()) == 1
-    finally:
-        session.close()
 
 
 def test_two_workers_racing_on_due_interval_rules_buy_each_period_once(
@@ -82,8 +79,7 @@ def test_two_workers_racing_on_due_interval_rules_buy_each_period_once(
     started = run_together(2, work)
 
     assert sum(started) == 40
-    session = inspect(committed_app)
-    try:
+    with app_session(committed_app) as session:
         rows = session.execute(
             select(WalletTransaction.wallet_id, WalletTransaction.transaction_status).where(
                 WalletTransaction.source == EntrySource.INTERVAL
@@ -93,5 +89,3 @@ def test_two_workers_racing_on_due_interval_rules_buy_each_period_once(
             (wallet, kind) for wallet in wallets for kind in ("granted", "purchased")
         )
         assert len(session.execute(select(Purchase.id)).all()) == 40
-    finally:
-        session.close()

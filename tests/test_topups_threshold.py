@@ -30,7 +30,7 @@ from tests.support.api import (
     put,
     wallet_with_rule,
 )
-from tests.support.reconcile import settled_purchase
+from tests.support.purchases import settled_purchase
 from tests.support.stripe import routes, sent
 from tests.support.webhooks import post_signed
 

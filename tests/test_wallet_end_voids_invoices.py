@@ -21,6 +21,7 @@ from gateway.models import EntryStatus, PurchaseStatus, Wallet, WalletStatus
 from gateway.providers import get_provider
 from tests.support.api import delete
 from tests.support.config import postgres_url
+from tests.support.threads import app_session
 from tests.support.webhooks import (
     PurchaseRow,
     invoice_event,
@@ -213,10 +214,8 @@ def observer() -> Iterator[Engine]:
 def test_the_invoice_is_voided_after_commit_with_no_lock_held(
     committed_app: Flask, observer: Engine, stripe_mock: responses.RequestsMock
 ) -> None:
-    with committed_app.app_context():
-        session = get_db().session()
+    with app_session(committed_app) as session:
         purchase = make_purchase(session)
-        session.close()
     seen: dict[str, Any] = {}
 
     def void(request: Any) -> tuple[int, dict[str, str], str]:
@@ -243,8 +242,6 @@ def test_the_invoice_is_voided_after_commit_with_no_lock_held(
 
     assert response.status_code == 200
     assert seen == {"wallet": "terminated", "purchase": "failed"}
-    with committed_app.app_context():
-        session = get_db().session()
+    with app_session(committed_app) as session:
         state = state_of(session, purchase.id)
-        session.close()
     assert state.invoice_status == "void" and not state.void_pending

@@ -24,6 +24,7 @@ from tests.support.api import (
     put,
     subscribed_customer,
 )
+from tests.support.ledger import entries
 
 
 @pytest.fixture
@@ -44,17 +45,6 @@ def move_expiration(db_session: Session, wallet_id: str, at: datetime) -> None:
     """Put a wallet's expiration in the past, as time passing would (the API refuses it)."""
     db_session.execute(update(Wallet).where(Wallet.id == wallet_id).values(expiration_at=at))
     db_session.commit()
-
-
-def entries(db_session: Session, wallet_id: str) -> list[WalletTransaction]:
-    db_session.expire_all()
-    return list(
-        db_session.execute(
-            select(WalletTransaction)
-            .where(WalletTransaction.wallet_id == wallet_id)
-            .order_by(WalletTransaction.created_at, WalletTransaction.id)
-        ).scalars()
-    )
 
 
 def wallet_count(db_session: Session, **filters: Any) -> int:

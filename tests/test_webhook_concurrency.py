@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -11,14 +9,14 @@ import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
-from gateway.db import get_db
 from gateway.models import EntryStatus, PurchaseStatus, WebhookEvent, WebhookEventStatus
+from tests.support.threads import app_session
 from tests.support.webhooks import (
     PurchaseRow,
+    deliver_at_once,
     encode,
     invoice_event,
     make_purchase,
-    sign,
     state_of,
 )
 
@@ -26,55 +24,15 @@ pytestmark = pytest.mark.postgres
 
 
 def _purchase(app: Flask) -> PurchaseRow:
-    with app.app_context():
-        session = get_db().session()
-        try:
-            return make_purchase(session, credits=Decimal("7.5"), granted=Decimal("1"))
-        finally:
-            session.close()
-
-
-def _at_once(app: Flask, bodies: list[bytes]) -> list[Any]:
-    """POST each body from its own thread, all released together by a barrier."""
-    barrier = threading.Barrier(len(bodies))
-    answers: list[Any] = [None] * len(bodies)
-
-    def deliver(index: int, body: bytes) -> None:
-        client = app.test_client()
-        barrier.wait()
-        response = client.post(
-            "/webhooks/stripe",
-            data=body,
-            headers={"Stripe-Signature": sign(body)},
-            content_type="application/json",
-        )
-        answers[index] = (response.status_code, response.json)
-
-    threads = [
-        threading.Thread(target=deliver, args=(index, body)) for index, body in enumerate(bodies)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(thread.is_alive() for thread in threads)
-    return answers
-
-
-def _inspect(app: Flask, check: Callable[[Any], None]) -> None:
-    with app.app_context():
-        session = get_db().session()
-        try:
-            check(session)
-        finally:
-            session.close()
+    with app_session(app) as session:
+        return make_purchase(session, credits=Decimal("7.5"), granted=Decimal("1"))
 
 
 def test_the_same_event_ten_times_concurrently_credits_once(committed_app: Flask) -> None:
     purchase = _purchase(committed_app)
     body = encode(invoice_event(purchase, "invoice.paid"))
 
-    answers = _at_once(committed_app, [body] * 10)
+    answers = deliver_at_once(committed_app, [body] * 10)
 
     assert [status for status, _ in answers] == [200] * 10, answers
     firsts = [answer for _, answer in answers if not answer["event"]["duplicate"]]
@@ -89,7 +47,8 @@ def test_the_same_event_ten_times_concurrently_credits_once(committed_app: Flask
         assert row.status == WebhookEventStatus.PROCESSED
         assert row.attempts == 1
 
-    _inspect(committed_app, check)
+    with app_session(committed_app) as session:
+        check(session)
 
 
 def test_paid_and_payment_succeeded_racing_each_other_credit_once(committed_app: Flask) -> None:
@@ -97,7 +56,7 @@ def test_paid_and_payment_succeeded_racing_each_other_credit_once(committed_app:
     paid = encode(invoice_event(purchase, "invoice.paid"))
     succeeded = encode(invoice_event(purchase, "invoice.payment_succeeded"))
 
-    answers = _at_once(committed_app, [paid, succeeded] * 5)
+    answers = deliver_at_once(committed_app, [paid, succeeded] * 5)
 
     assert [status for status, _ in answers] == [200] * 10, answers
 
@@ -105,7 +64,8 @@ def test_paid_and_payment_succeeded_racing_each_other_credit_once(committed_app:
         assert state_of(session, purchase.id).balance == Decimal("8.50000")
         assert session.execute(select(func.count()).select_from(WebhookEvent)).scalar_one() == 2
 
-    _inspect(committed_app, check)
+    with app_session(committed_app) as session:
+        check(session)
 
 
 def test_paid_racing_voided_never_leaves_a_half_applied_purchase(committed_app: Flask) -> None:
@@ -116,7 +76,7 @@ def test_paid_racing_voided_never_leaves_a_half_applied_purchase(committed_app: 
         for event_type in ("invoice.paid", "invoice.voided")
     ]
 
-    answers = _at_once(committed_app, bodies)
+    answers = deliver_at_once(committed_app, bodies)
 
     assert [status for status, _ in answers] == [200] * 10, answers
 
@@ -128,4 +88,5 @@ def test_paid_racing_voided_never_leaves_a_half_applied_purchase(committed_app: 
             assert state.entry_status == EntryStatus.SETTLED
             assert state.balance == Decimal("8.50000")
 
-    _inspect(committed_app, check)
+    with app_session(committed_app) as session:
+        check(session)

@@ -22,13 +22,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from werkzeug.test import TestResponse
 
-from gateway.db import get_db
 from gateway.models import EntryStatus, Purchase, PurchaseStatus, WalletTransaction
 from gateway.providers.stripe.sandbox import StripeStub
 from tests.support.api import delete, get, post, subscribed_customer
 from tests.support.stripe import FINALIZE, during_finalize
-from tests.support.webhooks import encode, sign, state_of
+from tests.support.threads import app_session
+from tests.support.webhooks import encode, post_signed, state_of
 
 Deliver = Callable[[bytes], tuple[int, Any]]
 
@@ -47,13 +48,7 @@ def _pay_during_finalize(
     return deliveries
 
 
-def _signed_post(client: FlaskClient, body: bytes) -> tuple[int, Any]:
-    response = client.post(
-        "/webhooks/stripe",
-        data=body,
-        headers={"Stripe-Signature": sign(body)},
-        content_type="application/json",
-    )
+def _answer(response: TestResponse) -> tuple[int, Any]:
     return response.status_code, response.json
 
 
@@ -66,7 +61,7 @@ def test_paid_webhook_during_the_create_call_is_credited_once(
 ) -> None:
     webhook_client = app.test_client()  # Stripe's connection, not the caller's
     deliveries = _pay_during_finalize(
-        stripe_mock, stub, lambda body: _signed_post(webhook_client, body)
+        stripe_mock, stub, lambda body: _answer(post_signed(webhook_client, body))
     )
     customer = subscribed_customer(client)
 
@@ -109,7 +104,7 @@ def test_paid_webhook_during_the_create_call_is_credited_once(
     assert entry["status"] == "settled"
     assert entry["invoice"]["status"] == "paid"
     event = stub.event(state.invoice_id or "", "invoice.paid")
-    assert _signed_post(webhook_client, encode(event))[0] == 200
+    assert post_signed(webhook_client, event).status_code == 200
     assert state_of(db_session, purchase.id).balance == Decimal("45.00000")
 
 
@@ -123,7 +118,7 @@ def test_paid_webhook_from_another_thread_during_the_create_call_is_credited_onc
     def deliver_from_another_thread(body: bytes) -> tuple[int, Any]:
         result: list[tuple[int, Any]] = []
         thread = threading.Thread(
-            target=lambda: result.append(_signed_post(committed_app.test_client(), body))
+            target=lambda: result.append(_answer(post_signed(committed_app.test_client(), body)))
         )
         thread.start()
         thread.join(timeout=20)
@@ -143,13 +138,9 @@ def test_paid_webhook_from_another_thread_during_the_create_call_is_credited_onc
     assert response.status_code == 201, response.json
     [(status, answer)] = deliveries
     assert status == 200 and answer["event"]["status"] == "processed", answer
-    with committed_app.app_context():
-        session = get_db().session()
-        try:
-            [purchase] = session.query(Purchase).all()
-            state = state_of(session, purchase.id)
-        finally:
-            session.close()
+    with app_session(committed_app) as session:
+        [purchase] = session.query(Purchase).all()
+        state = state_of(session, purchase.id)
     assert state.purchase_status == PurchaseStatus.SETTLED
     assert state.entry_status == EntryStatus.SETTLED
     assert state.invoice_status == "paid"

@@ -41,7 +41,7 @@ def deliveries(draw: st.DrawFn) -> tuple[list[str], list[str]]:
     return sorted(kinds, key=NATURAL_ORDER.index), list(order)
 
 
-def _deliver(
+def _deliver_in_order(
     client: FlaskClient, purchase: PurchaseRow, order: list[str], events: dict[str, dict]
 ) -> None:
     for kind in order:
@@ -92,9 +92,11 @@ def test_any_delivery_order_ends_in_the_state_of_the_natural_order(
     natural = make_purchase(db_session, granted=Decimal("1"), invoice_stored=invoice_stored)
     shuffled = make_purchase(db_session, granted=Decimal("1"), invoice_stored=invoice_stored)
 
-    _deliver(client, natural, kinds, {kind: invoice_event(natural, kind) for kind in kinds})
+    _deliver_in_order(
+        client, natural, kinds, {kind: invoice_event(natural, kind) for kind in kinds}
+    )
     events = {kind: invoice_event(shuffled, kind) for kind in kinds}
-    _deliver(client, shuffled, order, events)
+    _deliver_in_order(client, shuffled, order, events)
 
     expected = state_of(db_session, natural.id)
     assert _comparable(state_of(db_session, shuffled.id), shuffled) == _comparable(

@@ -25,6 +25,7 @@ from gateway.worker import Worker
 from tests.support.api import create_wallet, registered_endpoint, subscribed_customer
 from tests.support.config import TEST_SETTINGS
 from tests.support.receiver import Behaviour, running_receiver
+from tests.support.threads import app_session
 
 pytestmark = pytest.mark.postgres
 
@@ -43,14 +44,10 @@ def settings_of(app: Flask, **overrides: Any) -> Settings:
 
 
 def count_rows(app: Flask, model: Any, *where: Any) -> int:
-    with app.app_context():
-        session = get_db().session()
-        try:
-            return int(
-                session.execute(select(func.count()).select_from(model).where(*where)).scalar_one()
-            )
-        finally:
-            session.close()
+    with app_session(app) as session:
+        return int(
+            session.execute(select(func.count()).select_from(model).where(*where)).scalar_one()
+        )
 
 
 def test_concurrent_workers_never_send_one_attempt_twice(committed_app: Flask) -> None:

@@ -1,8 +1,10 @@
-"""The configuration every test app starts from, and where the test databases are."""
+"""The configuration every test app starts from, where the test databases are, and free
+ports for the servers some tests start."""
 
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -37,3 +39,10 @@ def postgres_url() -> str:
     return url.set(database=f"{url.database}{_worker_suffix()}").render_as_string(
         hide_password=False
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

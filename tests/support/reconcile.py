@@ -4,14 +4,13 @@ stub, then left behind the way lost webhooks and crashes leave them."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import threading
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
 from flask import Flask
-from flask.testing import FlaskClient
 from sqlalchemy import Connection, select, update
 from sqlalchemy.orm import Session
 
@@ -31,67 +30,9 @@ from gateway.providers.base import (
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.purchases import invoice_description
 from gateway.reconcile import Finding, FindingAction, FindingKind, ReconcileReport, reconcile
-from tests.support.api import create_wallet, post, subscribed_customer
+from tests.support.purchases import Bought
 from tests.support.stripe import SECRET_KEY
-from tests.support.webhooks import make_purchase, post_signed, state_of
-
-
-@dataclass(frozen=True)
-class Bought:
-    purchase_id: str
-    wallet_id: str
-    transaction_id: str
-    invoice_id: str | None
-    credits: Decimal
-
-
-def _purchase_of(session: Session, transaction_id: str) -> Purchase:
-    purchase: Purchase = session.execute(
-        select(Purchase)
-        .where(Purchase.transaction_id == transaction_id)
-        .execution_options(populate_existing=True)
-    ).scalar_one()
-    return purchase
-
-
-def _bought(session: Session, transaction_id: str) -> Bought:
-    purchase = _purchase_of(session, transaction_id)
-    return Bought(
-        purchase.id,
-        purchase.wallet_id,
-        transaction_id,
-        purchase.provider_invoice_id,
-        purchase.credit_amount,
-    )
-
-
-def buy_wallet(client: FlaskClient, session: Session, paid: str = "10", **fields: Any) -> Bought:
-    """A new wallet with paid credits: a purchase `open`, its invoice open at Stripe."""
-    body = create_wallet(client, subscribed_customer(client), paid_credits=paid, **fields)
-    [transaction] = [
-        t for t in body["wallet_transactions"] if t["transaction_status"] == "purchased"
-    ]
-    return _bought(session, transaction["id"])
-
-
-def buy_more(
-    client: FlaskClient, session: Session, wallet_id: str, paid: str = "1", key: str | None = None
-) -> Bought:
-    """A paid top-up of an existing wallet (the call that failed, if Stripe did), sent
-    with Idempotency-Key `key` if given."""
-    response = post(
-        client,
-        "/wallet_transactions",
-        {"wallet_transaction": {"wallet_id": wallet_id, "paid_credits": paid}},
-        **({"Idempotency-Key": key} if key is not None else {}),
-    )
-    assert response.status_code in (201, 503), response.json
-    if response.status_code == 503:
-        transaction_id = response.json["error_details"]["wallet_transaction_id"]
-    else:
-        [transaction] = response.json["wallet_transactions"]
-        transaction_id = transaction["id"]
-    return _bought(session, transaction_id)
+from tests.support.webhooks import make_purchase
 
 
 def invoice_at_stripe(app: Flask, session: Session, purchase_id: str) -> InvoiceSnapshot:
@@ -258,12 +199,17 @@ def table_rows(connection: Connection) -> dict[str, list[tuple[Any, ...]]]:
     return state
 
 
-def settled_purchase(
-    client: FlaskClient, db_session: Session, stub: StripeStub, paid: str
-) -> Bought:
-    """A purchase paid at Stripe and settled by its webhook."""
-    bought = buy_wallet(client, db_session, paid=paid)
-    stub.mark_paid(bought.invoice_id or "")
-    post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
-    assert state_of(db_session, bought.purchase_id).purchase_status == PurchaseStatus.SETTLED
-    return bought
+def run_in_thread(
+    app: Flask, reports: list[ReconcileReport], errors: list[BaseException]
+) -> threading.Thread:
+    """A reconcile run on its own thread, started: its report or error lands in the lists."""
+
+    def target() -> None:
+        try:
+            reports.append(run(app))
+        except BaseException as exc:  # surfaced by the test, not lost in the thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread

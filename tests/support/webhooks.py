@@ -13,10 +13,11 @@ import itertools
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -26,15 +27,16 @@ from gateway import ledger, money
 from gateway.actors import SYSTEM
 from gateway.db import utcnow
 from gateway.models import (
-    Customer,
     Purchase,
     PurchaseStatus,
     Wallet,
-    WalletStatus,
     WalletTransaction,
     WebhookEvent,
 )
 from gateway.providers.base import META_PURCHASE_ID, META_TRANSACTION_ID, META_WALLET_ID
+from gateway.providers.stripe.sandbox import StripeStub
+from tests.support.ledger import wallet_row
+from tests.support.threads import run_together
 
 PRIMARY_SECRET = "whsec_test_primary"
 SECONDARY_SECRET = "whsec_test_secondary"
@@ -77,6 +79,27 @@ def post_signed(
     )
 
 
+def deliver_at_once(app: Flask, bodies: list[bytes]) -> list[tuple[int, Any]]:
+    """POST each body, signed, from its own thread, all released together: (status, JSON)
+    answers in the bodies' order."""
+
+    def deliver(index: int) -> tuple[int, Any]:
+        response = post_signed(app.test_client(), bodies[index])
+        return response.status_code, response.json
+
+    return run_together(len(bodies), deliver)
+
+
+def deliver_object(
+    client: FlaskClient, stub: StripeStub, obj: dict[str, Any], event_type: str
+) -> str:
+    """Deliver the stub's `obj` in an event of `event_type`; the event's stored status."""
+    event = stub.object_event(obj, event_type)
+    response = post_signed(client, event)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return str(response.json["event"]["status"])  # type: ignore[index]
+
+
 @dataclass(frozen=True)
 class PurchaseRow:
     id: str
@@ -111,30 +134,15 @@ def make_purchase(
     its pending entry are committed, the invoice id is not stored yet.
     """
     now = utcnow()
-    customer = Customer(external_id=_next("cust"), currency=currency, created_at=now)
-    session.add(customer)
-    session.flush()
-    wallet = Wallet(
-        customer_id=customer.id,
-        status=WalletStatus.ACTIVE,
-        currency=currency,
-        rate_amount=rate,
-        credits_balance=Decimal("0"),
-        consumed_credits=Decimal("0"),
-        consumed_amount_cents=0,
-        expiration_at=expiration_at,
-        created_at=now,
+    wallet = wallet_row(
+        session, granted or Decimal(0), rate, currency, now=now, expiration_at=expiration_at
     )
-    session.add(wallet)
-    session.flush()
-    if granted:
-        ledger.grant_credits(session, wallet, granted, now, created_by=SYSTEM)
     entry = ledger.open_purchase_entry(session, wallet, credits, now, created_by=SYSTEM)
     amount = money.purchase_amount_minor(credits, rate, currency)
     invoice_id = _next("in")
     purchase = Purchase(
         wallet_id=wallet.id,
-        customer_id=customer.id,
+        customer_id=wallet.customer_id,
         transaction_id=entry.id,
         status=status or (PurchaseStatus.OPEN if invoice_stored else PurchaseStatus.CREATING),
         currency=currency,
@@ -287,7 +295,3 @@ def stored_events(session: Session) -> int:
 def stored_event(session: Session, event_id: str) -> WebhookEvent | None:
     session.expire_all()
     return session.get(WebhookEvent, event_id)
-
-
-def past(seconds: int) -> datetime:
-    return utcnow() - timedelta(seconds=seconds)
