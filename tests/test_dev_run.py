@@ -10,9 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from gateway.settings import PROJECT_ROOT
 from tests.support.config import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _children(pid: int) -> list[str]:
@@ -40,8 +39,8 @@ def test_make_run_starts_a_worker_beside_the_web_server(tmp_path: Path) -> None:
     }
     log = tmp_path / "make-run.log"
     process = subprocess.Popen(  # noqa: S603
-        [sys.executable, str(ROOT / "scripts" / "dev.py")],
-        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        [sys.executable, str(PROJECT_ROOT / "scripts" / "dev.py")],
+        cwd=PROJECT_ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
         start_new_session=True,
     )  # fmt: skip
     try:

@@ -26,11 +26,11 @@ import requests
 from flask import Flask
 
 from gateway.providers.stripe.sandbox import StripeStub
+from gateway.settings import PROJECT_ROOT
 from tests.support.api import application_body, unique
 from tests.support.config import AUTH, TEST_SETTINGS, free_port, postgres_url
 from tests.support.webhooks import sign
 
-ROOT = Path(__file__).resolve().parent.parent
 WAITING_PURCHASES = 5
 TIMED_REQUESTS = 10
 # A request that is not queued behind the purchases answers in milliseconds; one
@@ -62,8 +62,8 @@ def service(committed_app: Flask, stripe_server: StripeStub) -> Iterator[str]:
     gunicorn = Path(sys.executable).parent / "gunicorn"
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(  # noqa: S603 - our own gunicorn and config
-            [str(gunicorn), "-c", str(ROOT / "config" / "gunicorn.conf.py"), "wsgi:app"],
-            cwd=ROOT,
+            [str(gunicorn), "-c", str(PROJECT_ROOT / "config" / "gunicorn.conf.py"), "wsgi:app"],
+            cwd=PROJECT_ROOT,
             env=environment,
             stdout=subprocess.DEVNULL,
             stderr=log,

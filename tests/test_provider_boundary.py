@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-GATEWAY = Path(__file__).resolve().parent.parent / "gateway"
+from gateway.settings import PROJECT_ROOT
+
+GATEWAY = PROJECT_ROOT / "gateway"
 # The Stripe endpoint verifies Stripe's signature: it is the provider's door.
 _STRIPE_DOOR = GATEWAY / "api" / "webhooks.py"
 

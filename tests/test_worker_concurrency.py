@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from gateway.db import get_db
 from gateway.models import DeliveryAttempt, EventDelivery
-from gateway.settings import Settings
+from gateway.settings import PROJECT_ROOT, Settings
 from gateway.worker import Worker
 from tests.support.api import create_wallet, registered_endpoint, subscribed_customer
 from tests.support.config import TEST_SETTINGS
@@ -28,8 +28,6 @@ from tests.support.receiver import Behaviour, running_receiver
 from tests.support.threads import app_session
 
 pytestmark = pytest.mark.postgres
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_wallets(app: Flask, count: int) -> None:
@@ -125,7 +123,7 @@ def _worker_process(engine: Engine, *args: str) -> subprocess.Popen[bytes]:
     }
     gateway = str(Path(sys.executable).parent / "gateway")
     return subprocess.Popen(  # noqa: S603
-        [gateway, "worker", *args], cwd=ROOT, env=env,
+        [gateway, "worker", *args], cwd=PROJECT_ROOT, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
 
