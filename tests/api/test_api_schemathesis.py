@@ -172,5 +172,5 @@ def test_stateful_phase_follows_the_links_without_failures(under_test: Flask) ->
     succeeded = {operation for operation, statuses in REACHED.items() if statuses & {200, 201}}
     # Its scenarios are random walks: they must start where every chain starts and reach a
     # wallet with real ids. That each link, followed, succeeds is proven step by step in
-    # tests/test_openapi.py::test_every_link_leads_to_a_success_with_real_ids.
+    # tests/api/test_openapi.py::test_every_link_leads_to_a_success_with_real_ids.
     assert {"upsert_customer", "create_subscription", "create_wallet"} <= succeeded, succeeded

@@ -1,0 +1,2 @@
+"""Tests of gateway/api/: the HTTP contract (errors, auth, idempotency, OpenAPI, health
+and clients)."""
