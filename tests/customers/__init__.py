@@ -1,0 +1,1 @@
+"""Tests of gateway/customers.py: customers and subscriptions."""
