@@ -1,5 +1,5 @@
 """The console over HTTP, without a browser: sign-in, CSRF, escaping, labels, and the
-forms acting through the API's use cases (tests/test_console_browser.py drives the same
+forms acting through the API's use cases (tests/console/test_console_browser.py drives the same
 screens in Chromium)."""
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Tests of gateway/console/: the operator console, over HTTP and in a browser."""
