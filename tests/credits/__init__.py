@@ -1,0 +1,1 @@
+"""Tests of gateway/credits.py: credit applications."""
