@@ -5,7 +5,7 @@ PURCHASE_DEADLINE_SECONDS with no database transaction open, and must not hold a
 whole worker meanwhile. With sync workers about five purchases waiting on a slow
 Stripe stalled credit applications and Stripe's own webhook deliveries; with
 GATEWAY_THREADS threads per worker they are served by the other threads
-(tests/test_gunicorn_threads.py). Each thread takes at most one database connection
+(tests/infrastructure/test_gunicorn_threads.py). Each thread takes at most one database connection
 (GATEWAY_DB_POOL_SIZE, default 10, plus 10 overflow, per worker: keep threads below
 that).
 """

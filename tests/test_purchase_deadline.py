@@ -98,7 +98,7 @@ def test_the_deadline_cannot_reach_gunicorns_worker_timeout() -> None:
 
     _, longest = _BOUNDS["PURCHASE_DEADLINE_SECONDS"]
     assert longest is not None and longest + 5 <= WORKER_TIMEOUT_SECONDS
-    assert Settings  # the bound is enforced at start-up (tests/test_app.py)
+    assert Settings  # the bound is enforced at start-up (tests/infrastructure/test_app.py)
 
 
 def test_budgets_nest_and_only_shorten() -> None:

@@ -1,0 +1,1 @@
+"""Tests of The app factory, settings, database, migrations, logs, and the service as run."""
