@@ -1,0 +1,1 @@
+"""Tests of gateway/ledger.py and actors.py: the balance and who changed it."""
