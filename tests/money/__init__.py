@@ -1,0 +1,1 @@
+"""Tests of gateway/money.py and exact numerics on both databases."""
