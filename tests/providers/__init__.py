@@ -1,0 +1,1 @@
+"""Tests of gateway/providers/: the payment-provider boundary."""
