@@ -1,0 +1,1 @@
+"""Tests of gateway/providers/stripe/: the Stripe client, its stub and the sandbox."""
