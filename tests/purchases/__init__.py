@@ -1,0 +1,1 @@
+"""Tests of gateway/purchases.py and transitions.py: paid credits through invoices."""
