@@ -1,0 +1,1 @@
+"""Tests of gateway/reconcile/ and cli/reconcile.py: reconciliation."""
