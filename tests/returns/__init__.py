@@ -1,0 +1,1 @@
+"""Tests of gateway/returns.py: refunds, credit notes and disputes."""
