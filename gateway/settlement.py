@@ -95,7 +95,7 @@ def _lock_purchase_where(condition: ColumnElement[bool]) -> Select[Any]:
 
     PostgreSQL takes the row locks in the order of the `FOR UPDATE OF` list, the
     ledger's order (wallet, then purchase), and after waiting for a lock it reads the
-    rows as the holder committed them (tests/test_settlement_locks.py holds it to
+    rows as the holder committed them (tests/settlement/test_settlement_locks.py holds it to
     both). SQLite has no row locks: its writers are serialised by BEGIN IMMEDIATE.
     """
     return (

@@ -1,0 +1,1 @@
+"""Tests of gateway/settlement.py: applying what the provider says of an invoice."""
