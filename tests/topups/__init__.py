@@ -1,0 +1,1 @@
+"""Tests of gateway/topups.py, rules.py, intervals.py: automatic top-ups."""
