@@ -1,0 +1,1 @@
+"""Tests of gateway/wallets.py and expiry.py: the wallet lifecycle."""
