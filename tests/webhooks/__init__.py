@@ -1,0 +1,1 @@
+"""Tests of gateway/webhooks.py: incoming Stripe events."""
