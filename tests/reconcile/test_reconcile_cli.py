@@ -81,6 +81,9 @@ def test_no_progress_bar_when_stdout_is_not_a_terminal(
 
     result = reconcile(runner)
 
+    assert result.exit_code == 0, result.output  # the run finished: its report was written
+    assert "checked 1 Stripe invoice(s)" in result.output
+    assert "all consistent" in result.output
     assert "Reading Stripe invoices" not in result.output
     assert "\x1b[" not in result.output  # no cursor movement, no colours
 
@@ -265,6 +268,7 @@ def test_grace_minutes_option_overrides_the_setting(
 ) -> None:
     result = reconcile(runner, "--grace-minutes", "15", "--format", "json")
 
+    assert result.exit_code == 0, result.output
     assert as_json(result)["grace_minutes"] == 15
 
 
