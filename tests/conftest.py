@@ -99,9 +99,14 @@ def connection(engine: Engine) -> Iterator[Connection]:
 
 
 @pytest.fixture
-def settings_overrides() -> dict[str, Any]:
-    """Override in a test module (or with `pytest.mark.parametrize`) to change config."""
-    return {}
+def settings_overrides(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The configuration a test changes: `@pytest.mark.settings(NAME=value)` on the test,
+    its class or its module (`pytestmark`; the closest wins), or, for values computed
+    from other fixtures, this fixture overridden (or parametrized)."""
+    changes: dict[str, Any] = {}
+    for marker in reversed(list(request.node.iter_markers("settings"))):
+        changes.update(marker.kwargs)
+    return changes
 
 
 @pytest.fixture

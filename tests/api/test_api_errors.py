@@ -50,10 +50,8 @@ LEAKS = (
 ERROR_KEYS = {"status", "error", "code", "message", "error_details"}
 
 
-@pytest.fixture
-def settings_overrides() -> dict[str, Any]:
-    # Paid credits stay unavailable here: no request may reach a payment provider.
-    return {"STRIPE_SECRET_KEY": ""}
+# Paid credits stay unavailable here: no request may reach a payment provider.
+pytestmark = pytest.mark.settings(STRIPE_SECRET_KEY="")
 
 
 def assert_clean_error(response: TestResponse) -> dict[str, Any]:

@@ -87,11 +87,8 @@ def test_health_endpoints_need_no_key(client: FlaskClient) -> None:
     assert client.get("/metrics").status_code == 200
 
 
+@pytest.mark.settings(GATEWAY_API_KEYS="")
 class TestWithoutConfiguredKeys:
-    @pytest.fixture
-    def settings_overrides(self) -> dict[str, Any]:
-        return {"GATEWAY_API_KEYS": ""}
-
     def test_every_call_is_401(self, app: Flask, client: FlaskClient) -> None:
         assert app.extensions["settings"].api_keys == ()
         for method, path in api_operations():
@@ -103,11 +100,8 @@ class TestWithoutConfiguredKeys:
                 assert_unauthorized(call(client, method, path, headers))
 
 
+@pytest.mark.settings(GATEWAY_API_KEYS=" new-key , old-key ,, ")
 class TestKeyRotation:
-    @pytest.fixture
-    def settings_overrides(self) -> dict[str, Any]:
-        return {"GATEWAY_API_KEYS": " new-key , old-key ,, "}
-
     def test_keys_are_trimmed_and_both_work(self, client: FlaskClient) -> None:
         for key in ("new-key", "old-key"):
             response = client.get("/api/v1/wallets", headers={"Authorization": f"Bearer {key}"})

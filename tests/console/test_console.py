@@ -24,10 +24,8 @@ from tests.support.console import PASSWORD, audit, hidden, make_operator, sign_i
 from tests.support.ledger import entries
 from tests.support.webhooks import make_purchase
 
-
-@pytest.fixture
-def settings_overrides() -> dict[str, Any]:
-    return {"STRIPE_SECRET_KEY": ""}  # granted credits only; paid ones are browser-tested
+# Granted credits only; paid ones are browser-tested.
+pytestmark = pytest.mark.settings(STRIPE_SECRET_KEY="")
 
 
 @pytest.fixture

@@ -194,11 +194,8 @@ def test_a_payment_that_cannot_be_accepted_needs_review(
     assert rows[-1]["data"]["wallet_transaction"]["status"] == "pending"
 
 
+@pytest.mark.settings(STRIPE_SECRET_KEY="")
 class TestRolledBackWorkPublishesNothing:
-    @pytest.fixture
-    def settings_overrides(self) -> dict[str, Any]:
-        return {"STRIPE_SECRET_KEY": ""}  # paid credits refused after the wallet is written
-
     def test_a_refused_request_leaves_no_event(
         self, client: FlaskClient, db_session: Session
     ) -> None:

@@ -98,11 +98,8 @@ def test_unknown_fields_and_a_secret_in_the_request_are_refused(client: FlaskCli
     assert "secret" in details["webhook_endpoint"]
 
 
+@pytest.mark.settings(OUTGOING_WEBHOOKS_ALLOW_HTTP=False)
 class TestPlainHttpNeedsTheSetting:
-    @pytest.fixture
-    def settings_overrides(self) -> dict[str, Any]:
-        return {"OUTGOING_WEBHOOKS_ALLOW_HTTP": False}
-
     def test_http_is_refused(self, client: FlaskClient) -> None:
         response = register_endpoint(client, "http://billing.example/hooks")
         details = assert_error(response, 422, "validation_errors")["error_details"]

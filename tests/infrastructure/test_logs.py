@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
@@ -25,9 +24,9 @@ SECRETS = ("test-key-1", "test-key-2", "whsec_test_primary", "whsec_test_seconda
 CARD = "4242 4242 4242 4242"
 
 
-@pytest.fixture
-def settings_overrides() -> dict[str, Any]:
-    return {"LOG_FORMAT": "json", "GATEWAY_API_KEYS": "billing=test-key-1,test-key-2"}
+pytestmark = pytest.mark.settings(
+    LOG_FORMAT="json", GATEWAY_API_KEYS="billing=test-key-1,test-key-2"
+)
 
 
 def test_a_generated_request_id_is_never_redacted_as_a_card_number() -> None:

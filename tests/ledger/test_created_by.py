@@ -21,9 +21,9 @@ BILLING = {"Authorization": "Bearer key-of-billing"}
 BARE = {"Authorization": "Bearer bare-key"}
 
 
-@pytest.fixture
-def settings_overrides() -> dict[str, Any]:
-    return {"GATEWAY_API_KEYS": "bare-key, billing=key-of-billing", "STRIPE_SECRET_KEY": ""}
+pytestmark = pytest.mark.settings(
+    GATEWAY_API_KEYS="bare-key, billing=key-of-billing", STRIPE_SECRET_KEY=""
+)
 
 
 def _customer(client: FlaskClient) -> str:

@@ -17,9 +17,7 @@ from tests.support.threads import app_session
 THREADS = 8
 
 
-@pytest.fixture
-def settings_overrides() -> dict[str, Any]:
-    return {"STRIPE_SECRET_KEY": ""}
+pytestmark = pytest.mark.settings(STRIPE_SECRET_KEY="")
 
 
 @pytest.mark.postgres

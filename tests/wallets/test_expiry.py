@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 import pytest
 from flask import Flask
@@ -20,10 +19,7 @@ from gateway.models import Wallet, WalletTransaction
 from tests.support.api import assert_error, create_wallet, get, post, put, subscribed_customer
 from tests.support.clock import past
 
-
-@pytest.fixture
-def settings_overrides() -> dict[str, Any]:
-    return {"STRIPE_SECRET_KEY": ""}
+pytestmark = pytest.mark.settings(STRIPE_SECRET_KEY="")
 
 
 def in_days(days: float) -> str:
@@ -106,11 +102,8 @@ def test_sweep_runs_in_batches_and_is_idempotent(
         assert len(voided_entries(db_session, wallet_id)) == 1
 
 
+@pytest.mark.settings(EXPIRY_BATCH_SIZE=1)  # with the module's STRIPE_SECRET_KEY
 class TestConfiguredBatchSize:
-    @pytest.fixture
-    def settings_overrides(self) -> dict[str, Any]:
-        return {"STRIPE_SECRET_KEY": "", "EXPIRY_BATCH_SIZE": 1}
-
     def test_batch_size_defaults_to_the_setting(
         self, runner: FlaskCliRunner, client: FlaskClient, db_session: Session
     ) -> None:

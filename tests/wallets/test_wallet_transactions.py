@@ -20,10 +20,7 @@ from tests.support.api import (
     top_up,
 )
 
-
-@pytest.fixture
-def settings_overrides() -> dict[str, Any]:
-    return {"STRIPE_SECRET_KEY": ""}
+pytestmark = pytest.mark.settings(STRIPE_SECRET_KEY="")
 
 
 def test_granted_top_up_is_settled_and_raises_the_balance(

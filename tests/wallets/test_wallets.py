@@ -26,11 +26,8 @@ from tests.support.api import (
 )
 from tests.support.ledger import entries
 
-
-@pytest.fixture
-def settings_overrides() -> dict[str, Any]:
-    # No payment provider: paid credits must be refused before anything is stored.
-    return {"STRIPE_SECRET_KEY": ""}
+# No payment provider: paid credits must be refused before anything is stored.
+pytestmark = pytest.mark.settings(STRIPE_SECRET_KEY="")
 
 
 def iso(moment: datetime) -> str:
