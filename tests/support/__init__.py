@@ -1,2 +1,2 @@
-"""Plain helpers the tests share (functions and data, never fixtures: those live in
-conftest.py files). One module per area they speak to."""
+"""Plain helpers the tests share (functions and data, never fixtures: those are in
+tests/conftest.py). One module per area they speak to."""

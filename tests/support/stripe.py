@@ -1,5 +1,5 @@
 """Helpers for tests that talk to Stripe through `responses` and the stub (the fixtures
-`stub`, `stripe_http` and `stripe_mock` are in tests/conftest.py)."""
+`stub`, `stripe_http`, `stripe_mock` and `stripe_server` are in tests/conftest.py)."""
 
 from __future__ import annotations
 

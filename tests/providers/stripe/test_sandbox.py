@@ -23,8 +23,7 @@ from gateway.providers.stripe.sandbox_pages import StripeSandbox
 from gateway.settings import PROJECT_ROOT
 from tests.support.api import create_wallet, subscribed_customer
 from tests.support.stripe import SECRET_KEY
-
-WEBHOOK_SECRET = "whsec_test_primary"  # tests/conftest.py TEST_SETTINGS
+from tests.support.webhooks import PRIMARY_SECRET
 
 
 class Receiver:
@@ -60,7 +59,7 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture
 def sandbox(receiver: Receiver) -> Iterator[StripeSandbox]:
     with StripeSandbox(
-        api_key=SECRET_KEY, webhook_url=receiver.url, webhook_secret=WEBHOOK_SECRET,
+        api_key=SECRET_KEY, webhook_url=receiver.url, webhook_secret=PRIMARY_SECRET,
         return_url="http://127.0.0.1:5000/console",
     ) as running:  # fmt: skip
         yield running
