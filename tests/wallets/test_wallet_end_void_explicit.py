@@ -8,7 +8,6 @@ ending that is rolled back, or committed by code that does not ask, calls no one
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -24,17 +23,11 @@ from gateway.actors import SYSTEM
 from gateway.db import get_db, unit_of_work, utcnow
 from gateway.models import Customer, PurchaseStatus, Wallet, WalletStatus
 from gateway.providers import get_provider
-from tests.console_support import make_operator, sign_in, submit
-from tests.helpers import create_subscription, post
-from tests.webhook_support import PurchaseRow, invoice_object, make_purchase, state_of
+from tests.support.api import create_subscription, post
+from tests.support.console import make_operator, sign_in, submit
+from tests.support.webhooks import PurchaseRow, invoice_object, make_purchase, state_of
 
 STRIPE = "https://api.stripe.com/v1"
-
-
-@pytest.fixture
-def stripe_http() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 def _open_invoice_at_stripe(purchase: PurchaseRow, mock: responses.RequestsMock) -> None:
@@ -61,10 +54,10 @@ def _expire(db_session: Session, wallet_id: str) -> None:
 
 
 def test_committing_an_ending_calls_no_one_the_explicit_void_does(
-    app: Flask, db_session: Session, stripe_http: responses.RequestsMock
+    app: Flask, db_session: Session, stripe_mock: responses.RequestsMock
 ) -> None:
     purchase = make_purchase(db_session, granted=Decimal("2"))
-    _open_invoice_at_stripe(purchase, stripe_http)
+    _open_invoice_at_stripe(purchase, stripe_mock)
 
     with app.app_context():
         db = get_db()
@@ -78,7 +71,7 @@ def test_committing_an_ending_calls_no_one_the_explicit_void_does(
 
         # Committed: the purchase failed and is flagged, and Stripe heard nothing yet.
         assert ended.purchases_to_void == [purchase.id]
-        assert len(stripe_http.calls) == 0
+        assert len(stripe_mock.calls) == 0
         flagged = state_of(db_session, purchase.id)
         assert flagged.purchase_status == PurchaseStatus.FAILED and flagged.void_pending
 
@@ -86,16 +79,16 @@ def test_committing_an_ending_calls_no_one_the_explicit_void_does(
             db.session, get_provider(), ended.purchases_to_void
         )
 
-    [void] = _void_calls(stripe_http)
+    [void] = _void_calls(stripe_mock)
     assert void.request.headers["Idempotency-Key"] == f"{purchase.invoice_id}:void"
     _assert_voided(db_session, purchase)
 
 
 def test_an_ending_rolled_back_flags_nothing_and_voids_nothing(
-    app: Flask, db_session: Session, stripe_http: responses.RequestsMock
+    app: Flask, db_session: Session, stripe_mock: responses.RequestsMock
 ) -> None:
     purchase = make_purchase(db_session)
-    _open_invoice_at_stripe(purchase, stripe_http)
+    _open_invoice_at_stripe(purchase, stripe_mock)
 
     with app.app_context(), pytest.raises(RuntimeError, match="after the ending"):
         session = get_db().session()
@@ -106,7 +99,7 @@ def test_an_ending_rolled_back_flags_nothing_and_voids_nothing(
         finally:
             session.close()
 
-    assert len(stripe_http.calls) == 0
+    assert len(stripe_mock.calls) == 0
     state = state_of(db_session, purchase.id)
     assert state.purchase_status == PurchaseStatus.OPEN
     assert not state.void_pending
@@ -115,50 +108,50 @@ def test_an_ending_rolled_back_flags_nothing_and_voids_nothing(
 
 
 def test_terminating_from_the_console_voids_the_open_invoice(
-    app: Flask, client: FlaskClient, db_session: Session, stripe_http: responses.RequestsMock
+    app: Flask, client: FlaskClient, db_session: Session, stripe_mock: responses.RequestsMock
 ) -> None:
     purchase = make_purchase(db_session, granted=Decimal("1"))
-    _open_invoice_at_stripe(purchase, stripe_http)
+    _open_invoice_at_stripe(purchase, stripe_mock)
     make_operator(app)
     assert sign_in(client).status_code == 303
 
     response = submit(client, f"/console/wallets/{purchase.wallet_id}/terminate")
 
     assert response.status_code == 303, response.get_data(as_text=True)
-    assert len(_void_calls(stripe_http)) == 1
+    assert len(_void_calls(stripe_mock)) == 1
     _assert_voided(db_session, purchase)
 
 
 def test_a_new_wallet_that_replaces_an_expired_one_voids_its_open_invoice(
-    client: FlaskClient, db_session: Session, stripe_http: responses.RequestsMock
+    client: FlaskClient, db_session: Session, stripe_mock: responses.RequestsMock
 ) -> None:
     purchase = make_purchase(db_session, granted=Decimal("3"))
     customer = db_session.get_one(Wallet, purchase.wallet_id).customer_id
     external_id = db_session.get_one(Customer, customer).external_id
     create_subscription(client, external_id)
     _expire(db_session, purchase.wallet_id)
-    _open_invoice_at_stripe(purchase, stripe_http)
+    _open_invoice_at_stripe(purchase, stripe_mock)
 
     response = post(
         client, "/wallets", {"wallet": {"external_customer_id": external_id, "rate_amount": "1"}}
     )
 
     assert response.status_code == 201, response.json
-    assert len(_void_calls(stripe_http)) == 1
+    assert len(_void_calls(stripe_mock)) == 1
     _assert_voided(db_session, purchase)
 
 
 def test_the_workers_expiry_duty_voids_the_open_invoice(
-    runner: FlaskCliRunner, db_session: Session, stripe_http: responses.RequestsMock
+    runner: FlaskCliRunner, db_session: Session, stripe_mock: responses.RequestsMock
 ) -> None:
     purchase = make_purchase(db_session, granted=Decimal("3"))
     _expire(db_session, purchase.wallet_id)
-    _open_invoice_at_stripe(purchase, stripe_http)
+    _open_invoice_at_stripe(purchase, stripe_mock)
 
     result = runner.invoke(args=["worker", "--once"])
 
     assert result.exit_code == 0, result.output
-    assert len(_void_calls(stripe_http)) == 1
+    assert len(_void_calls(stripe_mock)) == 1
     _assert_voided(db_session, purchase)
 
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from gateway import create_app, logs
-from tests.conftest import TEST_SETTINGS
+from tests.support.config import TEST_SETTINGS
 
 
 def _ours() -> list[logging.Handler]:
