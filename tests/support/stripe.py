@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from gateway.models import Purchase, WalletTransaction
 from gateway.providers.stripe.sandbox import StripeStub
+from tests.support.webhooks import PurchaseRow, invoice_object
 
 STRIPE_VERSION: str = stripe.api_version
 SECRET_KEY = "sk_test_gateway"  # tests/support/config.py TEST_SETTINGS
@@ -109,3 +110,26 @@ def during_finalize(
     # Registered before the stub's catch-all, so it answers the finalize call.
     rsps.add_callback("POST", re.compile(FINALIZE), callback=finalize)
     stub.register(rsps)
+
+
+STRIPE_API = "https://api.stripe.com/v1"
+
+
+def answer_invoice(mock: responses.RequestsMock, purchase: PurchaseRow, status: str) -> None:
+    """Stripe's side of a purchase's invoice in `status`, registered on `stripe_mock`:
+    reading it, and voiding it if it is open (refused, as Stripe does, if it is not)."""
+    invoice_url = f"{STRIPE_API}/invoices/{purchase.invoice_id}"
+    mock.get(invoice_url, json=invoice_object(purchase, status))
+    if status == "open":
+        mock.post(f"{invoice_url}/void", json=invoice_object(purchase, "void"))
+    else:
+        refusal = {
+            "type": "invalid_request_error",
+            "message": f"You can only void open invoices; this one is {status}.",
+        }
+        mock.post(f"{invoice_url}/void", status=400, json={"error": refusal})
+
+
+def void_calls(mock: responses.RequestsMock) -> list[Any]:
+    """The calls that asked Stripe to void an invoice."""
+    return [call for call in mock.calls if call.request.url.endswith("/void")]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -17,25 +17,16 @@ from gateway.expiry import expire_wallets
 from gateway.ledger import ledger_balance
 from gateway.models import Wallet, WalletTransaction
 from tests.support.api import assert_error, create_wallet, get, post, put, subscribed_customer
-from tests.support.clock import past
+from tests.support.clock import in_days, past
+from tests.support.ledger import set_expiration
 
 pytestmark = pytest.mark.settings(STRIPE_SECRET_KEY="")
-
-
-def in_days(days: float) -> str:
-    moment = datetime.now(UTC) + timedelta(days=days)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def wallet_expiring(client: FlaskClient, granted: str | None = "10") -> str:
     extra = {"granted_credits": granted} if granted else {}
     body = create_wallet(client, subscribed_customer(client), expiration_at=in_days(30), **extra)
     return body["wallet"]["id"]  # type: ignore[no-any-return]
-
-
-def set_expiration(db_session: Session, wallet_id: str, at: datetime) -> None:
-    db_session.execute(update(Wallet).where(Wallet.id == wallet_id).values(expiration_at=at))
-    db_session.commit()
 
 
 def voided_entries(db_session: Session, wallet_id: str) -> list[WalletTransaction]:

@@ -8,7 +8,6 @@ ending that is rolled back, or committed by code that does not ask, calls no one
 
 from __future__ import annotations
 
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -24,21 +23,11 @@ from gateway.db import get_db, unit_of_work, utcnow
 from gateway.models import Customer, PurchaseStatus, Wallet, WalletStatus
 from gateway.providers import get_provider
 from tests.support.api import create_subscription, post
+from tests.support.clock import past
 from tests.support.console import make_operator, sign_in, submit
-from tests.support.webhooks import PurchaseRow, invoice_object, make_purchase, state_of
-
-STRIPE = "https://api.stripe.com/v1"
-
-
-def _open_invoice_at_stripe(purchase: PurchaseRow, mock: responses.RequestsMock) -> None:
-    mock.get(f"{STRIPE}/invoices/{purchase.invoice_id}", json=invoice_object(purchase, "open"))
-    mock.post(
-        f"{STRIPE}/invoices/{purchase.invoice_id}/void", json=invoice_object(purchase, "void")
-    )
-
-
-def _void_calls(mock: responses.RequestsMock) -> list[Any]:
-    return [call for call in mock.calls if call.request.url.endswith("/void")]
+from tests.support.ledger import set_expiration
+from tests.support.stripe import answer_invoice, void_calls
+from tests.support.webhooks import PurchaseRow, make_purchase, state_of
 
 
 def _assert_voided(db_session: Session, purchase: PurchaseRow) -> None:
@@ -48,16 +37,11 @@ def _assert_voided(db_session: Session, purchase: PurchaseRow) -> None:
     assert not state.void_pending
 
 
-def _expire(db_session: Session, wallet_id: str) -> None:
-    db_session.get_one(Wallet, wallet_id).expiration_at = utcnow() - timedelta(hours=1)
-    db_session.commit()
-
-
 def test_committing_an_ending_calls_no_one_the_explicit_void_does(
     app: Flask, db_session: Session, stripe_mock: responses.RequestsMock
 ) -> None:
     purchase = make_purchase(db_session, granted=Decimal("2"))
-    _open_invoice_at_stripe(purchase, stripe_mock)
+    answer_invoice(stripe_mock, purchase, "open")
 
     with app.app_context():
         db = get_db()
@@ -79,7 +63,7 @@ def test_committing_an_ending_calls_no_one_the_explicit_void_does(
             db.session, get_provider(), ended.purchases_to_void
         )
 
-    [void] = _void_calls(stripe_mock)
+    [void] = void_calls(stripe_mock)
     assert void.request.headers["Idempotency-Key"] == f"{purchase.invoice_id}:void"
     _assert_voided(db_session, purchase)
 
@@ -88,7 +72,7 @@ def test_an_ending_rolled_back_flags_nothing_and_voids_nothing(
     app: Flask, db_session: Session, stripe_mock: responses.RequestsMock
 ) -> None:
     purchase = make_purchase(db_session)
-    _open_invoice_at_stripe(purchase, stripe_mock)
+    answer_invoice(stripe_mock, purchase, "open")
 
     with app.app_context(), pytest.raises(RuntimeError, match="after the ending"):
         session = get_db().session()
@@ -111,14 +95,14 @@ def test_terminating_from_the_console_voids_the_open_invoice(
     app: Flask, client: FlaskClient, db_session: Session, stripe_mock: responses.RequestsMock
 ) -> None:
     purchase = make_purchase(db_session, granted=Decimal("1"))
-    _open_invoice_at_stripe(purchase, stripe_mock)
+    answer_invoice(stripe_mock, purchase, "open")
     make_operator(app)
     assert sign_in(client).status_code == 303
 
     response = submit(client, f"/console/wallets/{purchase.wallet_id}/terminate")
 
     assert response.status_code == 303, response.get_data(as_text=True)
-    assert len(_void_calls(stripe_mock)) == 1
+    assert len(void_calls(stripe_mock)) == 1
     _assert_voided(db_session, purchase)
 
 
@@ -129,15 +113,15 @@ def test_a_new_wallet_that_replaces_an_expired_one_voids_its_open_invoice(
     customer = db_session.get_one(Wallet, purchase.wallet_id).customer_id
     external_id = db_session.get_one(Customer, customer).external_id
     create_subscription(client, external_id)
-    _expire(db_session, purchase.wallet_id)
-    _open_invoice_at_stripe(purchase, stripe_mock)
+    set_expiration(db_session, purchase.wallet_id, past(hours=1))
+    answer_invoice(stripe_mock, purchase, "open")
 
     response = post(
         client, "/wallets", {"wallet": {"external_customer_id": external_id, "rate_amount": "1"}}
     )
 
     assert response.status_code == 201, response.json
-    assert len(_void_calls(stripe_mock)) == 1
+    assert len(void_calls(stripe_mock)) == 1
     _assert_voided(db_session, purchase)
 
 
@@ -145,13 +129,13 @@ def test_the_workers_expiry_duty_voids_the_open_invoice(
     runner: FlaskCliRunner, db_session: Session, stripe_mock: responses.RequestsMock
 ) -> None:
     purchase = make_purchase(db_session, granted=Decimal("3"))
-    _expire(db_session, purchase.wallet_id)
-    _open_invoice_at_stripe(purchase, stripe_mock)
+    set_expiration(db_session, purchase.wallet_id, past(hours=1))
+    answer_invoice(stripe_mock, purchase, "open")
 
     result = runner.invoke(args=["worker", "--once"])
 
     assert result.exit_code == 0, result.output
-    assert len(_void_calls(stripe_mock)) == 1
+    assert len(void_calls(stripe_mock)) == 1
     _assert_voided(db_session, purchase)
 
 
@@ -160,7 +144,7 @@ def test_without_a_provider_the_sweep_leaves_the_purchase_flagged(
     runner: FlaskCliRunner, db_session: Session, settings_overrides: dict[str, Any]
 ) -> None:
     purchase = make_purchase(db_session)
-    _expire(db_session, purchase.wallet_id)
+    set_expiration(db_session, purchase.wallet_id, past(hours=1))
 
     result = runner.invoke(args=["expire-wallets"])
 

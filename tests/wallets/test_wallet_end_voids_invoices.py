@@ -21,9 +21,9 @@ from gateway.models import EntryStatus, PurchaseStatus, Wallet, WalletStatus
 from gateway.providers import get_provider
 from tests.support.api import delete
 from tests.support.config import postgres_url
+from tests.support.stripe import STRIPE_API, answer_invoice, void_calls
 from tests.support.threads import app_session
 from tests.support.webhooks import (
-    PurchaseRow,
     invoice_event,
     invoice_object,
     make_purchase,
@@ -31,37 +31,17 @@ from tests.support.webhooks import (
     state_of,
 )
 
-STRIPE = "https://api.stripe.com/v1"
-
-
-def _stripe_invoice(purchase: PurchaseRow, mock: responses.RequestsMock, status: str) -> None:
-    """Stripe's side of one invoice in `status`: reading it, and voiding it if it is open."""
-    mock.get(f"{STRIPE}/invoices/{purchase.invoice_id}", json=invoice_object(purchase, status))
-    void_url = f"{STRIPE}/invoices/{purchase.invoice_id}/void"
-    if status == "open":
-        mock.post(void_url, json=invoice_object(purchase, "void"))
-    else:
-        refusal = {
-            "type": "invalid_request_error",
-            "message": f"You can only void open invoices; this one is {status}.",
-        }
-        mock.post(void_url, status=400, json={"error": refusal})
-
-
-def _void_calls(mock: responses.RequestsMock) -> list[Any]:
-    return [call for call in mock.calls if call.request.url.endswith("/void")]
-
 
 def test_terminating_a_wallet_fails_its_unpaid_purchase_and_voids_the_invoice(
     client: FlaskClient, db_session: Session, stripe_mock: responses.RequestsMock
 ) -> None:
     purchase = make_purchase(db_session, granted=Decimal("2"))
-    _stripe_invoice(purchase, stripe_mock, "open")
+    answer_invoice(stripe_mock, purchase, "open")
 
     response = delete(client, f"/wallets/{purchase.wallet_id}")
 
     assert response.status_code == 200, response.json
-    [void] = _void_calls(stripe_mock)
+    [void] = void_calls(stripe_mock)
     assert void.request.headers["Idempotency-Key"] == f"{purchase.invoice_id}:void"
     state = state_of(db_session, purchase.id)
     assert state.purchase_status == PurchaseStatus.FAILED
@@ -76,10 +56,10 @@ def test_a_failed_void_leaves_the_purchase_flagged_and_a_later_run_finishes_it(
 ) -> None:
     purchase = make_purchase(db_session)
     stripe_mock.get(
-        f"{STRIPE}/invoices/{purchase.invoice_id}", json=invoice_object(purchase, "open")
+        f"{STRIPE_API}/invoices/{purchase.invoice_id}", json=invoice_object(purchase, "open")
     )
     stripe_mock.post(
-        f"{STRIPE}/invoices/{purchase.invoice_id}/void",
+        f"{STRIPE_API}/invoices/{purchase.invoice_id}/void",
         status=500,
         json={"error": {"type": "api_error", "message": "down"}},
     )
@@ -94,7 +74,7 @@ def test_a_failed_void_leaves_the_purchase_flagged_and_a_later_run_finishes_it(
 
     # Stripe is back; the reconciliation run calls the same routine for every flag.
     stripe_mock.reset()
-    _stripe_invoice(purchase, stripe_mock, "open")
+    answer_invoice(stripe_mock, purchase, "open")
     with app.app_context():
         result = settlement.void_flagged_invoices(get_db().session, get_provider())
     assert result.voided == [purchase.id]
@@ -108,11 +88,11 @@ def test_a_payment_that_beat_the_void_is_marked_for_refund(
 ) -> None:
     purchase = make_purchase(db_session)
     # The customer paid just before the wallet ended: there is nothing left to void.
-    _stripe_invoice(purchase, stripe_mock, "paid")
+    answer_invoice(stripe_mock, purchase, "paid")
 
     assert delete(client, f"/wallets/{purchase.wallet_id}").status_code == 200
 
-    assert _void_calls(stripe_mock) == []
+    assert void_calls(stripe_mock) == []
     state = state_of(db_session, purchase.id)
     assert state.purchase_status == PurchaseStatus.REFUND_REQUIRED
     assert state.entry_status == EntryStatus.FAILED
@@ -127,7 +107,7 @@ def test_payment_landing_after_termination_adds_no_credits(
     client: FlaskClient, db_session: Session, stripe_mock: responses.RequestsMock
 ) -> None:
     purchase = make_purchase(db_session, granted=Decimal("4"))
-    _stripe_invoice(purchase, stripe_mock, "open")
+    answer_invoice(stripe_mock, purchase, "open")
     assert delete(client, f"/wallets/{purchase.wallet_id}").status_code == 200
 
     # Stripe's void webhook, then a payment that raced it anyway.
@@ -175,7 +155,7 @@ def test_a_payment_waiting_for_review_is_resolved_when_its_wallet_ends(
     assert "refund" in state.attention_reason
     assert before.attention_reason is not None and before.attention_reason in state.attention_reason
     assert state.balance == 0
-    assert _void_calls(stripe_mock) == []  # paid: nothing to void
+    assert void_calls(stripe_mock) == []  # paid: nothing to void
     # A repeat of the paid event changes nothing.
     assert post_signed(client, underpaid).status_code == 200
     assert state_of(db_session, purchase.id) == state
@@ -188,12 +168,12 @@ def test_the_expiry_sweep_voids_the_invoices_of_expired_wallets(
     wallet = db_session.get_one(Wallet, purchase.wallet_id)
     wallet.expiration_at = utcnow() - timedelta(hours=1)
     db_session.commit()
-    _stripe_invoice(purchase, stripe_mock, "open")
+    answer_invoice(stripe_mock, purchase, "open")
 
     result = runner.invoke(args=["expire-wallets"])
 
     assert result.exit_code == 0, result.output
-    assert len(_void_calls(stripe_mock)) == 1
+    assert len(void_calls(stripe_mock)) == 1
     db_session.expire_all()
     assert db_session.get_one(Wallet, purchase.wallet_id).status == WalletStatus.TERMINATED
     state = state_of(db_session, purchase.id)
@@ -234,9 +214,11 @@ def test_the_invoice_is_voided_after_commit_with_no_lock_held(
         return 200, {}, json.dumps(invoice_object(purchase, "void"))
 
     stripe_mock.get(
-        f"{STRIPE}/invoices/{purchase.invoice_id}", json=invoice_object(purchase, "open")
+        f"{STRIPE_API}/invoices/{purchase.invoice_id}", json=invoice_object(purchase, "open")
     )
-    stripe_mock.add_callback("POST", f"{STRIPE}/invoices/{purchase.invoice_id}/void", callback=void)
+    stripe_mock.add_callback(
+        "POST", f"{STRIPE_API}/invoices/{purchase.invoice_id}/void", callback=void
+    )
 
     response = delete(committed_app.test_client(), f"/wallets/{purchase.wallet_id}")
 

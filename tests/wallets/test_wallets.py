@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gateway.ledger import ledger_balance
@@ -24,24 +24,11 @@ from tests.support.api import (
     put,
     subscribed_customer,
 )
-from tests.support.ledger import entries
+from tests.support.clock import in_days, iso
+from tests.support.ledger import entries, set_expiration
 
 # No payment provider: paid credits must be refused before anything is stored.
 pytestmark = pytest.mark.settings(STRIPE_SECRET_KEY="")
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def future(days: int = 30) -> str:
-    return iso(datetime.now(UTC) + timedelta(days=days))
-
-
-def move_expiration(db_session: Session, wallet_id: str, at: datetime) -> None:
-    """Put a wallet's expiration in the past, as time passing would (the API refuses it)."""
-    db_session.execute(update(Wallet).where(Wallet.id == wallet_id).values(expiration_at=at))
-    db_session.commit()
 
 
 def wallet_count(db_session: Session, **filters: Any) -> int:
@@ -54,7 +41,7 @@ def wallet_count(db_session: Session, **filters: Any) -> int:
 
 def test_create_wallet_with_granted_credits(client: FlaskClient, db_session: Session) -> None:
     customer = subscribed_customer(client)
-    expiration = future()
+    expiration = in_days(30)
     body = create_wallet(
         client,
         customer,
@@ -351,7 +338,7 @@ def test_list_wallets_filters(client: FlaskClient) -> None:
 def test_update_sets_changes_and_removes_name_and_expiration(client: FlaskClient) -> None:
     wallet = create_wallet(client, subscribed_customer(client))["wallet"]
     path = f"/wallets/{wallet['id']}"
-    first, later = future(10), future(20)
+    first, later = in_days(10), in_days(20)
 
     body = put(client, path, {"wallet": {"name": "Main", "expiration_at": first}}).json
     assert body is not None
@@ -380,7 +367,7 @@ def test_update_sets_changes_and_removes_name_and_expiration(client: FlaskClient
 
 
 def test_update_refuses_a_past_expiration(client: FlaskClient) -> None:
-    wallet = create_wallet(client, subscribed_customer(client), expiration_at=future())["wallet"]
+    wallet = create_wallet(client, subscribed_customer(client), expiration_at=in_days(30))["wallet"]
     response = put(
         client,
         f"/wallets/{wallet['id']}",
@@ -440,7 +427,9 @@ def test_terminate_is_irreversible_and_repeats_the_same_answer(
     client: FlaskClient, db_session: Session
 ) -> None:
     customer = subscribed_customer(client)
-    wallet = create_wallet(client, customer, granted_credits="3", expiration_at=future())["wallet"]
+    wallet = create_wallet(client, customer, granted_credits="3", expiration_at=in_days(30))[
+        "wallet"
+    ]
     path = f"/wallets/{wallet['id']}"
     first = delete(client, path)
     second = delete(client, path)
@@ -451,7 +440,7 @@ def test_terminate_is_irreversible_and_repeats_the_same_answer(
     for body in (
         {"wallet": {"name": "again"}},
         {"wallet": {"expiration_at": None}},
-        {"wallet": {"expiration_at": future()}},
+        {"wallet": {"expiration_at": in_days(30)}},
     ):
         refused = assert_error(put(client, path, body), 422, "wallet_is_terminated")
         assert refused["error_details"] == {"wallet": ["terminated"]}
@@ -494,9 +483,9 @@ def test_terminate_unknown_wallet_is_404(client: FlaskClient) -> None:
 def test_an_expired_wallet_is_replaced_on_create(client: FlaskClient, db_session: Session) -> None:
     """Creating a wallet records the expiry of the old one the sweep has not reached."""
     customer = subscribed_customer(client)
-    old = create_wallet(client, customer, granted_credits="4", expiration_at=future())["wallet"]
+    old = create_wallet(client, customer, granted_credits="4", expiration_at=in_days(30))["wallet"]
     expired_at = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
-    move_expiration(db_session, old["id"], expired_at)
+    set_expiration(db_session, old["id"], expired_at)
 
     new = create_wallet(client, customer)["wallet"]
     assert new["status"] == "active"
@@ -513,10 +502,10 @@ def test_deleting_an_expired_wallet_ends_it_at_its_expiration(
     client: FlaskClient, db_session: Session
 ) -> None:
     wallet = create_wallet(
-        client, subscribed_customer(client), granted_credits="1", expiration_at=future()
+        client, subscribed_customer(client), granted_credits="1", expiration_at=in_days(30)
     )["wallet"]
     expired_at = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
-    move_expiration(db_session, wallet["id"], expired_at)
+    set_expiration(db_session, wallet["id"], expired_at)
     ended = delete(client, f"/wallets/{wallet['id']}").json["wallet"]  # type: ignore[index]
     assert ended["terminated_at"] == iso(expired_at)
     [voided] = [e for e in entries(db_session, wallet["id"]) if e.transaction_status == "voided"]
