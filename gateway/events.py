@@ -47,6 +47,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import ColumnElement, FromClause
 
 from gateway import money
 from gateway.db import UTCDateTime, new_id
@@ -157,11 +158,19 @@ class _Row(SimpleNamespace):
     and `recurring_transaction_rules`, and its `pending_credits`)."""
 
 
-def _columns(model: type[Any], prefix: str, keys: Sequence[str] | None = None) -> list[Any]:
+def _columns(
+    model: type[Any],
+    prefix: str,
+    keys: Sequence[str] | None = None,
+    source: FromClause | None = None,
+) -> list[Any]:
     """`model`'s columns (those named by `keys`, else all), labelled `prefix` + the
-    attribute's name."""
+    attribute's name; taken from `source` (rows with the table's columns, such as a
+    statement's RETURNING) instead of the table when given."""
     return [
-        prop.columns[0].label(f"{prefix}{prop.key}")
+        (source.c[prop.columns[0].name] if source is not None else prop.columns[0]).label(
+            f"{prefix}{prop.key}"
+        )
         for prop in sa_inspect(model).column_attrs
         if keys is None or prop.key in keys
     ]
@@ -187,14 +196,30 @@ _entries = cast(Table, WalletTransaction.__table__)
 _purchases = cast(Table, Purchase.__table__)
 
 
-def _wallet_columns() -> list[Any]:
-    from gateway.ledger import pending_credits_of
-
+def wallet_columns(wallet: FromClause, pending: ColumnElement[Any]) -> list[Any]:
+    """What a wallet's JSON reads, from `wallet` (the table, or rows with its columns):
+    its columns, its customer's external id, `pending` (its pending credits) and
+    whether it has rules (read after, only then)."""
     return [
-        *_columns(Wallet, "w_"),
-        _customers.c.external_id.label("c_external_id"),
-        pending_credits_of(_wallets.c.id).label("w_pending_credits"),
-        exists().where(_rules.c.wallet_id == _wallets.c.id).label("w_has_rules"),
+        *_columns(Wallet, "w_", source=wallet),
+        select(_customers.c.external_id)
+        .where(_customers.c.id == wallet.c.customer_id)
+        .scalar_subquery()
+        .label("c_external_id"),
+        pending.label("w_pending_credits"),
+        exists().where(_rules.c.wallet_id == wallet.c.id).label("w_has_rules"),
+    ]
+
+
+def entry_columns(
+    entry: FromClause, purchase: FromClause, wallet: FromClause, pending: ColumnElement[Any]
+) -> list[Any]:
+    """What an entry's JSON reads (and its wallet's, as `wallet_columns`), from `entry`,
+    its `purchase` (outer-joined: null for an entry that is no purchase) and `wallet`."""
+    return [
+        *_columns(WalletTransaction, "e_", source=entry),
+        *_columns(Purchase, "p_", _INVOICE_KEYS, source=purchase),
+        *wallet_columns(wallet, pending),
     ]
 
 
@@ -203,13 +228,14 @@ def _entries_with_their_rows() -> Select[Any]:
     """The entries named by `transaction_ids` with their purchase's invoice columns,
     their wallet, its customer's external id, its pending credits and whether it has
     rules: one Core SELECT, built once, as every settlement reads it."""
+    from gateway.ledger import pending_credits_of
+
     return (
-        select(*_columns(WalletTransaction, "e_"), *_columns(Purchase, "p_", _INVOICE_KEYS))
-        .add_columns(*_wallet_columns())
+        select(*entry_columns(_entries, _purchases, _wallets, pending_credits_of(_wallets.c.id)))
         .select_from(
-            _entries.join(_wallets, _wallets.c.id == _entries.c.wallet_id)
-            .join(_customers, _customers.c.id == _wallets.c.customer_id)
-            .outerjoin(_purchases, _purchases.c.transaction_id == _entries.c.id)
+            _entries.join(_wallets, _wallets.c.id == _entries.c.wallet_id).outerjoin(
+                _purchases, _purchases.c.transaction_id == _entries.c.id
+            )
         )
         .where(_entries.c.id.in_(bindparam("transaction_ids", expanding=True)))
     )
@@ -219,10 +245,10 @@ def _entries_with_their_rows() -> Select[Any]:
 def _wallets_with_their_rows() -> Select[Any]:
     """The wallets named by `wallet_ids`, read as `_entries_with_their_rows` reads an
     entry's wallet."""
-    return (
-        select(*_wallet_columns())
-        .select_from(_wallets.join(_customers, _customers.c.id == _wallets.c.customer_id))
-        .where(_wallets.c.id.in_(bindparam("wallet_ids", expanding=True)))
+    from gateway.ledger import pending_credits_of
+
+    return select(*wallet_columns(_wallets, pending_credits_of(_wallets.c.id))).where(
+        _wallets.c.id.in_(bindparam("wallet_ids", expanding=True))
     )
 
 
@@ -244,42 +270,58 @@ def _wallet_of(values: dict[str, Any]) -> _Row:
     wallet.pending_credits = money.quantize_credits(Decimal(wallet.pending_credits))
     wallet.customer = _Row(id=wallet.customer_id, external_id=values["c_external_id"])
     wallet.recurring_transaction_rules = []
+    wallet.rules_unread = True
     return wallet
 
 
+@dataclass
+class Loaded:
+    """The rows events carry, by id, read with `entry_columns` / `wallet_columns`."""
+
+    wallets: dict[str, _Row] = field(default_factory=dict)
+    transactions: dict[str, _Row] = field(default_factory=dict)
+
+    def add_entry(self, values: dict[str, Any]) -> None:
+        entry = _Row(**_take(values, "e_"))
+        purchase = _take(values, "p_")
+        entry.purchase = _Row(**purchase) if purchase["status"] is not None else None
+        entry.wallet = self.wallets.get(entry.wallet_id) or _wallet_of(values)
+        self.wallets[entry.wallet_id] = entry.wallet
+        self.transactions[entry.id] = entry
+
+    def add_wallet(self, values: dict[str, Any]) -> None:
+        wallet = _wallet_of(values)
+        self.wallets[wallet.id] = wallet
+
+
 def _load(
-    conn: Connection, wallet_ids: list[str], events: Sequence[NewEvent]
-) -> tuple[dict[str, _Row], dict[str, _Row]]:
-    """The wallets and entries the events carry, as they now are in this transaction:
-    the entries with their purchase and wallet in one SELECT, the wallets no entry
-    brought in another, and rules only for wallets that have some."""
-    wallets: dict[str, _Row] = {}
-    transactions: dict[str, _Row] = {}
-    transaction_ids = list({event.transaction_id for event in events if event.transaction_id})
+    conn: Connection, wallet_ids: list[str], events: Sequence[NewEvent], loaded: Loaded
+) -> None:
+    """The wallets and entries the events carry that `loaded` lacks, as they now are
+    in this transaction: the entries with their purchase and wallet in one SELECT, the
+    wallets no entry brought in another, and rules only for wallets that have some."""
+    transaction_ids = list(
+        {e.transaction_id for e in events if e.transaction_id} - set(loaded.transactions)
+    )
     if transaction_ids:
         rows = conn.execute(_entries_with_their_rows(), {"transaction_ids": transaction_ids})
         for row in rows:
-            values = row._asdict()
-            entry = _Row(**_take(values, "e_"))
-            purchase = _take(values, "p_")
-            entry.purchase = _Row(**purchase) if purchase["status"] is not None else None
-            entry.wallet = wallets.get(entry.wallet_id) or _wallet_of(values)
-            wallets[entry.wallet_id] = entry.wallet
-            transactions[entry.id] = entry
-    missing = [wallet_id for wallet_id in wallet_ids if wallet_id not in wallets]
+            loaded.add_entry(row._asdict())
+    missing = [wallet_id for wallet_id in wallet_ids if wallet_id not in loaded.wallets]
     if missing:
         for row in conn.execute(_wallets_with_their_rows(), {"wallet_ids": missing}):
-            wallet = _wallet_of(row._asdict())
-            wallets[wallet.id] = wallet
-    unknown = set(wallet_ids) - set(wallets)
+            loaded.add_wallet(row._asdict())
+    unknown = set(wallet_ids) - set(loaded.wallets)
     if unknown:
         raise LookupError(f"events about unknown wallet(s): {', '.join(sorted(unknown))}")
-    with_rules = [wallet.id for wallet in wallets.values() if wallet.has_rules]
+    wallets = loaded.wallets
+    with_rules = [
+        w.id for w in wallets.values() if w.has_rules and not w.recurring_transaction_rules
+    ]
     if with_rules:
         for row in conn.execute(_rules_of_wallets(), {"wallet_ids": with_rules}):
             rule = _Row(**row._asdict())
             wallets[rule.wallet_id].recurring_transaction_rules.append(rule)
-    return wallets, transactions
 
 
 # PostgreSQL, one wallet: its sequence moves and the events are written in one
@@ -348,10 +390,12 @@ def emit(session: Session, events: Sequence[NewEvent], now: datetime) -> list[st
     return emit_on_connection(session.connection(), events, now)
 
 
-def _bodies(conn: Connection, events: Sequence[NewEvent], now: datetime) -> list[tuple[str, str]]:
+def _bodies(
+    conn: Connection, events: Sequence[NewEvent], now: datetime, loaded: Loaded
+) -> list[tuple[str, str]]:
     """Each event's id and body up to its `sequence`, from the rows as they now are."""
-    counts = dict.fromkeys(event.wallet_id for event in events)
-    wallets, transactions = _load(conn, list(counts), events)
+    _load(conn, list(dict.fromkeys(event.wallet_id for event in events)), events, loaded)
+    wallets, transactions = loaded.wallets, loaded.transactions
     application_ids = [
         event.credit_application_id for event in events if event.credit_application_id
     ]
@@ -379,11 +423,17 @@ def _bodies(conn: Connection, events: Sequence[NewEvent], now: datetime) -> list
     return prepared
 
 
-def emit_on_connection(conn: Connection, events: Sequence[NewEvent], now: datetime) -> list[str]:
-    """`emit` on a connection, in its transaction (the Core paths, such as settlement)."""
+def emit_on_connection(
+    conn: Connection, events: Sequence[NewEvent], now: datetime, loaded: Loaded | None = None
+) -> list[str]:
+    """`emit` on a connection, in its transaction (the Core paths, such as settlement).
+
+    `loaded`: rows the caller already read in this transaction, after its change (with
+    `entry_columns`, say from the RETURNING of the statement that made it): not read again.
+    """
     if not events:
         return []
-    prepared = _bodies(conn, events, now)
+    prepared = _bodies(conn, events, now, loaded or Loaded())
     counts: dict[str, int] = {}
     for event in events:
         counts[event.wallet_id] = counts.get(event.wallet_id, 0) + 1
