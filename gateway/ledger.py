@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -40,7 +41,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.sql.selectable import ScalarSelect, TableValuedAlias
+from sqlalchemy.sql.selectable import CTE, ScalarSelect, TableValuedAlias
 from sqlalchemy.types import TypeEngine
 
 from gateway import actors, events, money
@@ -701,6 +702,33 @@ _FAIL_PURCHASE_ENTRY = (
     .where(_purchase_entry, _ENTRIES.c.status == EntryStatus.PENDING)
     .values(status=EntryStatus.FAILED, failed_at=bindparam("b_now"))
 )
+
+
+@cache
+def settled_purchase_ctes() -> tuple[CTE, CTE]:
+    """PostgreSQL: a purchase entry settled and the balance it raises (as
+    `settle_purchase` does, with the same parameters) as two data-modifying CTEs that
+    answer the entry and the wallet as they now are, for the purchase's transition to
+    write the purchase in the same statement and read what its events carry. No entry
+    in `b_from_status`: both are empty and nothing changed."""
+    entry = (
+        update(_ENTRIES)
+        .where(_purchase_entry, _ENTRIES.c.status == bindparam("b_from_status"))
+        .values(status=EntryStatus.SETTLED, settled_at=bindparam("b_now"), failed_at=None)
+        .returning(*_ENTRIES.c)
+        .cte("settled_entry")
+    )
+    wallet = (
+        update(_WALLETS)
+        .where(_WALLETS.c.id == entry.c.wallet_id)
+        .values(
+            credits_balance=_WALLETS.c.credits_balance + entry.c.credit_amount,
+            updated_at=bindparam("b_now"),
+        )
+        .returning(*_WALLETS.c)
+        .cte("raised_wallet")
+    )
+    return entry, wallet
 
 
 def settle_purchase(

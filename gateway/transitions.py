@@ -24,9 +24,10 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Select, Table, bindparam, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -169,6 +170,13 @@ def open_invoice(
     _write(conn, purchase.purchase_id, PurchaseStatus.OPEN, now, changes)
 
 
+_SETTLED_COLUMNS = {
+    "failure_code": None,
+    "failure_message": None,
+    "provider_void_pending": False,
+}
+
+
 def settle(
     conn: Connection,
     purchase: PurchaseRef,
@@ -182,25 +190,113 @@ def settle(
     settles when an uncollectible invoice is paid after all). Returns the credits
     added; raises `TransitionError` if the entry was not in that status.
     """
+    if entry_status in (EntryStatus.PENDING, EntryStatus.FAILED) and uses_one_statement(conn):
+        return _settle_in_one_statement(conn, purchase, entry_status, now, changes or {})
     credited = ledger.settle_purchase(
         conn, purchase.wallet_id, purchase.transaction_id, entry_status, now
     )
     if credited is None:
-        raise TransitionError(
-            f"purchase {purchase.purchase_id}: its entry {purchase.transaction_id} "
-            f"is not {entry_status}"
-        )
-    _write(
-        conn,
-        purchase.purchase_id,
-        PurchaseStatus.SETTLED,
-        now,
-        changes,
-        failure_code=None,
-        failure_message=None,
-        provider_void_pending=False,
-    )
+        raise _not_in(purchase, entry_status)
+    _write(conn, purchase.purchase_id, PurchaseStatus.SETTLED, now, changes, **_SETTLED_COLUMNS)
     _announce(conn, purchase, now, events.EventType.WALLET_TRANSACTION_SETTLED)
+    return credited
+
+
+def _not_in(purchase: PurchaseRef, entry_status: EntryStatus) -> TransitionError:
+    return TransitionError(
+        f"purchase {purchase.purchase_id}: its entry {purchase.transaction_id} "
+        f"is not {entry_status}"
+    )
+
+
+# The connection option that keeps a PostgreSQL connection on the portable statements
+# (the differential test runs the same events through both and compares the outcome).
+PORTABLE_ONLY = "gateway_portable_only"
+
+
+def uses_one_statement(conn: Connection) -> bool:
+    """Whether `settle` writes in one PostgreSQL statement on `conn`."""
+    return conn.dialect.name == "postgresql" and not conn.get_execution_options().get(
+        PORTABLE_ONLY, False
+    )
+
+
+@cache
+def _settle_statement(change_keys: tuple[str, ...]) -> Select[Any]:
+    """PostgreSQL: `settle`'s writes in one statement: the ledger's settlement of the
+    entry and its balance (`ledger.settled_purchase_ctes`), the purchase's row, and a
+    read of what the events carry (the entry, its purchase and its wallet as they now
+    are). The wallet's pending credits come from the statement's snapshot, where the
+    entry is still in its old status. Built once per set of changed columns."""
+    entry, wallet = ledger.settled_purchase_ctes()
+    written = (
+        update(_purchases)
+        .where(_purchases.c.id == bindparam("b_purchase_id"))
+        .where(_purchases.c.transaction_id == entry.c.id)
+        .values(
+            {
+                **{key: bindparam(f"c_{key}", type_=_purchases.c[key].type) for key in change_keys},
+                **_SETTLED_COLUMNS,
+                "status": PurchaseStatus.SETTLED,
+                "updated_at": bindparam("b_now"),
+            }
+        )
+        .returning(*_purchases.c)
+        .cte("settled_purchase")
+    )
+    return select(
+        *events.entry_columns(entry, written, wallet, ledger.pending_credits_of(wallet.c.id))
+    ).select_from(
+        entry.join(wallet, wallet.c.id == entry.c.wallet_id).outerjoin(
+            written, written.c.transaction_id == entry.c.id
+        )
+    )
+
+
+def _settle_in_one_statement(
+    conn: Connection,
+    purchase: PurchaseRef,
+    entry_status: EntryStatus,
+    now: datetime,
+    changes: dict[str, Any],
+) -> Decimal:
+    changes = {key: value for key, value in changes.items() if key not in _SETTLED_COLUMNS}
+    if "status" in changes or "updated_at" in changes:
+        raise TransitionError("a purchase's status changes through its transition")
+    keys = tuple(sorted(changes))
+    row = conn.execute(
+        _settle_statement(keys),
+        {
+            "b_entry_id": purchase.transaction_id,
+            "b_wallet_id": purchase.wallet_id,
+            "b_from_status": entry_status,
+            "b_now": now,
+            "b_purchase_id": purchase.purchase_id,
+            **{f"c_{key}": changes[key] for key in keys},
+        },
+    ).one_or_none()
+    if row is None:
+        raise _not_in(purchase, entry_status)
+    values = row._asdict()
+    if values["p_status"] is None:
+        raise TransitionError(
+            f"purchase {purchase.purchase_id} does not own entry {purchase.transaction_id}"
+        )
+    credited = Decimal(values["e_credit_amount"])
+    if entry_status == EntryStatus.PENDING:
+        values["w_pending_credits"] -= credited  # read before the entry settled
+    after = Decimal(values["w_credits_balance"])
+    announced = [
+        *ledger.balance_crossings(
+            purchase.wallet_id, after - credited, after, values["w_low_balance_threshold_credits"]
+        ),
+        events.NewEvent(
+            events.EventType.WALLET_TRANSACTION_SETTLED, purchase.wallet_id, purchase.transaction_id
+        ),
+    ]
+    loaded = events.Loaded()
+    loaded.add_entry(values)
+    events.emit_on_connection(conn, announced, now, loaded)
     return credited
 
 

@@ -43,7 +43,12 @@ def _shape(statement: str) -> tuple[str, str]:
         return verb, words[2]
     if verb == "UPDATE":
         return verb, words[1]
-    return verb, words[[word.upper() for word in words].index("FROM") + 1]
+    depth = 0  # the statement's own FROM, not a subquery's
+    for word, following in zip(words, words[1:], strict=False):
+        if depth == 0 and word.upper() == "FROM":
+            return verb, following
+        depth += word.count("(") - word.count(")")
+    raise AssertionError(f"no FROM in {statement}")
 
 
 @pytest.fixture
@@ -92,8 +97,9 @@ def test_a_paid_top_up_is_a_few_statements_in_two_transactions(
         ("INSERT", "wallet_transactions"),
         ("INSERT", "purchases"),
         # its `wallet_transaction.created` event (gateway.events): the payload's rows as
-        # the API shows them (the entry with its purchase, its wallet, customer, rules
-        # and pending credits, in one SELECT), then the wallet's sequence and the event
+        # the API shows them (the entry with its purchase, its wallet, customer's id,
+        # pending credits and whether it has rules, in one SELECT), then the wallet's
+        # sequence and the event
         # row (one statement on PostgreSQL, a CTE)
         ("SELECT", "wallet_transactions"),
         *([] if postgres else [("UPDATE", "wallets")]),
