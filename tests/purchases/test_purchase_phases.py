@@ -8,6 +8,7 @@ does when something changed while Stripe was being called.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -44,7 +45,7 @@ def _shape(statement: str) -> tuple[str, str]:
     if verb == "UPDATE":
         return verb, words[1]
     depth = 0  # the statement's own FROM, not a subquery's
-    for word, following in zip(words, words[1:], strict=False):
+    for word, following in itertools.pairwise(words):
         if depth == 0 and word.upper() == "FROM":
             return verb, following
         depth += word.count("(") - word.count(")")
