@@ -190,6 +190,29 @@ _INVOICE_KEYS = (
     "returned_cents",
     "dispute_status",
 )
+# What a wallet's and an entry's JSON read of their rows (all columns but bookkeeping).
+WALLET_KEYS = tuple(
+    prop.key
+    for prop in sa_inspect(Wallet).column_attrs
+    if prop.key not in ("updated_at", "event_sequence")
+)
+ENTRY_KEYS = tuple(
+    prop.key
+    for prop in sa_inspect(WalletTransaction).column_attrs
+    if prop.key not in ("rule_id", "rule_period_at")
+)
+
+
+def column_name(model: type[Any], key: str) -> str:
+    """The name of the column behind attribute `key` of `model` (`entry_metadata`: `metadata`)."""
+    return str(sa_inspect(model).column_attrs[key].columns[0].name)
+
+
+def invoice_columns(purchases: Table) -> list[Any]:
+    """The columns of `purchases` an entry's invoice block reads."""
+    return [purchases.c[key] for key in _INVOICE_KEYS]
+
+
 _rules = cast(Table, RecurringTransactionRule.__table__)
 _customers = cast(Table, Customer.__table__)
 _entries = cast(Table, WalletTransaction.__table__)
@@ -201,7 +224,7 @@ def wallet_columns(wallet: FromClause, pending: ColumnElement[Any]) -> list[Any]
     its columns, its customer's external id, `pending` (its pending credits) and
     whether it has rules (read after, only then)."""
     return [
-        *_columns(Wallet, "w_", source=wallet),
+        *_columns(Wallet, "w_", WALLET_KEYS, source=wallet),
         select(_customers.c.external_id)
         .where(_customers.c.id == wallet.c.customer_id)
         .scalar_subquery()
@@ -217,7 +240,7 @@ def entry_columns(
     """What an entry's JSON reads (and its wallet's, as `wallet_columns`), from `entry`,
     its `purchase` (outer-joined: null for an entry that is no purchase) and `wallet`."""
     return [
-        *_columns(WalletTransaction, "e_", source=entry),
+        *_columns(WalletTransaction, "e_", ENTRY_KEYS, source=entry),
         *_columns(Purchase, "p_", _INVOICE_KEYS, source=purchase),
         *wallet_columns(wallet, pending),
     ]

@@ -715,8 +715,10 @@ def settled_purchase_ctes() -> tuple[CTE, CTE]:
         update(_ENTRIES)
         .where(_purchase_entry, _ENTRIES.c.status == bindparam("b_from_status"))
         .values(status=EntryStatus.SETTLED, settled_at=bindparam("b_now"), failed_at=None)
-        .returning(*_ENTRIES.c)
-        .cte("settled_entry")
+        .returning(
+            *(_ENTRIES.c[events.column_name(WalletTransaction, key)] for key in events.ENTRY_KEYS)
+        )
+        .cte("entry")
     )
     wallet = (
         update(_WALLETS)
@@ -725,8 +727,8 @@ def settled_purchase_ctes() -> tuple[CTE, CTE]:
             credits_balance=_WALLETS.c.credits_balance + entry.c.credit_amount,
             updated_at=bindparam("b_now"),
         )
-        .returning(*_WALLETS.c)
-        .cte("raised_wallet")
+        .returning(*(_WALLETS.c[key] for key in events.WALLET_KEYS))
+        .cte("wallet")
     )
     return entry, wallet
 

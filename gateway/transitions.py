@@ -241,8 +241,8 @@ def _settle_statement(change_keys: tuple[str, ...]) -> Select[Any]:
                 "updated_at": bindparam("b_now"),
             }
         )
-        .returning(*_purchases.c)
-        .cte("settled_purchase")
+        .returning(_purchases.c.transaction_id, *events.invoice_columns(_purchases))
+        .cte("purchase")
     )
     return select(
         *events.entry_columns(entry, written, wallet, ledger.pending_credits_of(wallet.c.id))

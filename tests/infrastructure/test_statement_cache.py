@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
-from sqlalchemy import Table, select
+from sqlalchemy import Engine, Table, select
 
 from gateway import models
 
@@ -20,3 +20,20 @@ def test_a_select_of_every_column_is_cacheable(table: Table) -> None:
             *(column.label(f"x_{column.name}") for column in table.c)
         )._generate_cache_key()
     assert key is not None
+
+
+def test_psycopg_keeps_the_settlement_statements_conversion(postgres_engine: Engine) -> None:
+    """The one-statement settlement is longer than psycopg caches by default: an engine
+    for PostgreSQL raises that limit, so its placeholders are not parsed per execution."""
+    from psycopg import _queries
+    from sqlalchemy.dialects import postgresql
+
+    from gateway import transitions
+
+    # What a paid invoice writes to its purchase (settlement.invoice_columns).
+    keys = ("amount_paid_cents", "hosted_invoice_url", "invoice_status", "payment_id",
+            "subtotal_cents", "tax_cents", "total_cents")  # fmt: skip
+    settle = transitions._settle_statement(keys)
+    text = str(settle.compile(dialect=postgresql.psycopg.dialect()))  # type: ignore[attr-defined]
+    assert len(text) > 4096  # the default limit: this is what needs the setting
+    assert len(text) <= _queries.MAX_CACHED_STATEMENT_LENGTH

@@ -165,10 +165,14 @@ def test_the_portable_switch_really_changes_the_statements(pg_connection: Connec
     event.listen(pg_connection, "before_cursor_execute", record)
     try:
         _deliver(pg_connection, fast, [("invoice.paid", None)], portable=False)
-        one_statement = [s for s in sent if "settled_purchase" in s]
+        one_statement = [
+            s for s in sent if "UPDATE purchases" in s and s.startswith("WITH entry AS")
+        ]
         sent.clear()
         _deliver(pg_connection, portable, [("invoice.paid", None)], portable=True)
-        portable_statements = [s for s in sent if "settled_purchase" in s]
+        portable_statements = [
+            s for s in sent if "UPDATE purchases" in s and s.startswith("WITH entry AS")
+        ]
     finally:
         event.remove(pg_connection, "before_cursor_execute", record)
         session.close()
