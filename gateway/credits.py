@@ -138,24 +138,22 @@ def apply_credits(
     A repeat of an identical request returns the stored answer (`created=False`); a
     repeat with other values is refused with `invoice_already_applied`.
     """
-    stored = _find(session, request.invoice_external_id)
-    if stored is not None:
-        return _repeat(stored, request)
-
-    # The customer with its latest wallet, that wallet locked, in one statement: the
-    # balance is read under the lock; whoever held it may have answered this very
-    # invoice, so look again once it is ours.
-    customer, wallet = _customer_and_locked_wallet(session, request.external_customer_id)
+    # The customer with its latest wallet, that wallet locked, and whether the invoice
+    # is answered, in one statement: the balance is read under the lock. A request
+    # for the same invoice that held the lock meanwhile may have answered it without
+    # this statement seeing it: its answer's unique invoice id stops this one's write
+    # (`_answer`), which then returns the stored answer.
+    customer, wallet, answered = _customer_and_locked_wallet(session, request)
+    if answered:
+        stored = _find(session, request.invoice_external_id)
+        if stored is not None:
+            return _repeat(stored, request)
     if request.currency != customer.currency:
         raise CurrencyMismatch(
             f"the invoice is in {request.currency}; customer "
             f"{customer.external_id}'s credits are valued in {customer.currency}",
             details={"currency": [f"must be {customer.currency}"]},
         )
-    if wallet is not None:
-        stored = _find(session, request.invoice_external_id)
-        if stored is not None:
-            return _repeat(stored, request)
 
     if request.invoice_type not in ELIGIBLE_INVOICE_TYPES:
         return _answer(
@@ -197,23 +195,29 @@ def _find(session: Session, invoice_external_id: str) -> CreditApplication | Non
 
 
 def _customer_and_locked_wallet(
-    session: Session, external_customer_id: str
-) -> tuple[Customer, Wallet | None]:
+    session: Session, request: CreditApplicationInput
+) -> tuple[Customer, Wallet | None, bool]:
     """The customer and its active wallet, else its most recently created ended one,
-    the wallet locked (FOR UPDATE; SQLite serialises writers) and read under the lock.
-    Unknown customer: `not_found`."""
+    the wallet locked (FOR UPDATE; SQLite serialises writers) and read under the lock,
+    and whether the invoice has an answer already. Unknown customer: `not_found`."""
+    answered = (
+        select(CreditApplication.id)
+        .where(CreditApplication.invoice_external_id == request.invoice_external_id)
+        .exists()
+    )
     row = session.execute(
-        select(Customer, Wallet)
+        select(Customer, Wallet, answered)
         .join(Wallet, Wallet.customer_id == Customer.id)
-        .where(Customer.external_id == external_customer_id)
+        .where(Customer.external_id == request.external_customer_id)
         .order_by((Wallet.status == WalletStatus.ACTIVE).desc(), Wallet.created_at.desc())
         .limit(1)
         .with_for_update(of=Wallet)
         .execution_options(populate_existing=True)
     ).first()
     if row is None:  # no such customer, or one without a wallet
-        return get_customer(session, external_customer_id), None
-    return row[0], row[1]
+        customer = get_customer(session, request.external_customer_id)
+        return customer, None, _find(session, request.invoice_external_id) is not None
+    return row[0], row[1], bool(row[2])
 
 
 def _unusable_reason(wallet: Wallet, now: datetime) -> NotApplicableReason | None:
@@ -293,7 +297,9 @@ def _answer(
         return _repeat(stored, request)
     if entry is not None:
         assert wallet is not None
-        # The entry's events and the answer's, in one write (gateway.events).
+        # The entry's events and the answer's, in one write (gateway.events); the
+        # answer as just written, the entry and wallet read back with what they carry.
+        loaded = events.Loaded(applications={application.id: application})
         events.emit_on_connection(
             session.connection(),
             [
@@ -306,6 +312,7 @@ def _answer(
                 ),
             ],
             now,
+            loaded,
         )
         # Still under the wallet's lock: a threshold reached starts its top-up here,
         # committed with this answer (the provider is called later, by the worker).

@@ -303,6 +303,8 @@ class Loaded:
 
     wallets: dict[str, _Row] = field(default_factory=dict)
     transactions: dict[str, _Row] = field(default_factory=dict)
+    # Credit applications as written (an answer never changes once stored).
+    applications: dict[str, Any] = field(default_factory=dict)
 
     def add_entry(self, values: dict[str, Any]) -> None:
         entry = _Row(**_take(values, "e_"))
@@ -419,13 +421,15 @@ def _bodies(
     """Each event's id and body up to its `sequence`, from the rows as they now are."""
     _load(conn, list(dict.fromkeys(event.wallet_id for event in events)), events, loaded)
     wallets, transactions = loaded.wallets, loaded.transactions
+    applications = loaded.applications
     application_ids = [
-        event.credit_application_id for event in events if event.credit_application_id
+        event.credit_application_id
+        for event in events
+        if event.credit_application_id and event.credit_application_id not in applications
     ]
-    applications = {
-        row.id: _Row(**row._asdict())
-        for row in conn.execute(_applications_by_id(), {"application_ids": application_ids})
-    } if application_ids else {}  # fmt: skip
+    if application_ids:
+        for row in conn.execute(_applications_by_id(), {"application_ids": application_ids}):
+            applications[row.id] = _Row(**row._asdict())
 
     wallet_schema, transaction_schema, application_schema = _schemas()
     dumped_wallets = {wallet_id: wallet_schema.dump(w) for wallet_id, w in wallets.items()}
