@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
 from gateway import transitions, webhooks
@@ -48,15 +47,8 @@ _scenario = st.fixed_dictionaries(
 )
 
 
-@pytest.fixture
-def pg_connection(postgres_engine: Engine) -> Iterator[Connection]:
-    conn = postgres_engine.connect()
-    outer = conn.begin()
-    try:
-        yield conn
-    finally:
-        outer.rollback()
-        conn.close()
+# PostgreSQL only: the one-statement path exists there alone.
+pytestmark = pytest.mark.parametrize("engine", ["postgres"], indirect=True)
 
 
 def _twin(session: Session, scenario: dict[str, Any]) -> PurchaseRow:
@@ -137,19 +129,19 @@ def _state(session: Session, purchase: PurchaseRow) -> dict[str, Any]:
 )
 @given(scenario=_scenario)
 def test_one_statement_settlement_ends_where_the_portable_one_does(
-    pg_connection: Connection, scenario: dict[str, Any]
+    connection: Connection, scenario: dict[str, Any]
 ) -> None:
-    session = Session(bind=pg_connection, join_transaction_mode="create_savepoint")
+    session = Session(bind=connection, join_transaction_mode="create_savepoint")
     try:
         fast, portable = _twin(session, scenario), _twin(session, scenario)
-        _deliver(pg_connection, fast, scenario["steps"], portable=False)
-        _deliver(pg_connection, portable, scenario["steps"], portable=True)
+        _deliver(connection, fast, scenario["steps"], portable=False)
+        _deliver(connection, portable, scenario["steps"], portable=True)
         assert _state(session, fast) == _state(session, portable)
     finally:
         session.close()
 
 
-def test_the_portable_switch_really_changes_the_statements(pg_connection: Connection) -> None:
+def test_the_portable_switch_really_changes_the_statements(connection: Connection) -> None:
     """The comparison above means something only if the two runs differ in their SQL."""
     sent: list[str] = []
 
@@ -158,23 +150,23 @@ def test_the_portable_switch_really_changes_the_statements(pg_connection: Connec
 
     from sqlalchemy import event
 
-    session = Session(bind=pg_connection, join_transaction_mode="create_savepoint")
+    session = Session(bind=connection, join_transaction_mode="create_savepoint")
     scenario = {"credits": Decimal(10), "tax_cents": 0, "granted": None, "threshold": None,
                 "creating": False, "expired": False}  # fmt: skip
     fast, portable = _twin(session, scenario), _twin(session, scenario)
-    event.listen(pg_connection, "before_cursor_execute", record)
+    event.listen(connection, "before_cursor_execute", record)
     try:
-        _deliver(pg_connection, fast, [("invoice.paid", None)], portable=False)
+        _deliver(connection, fast, [("invoice.paid", None)], portable=False)
         one_statement = [
             s for s in sent if "UPDATE purchases" in s and s.startswith("WITH entry AS")
         ]
         sent.clear()
-        _deliver(pg_connection, portable, [("invoice.paid", None)], portable=True)
+        _deliver(connection, portable, [("invoice.paid", None)], portable=True)
         portable_statements = [
             s for s in sent if "UPDATE purchases" in s and s.startswith("WITH entry AS")
         ]
     finally:
-        event.remove(pg_connection, "before_cursor_execute", record)
+        event.remove(connection, "before_cursor_execute", record)
         session.close()
     assert len(one_statement) == 1
     assert portable_statements == []
