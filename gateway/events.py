@@ -36,7 +36,6 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
-    exists,
     func,
     insert,
     select,
@@ -221,8 +220,8 @@ _purchases = cast(Table, Purchase.__table__)
 
 def wallet_columns(wallet: FromClause, pending: ColumnElement[Any]) -> list[Any]:
     """What a wallet's JSON reads, from `wallet` (the table, or rows with its columns):
-    its columns, its customer's external id, `pending` (its pending credits) and
-    whether it has rules (read after, only then)."""
+    its columns, its customer's external id, `pending` (its pending credits) and its
+    rules, one row per rule (`with_rules` joins them)."""
     return [
         *_columns(Wallet, "w_", WALLET_KEYS, source=wallet),
         select(_customers.c.external_id)
@@ -230,8 +229,16 @@ def wallet_columns(wallet: FromClause, pending: ColumnElement[Any]) -> list[Any]
         .scalar_subquery()
         .label("c_external_id"),
         pending.label("w_pending_credits"),
-        exists().where(_rules.c.wallet_id == wallet.c.id).label("w_has_rules"),
+        *_columns(RecurringTransactionRule, "r_", source=_rules),
     ]
+
+
+def with_rules(rows: FromClause, wallet: FromClause) -> FromClause:
+    """`rows` with the rules of `wallet` outer-joined (for `wallet_columns`)."""
+    return rows.outerjoin(_rules, _rules.c.wallet_id == wallet.c.id)
+
+
+RULES_ORDER = _rules.c.trigger  # as the API lists a wallet's rules
 
 
 def entry_columns(
@@ -249,18 +256,18 @@ def entry_columns(
 @cache
 def _entries_with_their_rows() -> Select[Any]:
     """The entries named by `transaction_ids` with their purchase's invoice columns,
-    their wallet, its customer's external id, its pending credits and whether it has
-    rules: one Core SELECT, built once, as every settlement reads it."""
+    their wallet, its customer's external id, its pending credits and its rules: one
+    Core SELECT, built once, as every settlement reads it."""
     from gateway.ledger import pending_credits_of
 
+    rows = _entries.join(_wallets, _wallets.c.id == _entries.c.wallet_id).outerjoin(
+        _purchases, _purchases.c.transaction_id == _entries.c.id
+    )
     return (
         select(*entry_columns(_entries, _purchases, _wallets, pending_credits_of(_wallets.c.id)))
-        .select_from(
-            _entries.join(_wallets, _wallets.c.id == _entries.c.wallet_id).outerjoin(
-                _purchases, _purchases.c.transaction_id == _entries.c.id
-            )
-        )
+        .select_from(with_rules(rows, _wallets))
         .where(_entries.c.id.in_(bindparam("transaction_ids", expanding=True)))
+        .order_by(RULES_ORDER)
     )
 
 
@@ -270,53 +277,55 @@ def _wallets_with_their_rows() -> Select[Any]:
     entry's wallet."""
     from gateway.ledger import pending_credits_of
 
-    return select(*wallet_columns(_wallets, pending_credits_of(_wallets.c.id))).where(
-        _wallets.c.id.in_(bindparam("wallet_ids", expanding=True))
-    )
-
-
-@cache
-def _rules_of_wallets() -> Select[Any]:
     return (
-        select(*_columns(RecurringTransactionRule, ""))
-        .where(_rules.c.wallet_id.in_(bindparam("wallet_ids", expanding=True)))
-        .order_by(_rules.c.trigger)
+        select(*wallet_columns(_wallets, pending_credits_of(_wallets.c.id)))
+        .select_from(with_rules(_wallets, _wallets))
+        .where(_wallets.c.id.in_(bindparam("wallet_ids", expanding=True)))
+        .order_by(RULES_ORDER)
     )
 
 
-def _take(values: dict[str, Any], prefix: str) -> dict[str, Any]:
-    return {key[len(prefix) :]: value for key, value in values.items() if key.startswith(prefix)}
-
-
-def _wallet_of(values: dict[str, Any]) -> _Row:
-    wallet = _Row(**_take(values, "w_"))
-    wallet.pending_credits = money.quantize_credits(Decimal(wallet.pending_credits))
-    wallet.customer = _Row(id=wallet.customer_id, external_id=values["c_external_id"])
-    wallet.recurring_transaction_rules = []
-    wallet.rules_unread = True
-    return wallet
+def _split(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A row's values by the prefix of their labels (`e_`, `p_`, `w_`, `c_`, `r_`)."""
+    parts: dict[str, dict[str, Any]] = {"e_": {}, "p_": {}, "w_": {}, "c_": {}, "r_": {}}
+    for key, value in values.items():
+        parts[key[:2]][key[2:]] = value
+    return parts
 
 
 @dataclass
 class Loaded:
-    """The rows events carry, by id, read with `entry_columns` / `wallet_columns`."""
+    """The rows events carry, by id, read with `entry_columns` / `wallet_columns`: one
+    row per rule of the wallet (or one, without rules)."""
 
     wallets: dict[str, _Row] = field(default_factory=dict)
     transactions: dict[str, _Row] = field(default_factory=dict)
     # Credit applications as written (an answer never changes once stored).
     applications: dict[str, Any] = field(default_factory=dict)
 
-    def add_entry(self, values: dict[str, Any]) -> None:
-        entry = _Row(**_take(values, "e_"))
-        purchase = _take(values, "p_")
-        entry.purchase = _Row(**purchase) if purchase["status"] is not None else None
-        entry.wallet = self.wallets.get(entry.wallet_id) or _wallet_of(values)
-        self.wallets[entry.wallet_id] = entry.wallet
-        self.transactions[entry.id] = entry
-
-    def add_wallet(self, values: dict[str, Any]) -> None:
-        wallet = _wallet_of(values)
-        self.wallets[wallet.id] = wallet
+    def add(self, values: dict[str, Any]) -> None:
+        """One row of `entry_columns` or `wallet_columns`."""
+        parts = _split(values)
+        wallet_values = parts["w_"]
+        wallet = self.wallets.get(wallet_values["id"])
+        if wallet is None:
+            wallet = _Row(**wallet_values)
+            wallet.pending_credits = money.quantize_credits(Decimal(wallet.pending_credits))
+            wallet.customer = _Row(id=wallet.customer_id, external_id=parts["c_"]["external_id"])
+            wallet.recurring_transaction_rules = []
+            self.wallets[wallet.id] = wallet
+        rule = parts["r_"]
+        if rule["id"] is not None and all(
+            r.id != rule["id"] for r in wallet.recurring_transaction_rules
+        ):
+            wallet.recurring_transaction_rules.append(_Row(**rule))
+        entry_values = parts["e_"]
+        if entry_values and entry_values["id"] not in self.transactions:
+            entry = _Row(**entry_values)
+            purchase = parts["p_"]
+            entry.purchase = _Row(**purchase) if purchase["status"] is not None else None
+            entry.wallet = wallet
+            self.transactions[entry.id] = entry
 
 
 def _load(
@@ -324,29 +333,20 @@ def _load(
 ) -> None:
     """The wallets and entries the events carry that `loaded` lacks, as they now are
     in this transaction: the entries with their purchase and wallet in one SELECT, the
-    wallets no entry brought in another, and rules only for wallets that have some."""
+    wallets no entry brought in another."""
     transaction_ids = list(
         {e.transaction_id for e in events if e.transaction_id} - set(loaded.transactions)
     )
     if transaction_ids:
-        rows = conn.execute(_entries_with_their_rows(), {"transaction_ids": transaction_ids})
-        for row in rows:
-            loaded.add_entry(row._asdict())
+        for row in conn.execute(_entries_with_their_rows(), {"transaction_ids": transaction_ids}):
+            loaded.add(row._asdict())
     missing = [wallet_id for wallet_id in wallet_ids if wallet_id not in loaded.wallets]
     if missing:
         for row in conn.execute(_wallets_with_their_rows(), {"wallet_ids": missing}):
-            loaded.add_wallet(row._asdict())
+            loaded.add(row._asdict())
     unknown = set(wallet_ids) - set(loaded.wallets)
     if unknown:
         raise LookupError(f"events about unknown wallet(s): {', '.join(sorted(unknown))}")
-    wallets = loaded.wallets
-    with_rules = [
-        w.id for w in wallets.values() if w.has_rules and not w.recurring_transaction_rules
-    ]
-    if with_rules:
-        for row in conn.execute(_rules_of_wallets(), {"wallet_ids": with_rules}):
-            rule = _Row(**row._asdict())
-            wallets[rule.wallet_id].recurring_transaction_rules.append(rule)
 
 
 # PostgreSQL, one wallet: its sequence moves and the events are written in one

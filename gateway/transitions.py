@@ -244,12 +244,15 @@ def _settle_statement(change_keys: tuple[str, ...]) -> Select[Any]:
         .returning(_purchases.c.transaction_id, *events.invoice_columns(_purchases))
         .cte("purchase")
     )
-    return select(
-        *events.entry_columns(entry, written, wallet, ledger.pending_credits_of(wallet.c.id))
-    ).select_from(
-        entry.join(wallet, wallet.c.id == entry.c.wallet_id).outerjoin(
-            written, written.c.transaction_id == entry.c.id
+    rows = entry.join(wallet, wallet.c.id == entry.c.wallet_id).outerjoin(
+        written, written.c.transaction_id == entry.c.id
+    )
+    return (
+        select(
+            *events.entry_columns(entry, written, wallet, ledger.pending_credits_of(wallet.c.id))
         )
+        .select_from(events.with_rules(rows, wallet))
+        .order_by(events.RULES_ORDER)
     )
 
 
@@ -264,27 +267,31 @@ def _settle_in_one_statement(
     if "status" in changes or "updated_at" in changes:
         raise TransitionError("a purchase's status changes through its transition")
     keys = tuple(sorted(changes))
-    row = conn.execute(
-        _settle_statement(keys),
-        {
-            "b_entry_id": purchase.transaction_id,
-            "b_wallet_id": purchase.wallet_id,
-            "b_from_status": entry_status,
-            "b_now": now,
-            "b_purchase_id": purchase.purchase_id,
-            **{f"c_{key}": changes[key] for key in keys},
-        },
-    ).one_or_none()
-    if row is None:
+    rows = [
+        row._asdict()
+        for row in conn.execute(
+            _settle_statement(keys),
+            {
+                "b_entry_id": purchase.transaction_id,
+                "b_wallet_id": purchase.wallet_id,
+                "b_from_status": entry_status,
+                "b_now": now,
+                "b_purchase_id": purchase.purchase_id,
+                **{f"c_{key}": changes[key] for key in keys},
+            },
+        )
+    ]  # one per rule of the wallet, or one
+    if not rows:
         raise _not_in(purchase, entry_status)
-    values = row._asdict()
+    values = rows[0]
     if values["p_status"] is None:
         raise TransitionError(
             f"purchase {purchase.purchase_id} does not own entry {purchase.transaction_id}"
         )
     credited = Decimal(values["e_credit_amount"])
     if entry_status == EntryStatus.PENDING:
-        values["w_pending_credits"] -= credited  # read before the entry settled
+        for each in rows:
+            each["w_pending_credits"] -= credited  # read before the entry settled
     after = Decimal(values["w_credits_balance"])
     announced = [
         *ledger.balance_crossings(
@@ -295,7 +302,8 @@ def _settle_in_one_statement(
         ),
     ]
     loaded = events.Loaded()
-    loaded.add_entry(values)
+    for each in rows:
+        loaded.add(each)
     events.emit_on_connection(conn, announced, now, loaded)
     return credited
 

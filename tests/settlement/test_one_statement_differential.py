@@ -21,7 +21,14 @@ from sqlalchemy.orm import Session
 
 from gateway import transitions, webhooks
 from gateway.db import Database
-from gateway.models import Event, Purchase, PurchaseStatus, Wallet, WalletTransaction
+from gateway.models import (
+    Event,
+    Purchase,
+    PurchaseStatus,
+    RecurringTransactionRule,
+    Wallet,
+    WalletTransaction,
+)
 from tests.support.webhooks import PurchaseRow, invoice_event, make_purchase
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
@@ -42,6 +49,7 @@ _scenario = st.fixed_dictionaries(
         "threshold": st.sampled_from([None, Decimal(2), Decimal(4), Decimal(100000)]),
         "creating": st.booleans(),
         "expired": st.booleans(),
+        "rules": st.booleans(),
         "steps": st.lists(_step, min_size=1, max_size=5),
     }
 )
@@ -63,6 +71,20 @@ def _twin(session: Session, scenario: dict[str, Any]) -> PurchaseRow:
     wallet = session.get(Wallet, purchase.wallet_id)
     assert wallet is not None
     wallet.low_balance_threshold_credits = scenario["threshold"]
+    if scenario["rules"]:  # one row per rule in the statement's read: both kinds
+        session.add_all(
+            [
+                RecurringTransactionRule(
+                    wallet_id=wallet.id, trigger="threshold", method="fixed",
+                    threshold_credits=Decimal(1), granted_credits=Decimal(1),
+                ),
+                RecurringTransactionRule(
+                    wallet_id=wallet.id, trigger="interval", method="target",
+                    interval="weekly", started_at=NOW, next_run_at=NOW + timedelta(days=7),
+                    target_credits=Decimal(9),
+                ),
+            ]
+        )  # fmt: skip
     session.commit()
     return purchase
 
@@ -152,7 +174,7 @@ def test_the_portable_switch_really_changes_the_statements(connection: Connectio
 
     session = Session(bind=connection, join_transaction_mode="create_savepoint")
     scenario = {"credits": Decimal(10), "tax_cents": 0, "granted": None, "threshold": None,
-                "creating": False, "expired": False}  # fmt: skip
+                "creating": False, "expired": False, "rules": True}  # fmt: skip
     fast, portable = _twin(session, scenario), _twin(session, scenario)
     event.listen(connection, "before_cursor_execute", record)
     try:
