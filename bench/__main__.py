@@ -8,7 +8,7 @@ in bench/RESULTS.md (bench/results.json holds the raw numbers).
     python -m bench reconcile             # 4. gateway reconcile at 1k and 10k
     python -m bench topups                # 5. threshold rules' cost, the interval duty
     python -m bench outgoing              # 6. gateway worker: webhooks out, one slow endpoint
-    python -m bench all                   # everything, about 10-15 minutes on 2 cores
+    python -m bench all                   # everything, about 9 minutes on 2 cores
     python -m bench report                # rewrite RESULTS.md from results.json
 
 PostgreSQL: GATEWAY_BENCH_DATABASE_URL (default
