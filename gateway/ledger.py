@@ -41,6 +41,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.selectable import CTE, ScalarSelect, TableValuedAlias
 from sqlalchemy.types import TypeEngine
 
@@ -660,12 +661,13 @@ _purchase_entry = (
     & (_ENTRIES.c.wallet_id == bindparam("b_wallet_id"))
     & (_ENTRIES.c.transaction_status == TransactionStatus.PURCHASED)
 )
-_SETTLE_PURCHASE_ENTRY = (
+# The entry's settlement (from `b_from_status`), answering what the caller asks of it.
+_SETTLE_ENTRY = (
     update(_ENTRIES)
     .where(_purchase_entry, _ENTRIES.c.status == bindparam("b_from_status"))
     .values(status=EntryStatus.SETTLED, settled_at=bindparam("b_now"), failed_at=None)
-    .returning(_ENTRIES.c.credit_amount, _ENTRIES.c.wallet_id)
 )
+_SETTLE_PURCHASE_ENTRY = _SETTLE_ENTRY.returning(_ENTRIES.c.credit_amount, _ENTRIES.c.wallet_id)
 # A balance moved by `b_delta` (negative: taken out); the second form answers the balance
 # after the move and the wallet's low-balance threshold, what a crossing of it
 # (`balance_crossings`) is read from.
@@ -684,18 +686,24 @@ _MOVE_BALANCE_READ = _MOVE_BALANCE.returning(
 # PostgreSQL does both in one statement: the entry's UPDATE as a data-modifying CTE
 # whose RETURNING feeds the balance's UPDATE (no row settled, no balance raised).
 _settled_entry = _SETTLE_PURCHASE_ENTRY.cte("settled_entry")
-_SETTLE_AND_RAISE_BALANCE = (
-    update(_WALLETS)
-    .where(_WALLETS.c.id == _settled_entry.c.wallet_id)
-    .values(
-        credits_balance=_WALLETS.c.credits_balance + _settled_entry.c.credit_amount,
-        updated_at=bindparam("b_now"),
+
+
+def _raised_by(entry: CTE) -> Update:
+    """The balance of the settled `entry`'s wallet raised by its credits."""
+    return (
+        update(_WALLETS)
+        .where(_WALLETS.c.id == entry.c.wallet_id)
+        .values(
+            credits_balance=_WALLETS.c.credits_balance + entry.c.credit_amount,
+            updated_at=bindparam("b_now"),
+        )
     )
-    .returning(
-        _settled_entry.c.credit_amount,
-        _WALLETS.c.credits_balance,
-        _WALLETS.c.low_balance_threshold_credits,
-    )
+
+
+_SETTLE_AND_RAISE_BALANCE = _raised_by(_settled_entry).returning(
+    _settled_entry.c.credit_amount,
+    _WALLETS.c.credits_balance,
+    _WALLETS.c.low_balance_threshold_credits,
 )
 _FAIL_PURCHASE_ENTRY = (
     update(_ENTRIES)
@@ -711,24 +719,11 @@ def settled_purchase_ctes() -> tuple[CTE, CTE]:
     answer the entry and the wallet as they now are, for the purchase's transition to
     write the purchase in the same statement and read what its events carry. No entry
     in `b_from_status`: both are empty and nothing changed."""
-    entry = (
-        update(_ENTRIES)
-        .where(_purchase_entry, _ENTRIES.c.status == bindparam("b_from_status"))
-        .values(status=EntryStatus.SETTLED, settled_at=bindparam("b_now"), failed_at=None)
-        .returning(
-            *(_ENTRIES.c[events.column_name(WalletTransaction, key)] for key in events.ENTRY_KEYS)
-        )
-        .cte("entry")
-    )
+    entry = _SETTLE_ENTRY.returning(
+        *(_ENTRIES.c[events.column_name(WalletTransaction, key)] for key in events.ENTRY_KEYS)
+    ).cte("entry")
     wallet = (
-        update(_WALLETS)
-        .where(_WALLETS.c.id == entry.c.wallet_id)
-        .values(
-            credits_balance=_WALLETS.c.credits_balance + entry.c.credit_amount,
-            updated_at=bindparam("b_now"),
-        )
-        .returning(*(_WALLETS.c[key] for key in events.WALLET_KEYS))
-        .cte("wallet")
+        _raised_by(entry).returning(*(_WALLETS.c[key] for key in events.WALLET_KEYS)).cte("wallet")
     )
     return entry, wallet
 
