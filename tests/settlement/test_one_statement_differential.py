@@ -89,7 +89,9 @@ def _twin(session: Session, scenario: dict[str, Any]) -> PurchaseRow:
     return purchase
 
 
-def _deliver(conn: Connection, purchase: PurchaseRow, steps: list[Any], *, portable: bool) -> None:
+def _send_in_turn(
+    conn: Connection, purchase: PurchaseRow, steps: list[Any], *, portable: bool
+) -> None:
     conn.execution_options(**{transitions.PORTABLE_ONLY: portable})
     db = Database(conn)
     for event_type, twist in steps:
@@ -156,8 +158,8 @@ def test_one_statement_settlement_ends_where_the_portable_one_does(
     session = Session(bind=connection, join_transaction_mode="create_savepoint")
     try:
         fast, portable = _twin(session, scenario), _twin(session, scenario)
-        _deliver(connection, fast, scenario["steps"], portable=False)
-        _deliver(connection, portable, scenario["steps"], portable=True)
+        _send_in_turn(connection, fast, scenario["steps"], portable=False)
+        _send_in_turn(connection, portable, scenario["steps"], portable=True)
         assert _state(session, fast) == _state(session, portable)
     finally:
         session.close()
@@ -178,12 +180,12 @@ def test_the_portable_switch_really_changes_the_statements(connection: Connectio
     fast, portable = _twin(session, scenario), _twin(session, scenario)
     event.listen(connection, "before_cursor_execute", record)
     try:
-        _deliver(connection, fast, [("invoice.paid", None)], portable=False)
+        _send_in_turn(connection, fast, [("invoice.paid", None)], portable=False)
         one_statement = [
             s for s in sent if "UPDATE purchases" in s and s.startswith("WITH entry AS")
         ]
         sent.clear()
-        _deliver(connection, portable, [("invoice.paid", None)], portable=True)
+        _send_in_turn(connection, portable, [("invoice.paid", None)], portable=True)
         portable_statements = [
             s for s in sent if "UPDATE purchases" in s and s.startswith("WITH entry AS")
         ]
