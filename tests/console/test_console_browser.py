@@ -179,6 +179,11 @@ def press(driver: WebDriver, text: str) -> None:
         By.XPATH, f"//button[normalize-space()='{text}'] | //a[normalize-space()='{text}']"
     ).click()
     WebDriverWait(driver, 20).until(expected_conditions.staleness_of(page))
+    # The old page is gone; wait until the new one is whole (its scripts are off, the
+    # driver's are not), so that no element is taken from a document still replaced.
+    WebDriverWait(driver, 20).until(
+        lambda d: d.execute_script("return document.readyState") == "complete"
+    )
 
 
 def fact(driver: WebDriver, term: str) -> str:
