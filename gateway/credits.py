@@ -144,7 +144,7 @@ def apply_credits(
     # this statement seeing it: its answer's unique invoice id stops this one's write
     # (`_answer`), which then returns the stored answer.
     customer, wallet, answered = _customer_and_locked_wallet(session, request)
-    if answered:
+    if answered is not False:
         stored = _find(session, request.invoice_external_id)
         if stored is not None:
             return _repeat(stored, request)
@@ -196,10 +196,11 @@ def _find(session: Session, invoice_external_id: str) -> CreditApplication | Non
 
 def _customer_and_locked_wallet(
     session: Session, request: CreditApplicationInput
-) -> tuple[Customer, Wallet | None, bool]:
+) -> tuple[Customer, Wallet | None, bool | None]:
     """The customer and its active wallet, else its most recently created ended one,
     the wallet locked (FOR UPDATE; SQLite serialises writers) and read under the lock,
-    and whether the invoice has an answer already. Unknown customer: `not_found`."""
+    and whether the invoice has an answer already (None: not read, the customer having
+    no wallet). Unknown customer: `not_found`."""
     answered = (
         select(CreditApplication.id)
         .where(CreditApplication.invoice_external_id == request.invoice_external_id)
@@ -215,8 +216,7 @@ def _customer_and_locked_wallet(
         .execution_options(populate_existing=True)
     ).first()
     if row is None:  # no such customer, or one without a wallet
-        customer = get_customer(session, request.external_customer_id)
-        return customer, None, _find(session, request.invoice_external_id) is not None
+        return get_customer(session, request.external_customer_id), None, None
     return row[0], row[1], bool(row[2])
 
 
