@@ -842,7 +842,8 @@ def take_back(
 
 
 def reinstate(conn: Connection, wallet_id: str, credits: Decimal, now: datetime) -> None:
-    """Held credits come back to (locked, usable) `wallet_id` after a dispute was won:
+    """Credits come back to (locked, usable) `wallet_id` (a dispute won, a refund that
+    failed after it succeeded, a credit note voided):
     a settled inbound `reinstated` entry."""
     _, rate = conn.execute(_WALLET_HOLDING, {"b_wallet_id": wallet_id}).one()
     _write_settled_entry(

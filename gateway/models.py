@@ -56,7 +56,7 @@ class TransactionStatus(enum.StrEnum):
     INVOICED = "invoiced"
     REFUNDED = "refunded"  # outbound: credits following a refund or credit note out
     DISPUTED = "disputed"  # outbound: credits held while the payment is disputed
-    REINSTATED = "reinstated"  # inbound: held credits back after a dispute was won
+    REINSTATED = "reinstated"  # inbound: credits back (a dispute won, a refund undone)
 
 
 class EntryStatus(enum.StrEnum):

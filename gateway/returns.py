@@ -45,13 +45,20 @@ from gateway import ledger, metrics, money, settlement, topups, transitions
 from gateway.db import new_id
 from gateway.models import (
     DisputeStatus,
+    EntryStatus,
     PaymentReturn,
     PurchaseStatus,
     ReturnKind,
     TransactionStatus,
     wallet_usable,
 )
-from gateway.providers.base import CreditNote, Dispute, DisputeOutcome, Refund
+from gateway.providers.base import (
+    CreditNote,
+    Dispute,
+    DisputeOutcome,
+    Refund,
+    refund_moved_on,
+)
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +171,17 @@ def _record_refund(
         _insert(conn, rows, purchase_id, refund.id, kind=ReturnKind.REFUND,
                 amount_cents=refund.amount_cents, status=refund.status, now=now)  # fmt: skip
         return True
-    if known.status == "succeeded" and not refund.succeeded:
-        # Money that went back stays counted: a refund reported failed after it
-        # succeeded is for a person (reconciliation shows the payment's state).
-        log.warning("refund %s was succeeded and is now %s: left counted", refund.id,
-                    refund.status)  # fmt: skip
-        return False
     if (known.status, known.amount_cents) == (refund.status, refund.amount_cents):
         return False
+    if refund_moved_on(refund.status, known.status):
+        # An older state delivered late (`refund.created` after `refund.failed`)
+        # changes nothing: a refund only moves forward.
+        return False
+    if known.status == "succeeded" and not refund.succeeded:
+        # A refund can fail after it succeeded (the card's account closed): the money
+        # stayed with us, so it no longer counts and its credits come back.
+        log.warning("refund %s was succeeded and is now %s: no longer counted", refund.id,
+                    refund.status)  # fmt: skip
     _update(
         conn, rows, refund.id, now, status=refund.status, amount_cents=max(refund.amount_cents, 0)
     )
@@ -225,12 +235,20 @@ def _record_dispute(
 
 
 def _returned_cents(rows: Iterable[_Row]) -> int:
+    """Issued credit notes, plus succeeded refunds no issued note counts already (a
+    refund made through a note that was voided since counts on its own)."""
+    rows = list(rows)
+    issued_notes = {
+        row.object_id
+        for row in rows
+        if row.kind == ReturnKind.CREDIT_NOTE and row.status == NOTE_ISSUED
+    }
     total = 0
     for row in rows:
         if (row.kind == ReturnKind.CREDIT_NOTE and row.status == NOTE_ISSUED) or (
             row.kind == ReturnKind.REFUND
             and row.status == "succeeded"
-            and row.credit_note_id is None
+            and row.credit_note_id not in issued_notes
         ):
             total += row.amount_cents
     return total
@@ -262,14 +280,10 @@ def _follow(
     if dispute != purchase.dispute_status:
         changes["dispute_status"] = dispute
     all_returned = returned >= paid
-    if purchase.status == PurchaseStatus.REFUND_REQUIRED and all_returned:
-        transitions.mark_refunded(conn, locked.ref, now, changes)
-        log.info("%s: purchase %s refunded; it held no credits", source, purchase.id)
-        return ReturnOutcome(ReturnAction.APPLIED, purchase.id, "refund_required resolved")
-    if purchase.status not in _HOLDING:
-        transitions.record(conn, purchase.id, changes)
-        action = ReturnAction.RECORDED if changes else ReturnAction.UNCHANGED
-        return ReturnOutcome(action, purchase.id, f"purchase is {purchase.status}")
+    if purchase.entry_status != EntryStatus.SETTLED or purchase.status not in _HOLDING:
+        return _follow_without_credits(
+            conn, locked, changes, all_returned=all_returned, now=now, source=source
+        )
     purchased = purchase.credit_amount
     by_refunds = money.returned_credits(purchased, returned, paid)
     target = purchased if dispute in _HELD else by_refunds
@@ -293,10 +307,7 @@ def _follow(
         changes["attention_reason"] = None
     if not changes:
         return ReturnOutcome(ReturnAction.UNCHANGED, purchase.id, "already counted")
-    if all_returned and purchase.status == PurchaseStatus.SETTLED:
-        transitions.mark_refunded(conn, locked.ref, now, changes)
-    else:
-        transitions.record(conn, purchase.id, {**changes, "updated_at": now})
+    _write_holding(conn, locked, changes, all_returned=all_returned, now=now)
     if shortfall > purchase.shortfall_credits:
         transitions.announce_attention(
             conn,
@@ -311,6 +322,53 @@ def _follow(
         source, purchase.id, returned, paid, target, taken, reinstated, shortfall, dispute,
     )  # fmt: skip
     return ReturnOutcome(ReturnAction.APPLIED, purchase.id, None, taken, reinstated)
+
+
+def _write_holding(
+    conn: Connection,
+    locked: settlement.LockedRows,
+    changes: dict[str, Any],
+    *,
+    all_returned: bool,
+    now: datetime,
+) -> None:
+    """A purchase that holds credits is `refunded` once everything went back, and
+    `settled` again if some of it did not after all."""
+    status = locked.purchase.status
+    if all_returned and status == PurchaseStatus.SETTLED:
+        transitions.mark_refunded(conn, locked.ref, now, changes)
+    elif not all_returned and status == PurchaseStatus.REFUNDED:
+        transitions.reverse_refund(conn, locked.ref, PurchaseStatus.SETTLED, now, changes)
+    else:
+        transitions.record(conn, locked.purchase.id, {**changes, "updated_at": now})
+
+
+def _follow_without_credits(
+    conn: Connection,
+    locked: settlement.LockedRows,
+    changes: dict[str, Any],
+    *,
+    all_returned: bool,
+    now: datetime,
+    source: str,
+) -> ReturnOutcome:
+    """A purchase whose entry never settled (not paid yet, paid for an ended wallet,
+    under review) holds no credits: its returns are only counted. A `refund_required`
+    purchase is `refunded` once everything went back, and needs its refund again if
+    some of it did not."""
+    purchase = locked.purchase
+    if purchase.status == PurchaseStatus.REFUND_REQUIRED and all_returned:
+        transitions.mark_refunded(conn, locked.ref, now, changes)
+        log.info("%s: purchase %s refunded; it held no credits", source, purchase.id)
+        return ReturnOutcome(ReturnAction.APPLIED, purchase.id, "refund_required resolved")
+    if purchase.status == PurchaseStatus.REFUNDED and not all_returned:
+        transitions.reverse_refund(conn, locked.ref, PurchaseStatus.REFUND_REQUIRED, now, changes)
+        log.warning("%s: purchase %s: its refund was undone; refund_required again", source,
+                    purchase.id)  # fmt: skip
+        return ReturnOutcome(ReturnAction.APPLIED, purchase.id, "refund undone")
+    transitions.record(conn, purchase.id, changes)
+    action = ReturnAction.RECORDED if changes else ReturnAction.UNCHANGED
+    return ReturnOutcome(action, purchase.id, f"purchase is {purchase.status}")
 
 
 def _move_credits(

@@ -400,6 +400,33 @@ def mark_refunded(
     _write(conn, purchase.purchase_id, PurchaseStatus.REFUNDED, now, changes)
 
 
+def reverse_refund(
+    conn: Connection,
+    purchase: PurchaseRef,
+    back_to: PurchaseStatus,
+    now: datetime,
+    changes: dict[str, Any] | None = None,
+) -> None:
+    """refunded → settled / refund_required: money counted as gone back did not go
+    (a refund failed after it succeeded, a credit note was voided). A purchase that
+    held credits is `settled` again, with the credits `gateway.returns` put back; one
+    paid for an ended wallet needs its refund again, and says so."""
+    if back_to not in (PurchaseStatus.SETTLED, PurchaseStatus.REFUND_REQUIRED):
+        raise TransitionError(f"a refunded purchase does not go back to {back_to}")
+    _write(conn, purchase.purchase_id, back_to, now, changes)
+    if back_to == PurchaseStatus.REFUND_REQUIRED:
+        _announce(
+            conn,
+            purchase,
+            now,
+            attention=(
+                AttentionReason.REFUND_REQUIRED,
+                "money counted as refunded did not go back (a refund failed or a credit "
+                "note was voided): refund the payment",
+            ),
+        )
+
+
 def sync_purchase(session: Session, purchase: Purchase) -> None:
     """Read a purchase and its entry again after a transition made on the session's
     connection, so ORM objects (an API answer) show the rows as they now are. Only

@@ -44,7 +44,7 @@ from gateway.errors import DomainError, NotFound
 from gateway.models import Purchase, WebhookEvent, WebhookEventStatus
 from gateway.providers import get_provider, read_event
 from gateway.providers.base import (
-    CreditNoteIssued,
+    CreditNoteChanged,
     DisputeChanged,
     InvoiceChanged,
     InvoicePaymentFailed,
@@ -439,7 +439,7 @@ def apply_event(
         outcome = settlement.apply_invoice(conn, meaning.invoice, now, source)
     elif isinstance(meaning, InvoicePaymentMade):
         outcome = settlement.record_payment(conn, meaning.invoice_id, meaning.payment_id, source)
-    elif isinstance(meaning, RefundsChanged | CreditNoteIssued | DisputeChanged):
+    elif isinstance(meaning, RefundsChanged | CreditNoteChanged | DisputeChanged):
         return _returned(conn, meaning, lookup or PaymentLookup(), now, source)
     else:
         return (
@@ -456,7 +456,7 @@ def apply_event(
 
 def _returned(
     conn: Connection,
-    meaning: RefundsChanged | CreditNoteIssued | DisputeChanged,
+    meaning: RefundsChanged | CreditNoteChanged | DisputeChanged,
     lookup: PaymentLookup,
     now: datetime,
     source: str,
@@ -471,7 +471,7 @@ def _returned(
             payment_id=meaning.payment_id,
             purchase_id=lookup.purchase_id,
         )
-    elif isinstance(meaning, CreditNoteIssued):
+    elif isinstance(meaning, CreditNoteChanged):
         outcome = returns.apply_credit_note(conn, meaning.credit_note, now, source)
     else:
         outcome = returns.apply_dispute(

@@ -103,6 +103,20 @@ class Refund:
         return self.status == "succeeded"
 
 
+# What a refund in these statuses gives back, or is giving back.
+REFUND_GIVING_BACK = frozenset({"succeeded", "pending"})
+# A refund's statuses in the order it moves through them: pending (or waiting for the
+# customer's action), succeeded, then failed or canceled, which are final (a refund
+# can fail after it succeeded: the card's account closed).
+_REFUND_RANK = {"succeeded": 1, "failed": 2, "canceled": 2}
+
+
+def refund_moved_on(recorded: str, now: str) -> bool:
+    """Whether a refund recorded in status `recorded` has moved on to `now`; a status
+    it has left behind, delivered late, is not a move."""
+    return _REFUND_RANK.get(now, 0) > _REFUND_RANK.get(recorded, 0)
+
+
 @dataclass(frozen=True)
 class CreditNote:
     """A credit note on an invoice: value given back on it (a refund, a credit to the
@@ -173,7 +187,9 @@ class RefundsChanged:
 
 
 @dataclass(frozen=True)
-class CreditNoteIssued:
+class CreditNoteChanged:
+    """A credit note was issued on an invoice, or voided."""
+
     credit_note: CreditNote
 
 
@@ -195,7 +211,7 @@ ProviderEvent = (
     | InvoicePaymentFailed
     | InvoicePaymentMade
     | RefundsChanged
-    | CreditNoteIssued
+    | CreditNoteChanged
     | DisputeChanged
     | OtherEvent
 )

@@ -132,8 +132,9 @@ def _check_paid_for(run: Run, purchase: PurchaseRow, invoice: InvoiceSnapshot) -
                 )
             )
         return
+    # More credited at Stripe: notes the webhooks missed; less: a note was voided.
     uncounted = invoice.credited_after_payment_cents - purchase.credited_cents
-    if uncounted > 0:
+    if uncounted != 0:
         yield ApplyCreditNotes(purchase, invoice.id, uncounted)
 
 

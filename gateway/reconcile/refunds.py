@@ -2,8 +2,10 @@
 page), each mapped to the invoice its payment paid (one Invoice Payments lookup per
 refunded payment). A refund made on the payment alone leaves the invoice `paid` with
 nothing on it, so step 1 cannot see it. Refunds of a purchase's payment not yet recorded
-here (a webhook was lost) are applied through `returns`, like the webhook: each counts
-once by its id, a refund a credit note made counts through the note.
+here (a webhook was lost), or recorded in an earlier status (a pending refund that
+succeeded, a succeeded one that failed), are applied through `returns`, like the
+webhook: each counts once by its id, a refund a credit note made counts through the
+note.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from sqlalchemy import select
 
 from gateway import money
 from gateway.models import PaymentReturn, Purchase, PurchaseStatus, ReturnKind
-from gateway.providers.base import PaymentRefund
+from gateway.providers.base import REFUND_GIVING_BACK, PaymentRefund, refund_moved_on
 from gateway.reconcile.context import CLOCK_SLACK, MATCH_BATCH, Run
 from gateway.reconcile.invoices import PAID_FOR
 from gateway.reconcile.repairs import ApplyRefunds, Repair, refund_names
@@ -37,7 +39,9 @@ def scan_refunds(run: Run) -> Iterator[Repair]:
         for purchase in rows:
             refunds = by_invoice[purchase.invoice_id or ""]
             if purchase.status == PurchaseStatus.REFUND_REQUIRED:
-                refunded = sum(refund.amount_cents for refund in refunds)
+                refunded = sum(
+                    refund.amount_cents for refund in refunds if refund.status in REFUND_GIVING_BACK
+                )
                 currency = refunds[0].currency or purchase.currency
                 run.refunds_of_waiting[purchase.id] = (
                     f"Stripe shows {money.format_minor(refunded, currency)} refunded "
@@ -51,13 +55,14 @@ def scan_refunds(run: Run) -> Iterator[Repair]:
 
 
 def _uncounted(refund: PaymentRefund, recorded: dict[str, tuple[str, str | None]]) -> bool:
-    """Whether `refund` says something its recorded row does not: new, or a status the
-    row does not have yet. A refund a credit note made counts through the note."""
+    """Whether `refund` says something its recorded row does not: new and giving money
+    back, or moved on (pending to succeeded, succeeded to failed). A refund a credit
+    note made counts through the note."""
     known = recorded.get(refund.refund_id)
     if known is None:
-        return True
+        return refund.status in REFUND_GIVING_BACK
     status, credit_note_id = known
-    return credit_note_id is None and status not in ("succeeded", refund.status)
+    return credit_note_id is None and refund_moved_on(status, refund.status)
 
 
 def _recorded(run: Run, purchase_ids: list[str]) -> dict[str, tuple[str, str | None]]:

@@ -19,7 +19,13 @@ from sqlalchemy.orm import Session
 from gateway import ledger, money, returns, settlement, transitions
 from gateway.db import unit_of_work
 from gateway.models import Purchase, PurchaseStatus
-from gateway.providers.base import InvoiceSnapshot, PaymentRefund, ProviderError, Refund
+from gateway.providers.base import (
+    REFUND_GIVING_BACK,
+    InvoiceSnapshot,
+    PaymentRefund,
+    ProviderError,
+    Refund,
+)
 from gateway.reconcile.context import SOURCE, PurchaseRow, Run
 from gateway.reconcile.report import Finding, FindingAction, FindingKind
 from gateway.transitions import InvoiceStatus
@@ -397,20 +403,24 @@ def _returned_finding(
     invoice_id: str | None,
     outcome: returns.ReturnOutcome,
     what: str,
+    undone: bool = False,
 ) -> None:
     if outcome.action != returns.ReturnAction.APPLIED:
         return  # counted already (a webhook or another run), or nothing to move yet
-    moved = (
-        f"; {money.format_credits(outcome.taken)} credits taken back"
-        if outcome.taken
-        else "; no credits were left to take back"
-    )
+    if outcome.taken:
+        moved = f"; {money.format_credits(outcome.taken)} credits taken back"
+    elif outcome.reinstated:
+        moved = f"; {money.format_credits(outcome.reinstated)} credits given back"
+    elif undone:
+        moved = "; no credits came back (none were taken, or the wallet has ended)"
+    else:
+        moved = "; no credits were left to take back"
     run.add(
         Finding(
             kind,
             FindingAction.REPAIRED,
             f"{what} at Stripe but no webhook took effect: applied{moved}",
-            outcome="refunded",
+            outcome="reinstated" if undone else "refunded",
             purchase_id=purchase.id,
             wallet_id=purchase.wallet_id,
             invoice_id=invoice_id,
@@ -427,16 +437,29 @@ class ApplyCreditNotes:
     invoice_id: str
     uncounted_cents: int
 
+    @property
+    def undone(self) -> bool:
+        """Stripe shows less credited than counted here: a credit note was voided."""
+        return self.uncounted_cents < 0
+
     def _what(self) -> str:
-        shown = money.format_minor(self.uncounted_cents, self.purchase.currency)
+        shown = money.format_minor(abs(self.uncounted_cents), self.purchase.currency)
+        if self.undone:
+            return f"{shown} of its invoice's credit notes were voided"
         return f"{shown} of its invoice was credited back after payment (credit notes)"
 
+    def _plan(self) -> tuple[str, str]:
+        if self.undone:
+            return "would give back the credits they had taken", "give back"
+        return "would take the credits that follow it back", "take back"
+
     def planned(self) -> list[Finding]:
+        plan, outcome = self._plan()
         return [
             _would(
                 FindingKind.SETTLED_INVOICE_REFUNDED,
-                f"{self._what()}: would take the credits that follow it back",
-                "take back",
+                f"{self._what()}: {plan}",
+                outcome,
                 purchase_id=self.purchase.id,
                 wallet_id=self.purchase.wallet_id,
                 invoice_id=self.invoice_id,
@@ -469,7 +492,9 @@ class ApplyCreditNotes:
                 invoice_id=self.invoice_id,
                 outcome=outcome,
                 what=f"credit note {note.id} "
-                f"({money.format_minor(note.amount_cents, note.currency)})",
+                f"({money.format_minor(note.amount_cents, note.currency)})"
+                + (" voided" if note.voided else ""),
+                undone=note.voided,
             )
 
 
@@ -488,17 +513,31 @@ class ApplyRefunds:
             return FindingKind.REFUND_REQUIRED
         return FindingKind.SETTLED_PAYMENT_REFUNDED
 
+    @property
+    def undone(self) -> bool:
+        """Every refund here failed or was canceled after it was counted."""
+        return all(refund.status not in REFUND_GIVING_BACK for refund in self.refunds)
+
     def _what(self) -> str:
         total = sum(refund.amount_cents for refund in self.refunds)
         shown = money.format_minor(total, self.refunds[0].currency or self.purchase.currency)
+        if self.undone:
+            return f"{shown} refunded from its payment did not go back after all " \
+                f"({refund_names(self.refunds)})"  # fmt: skip
         return f"{shown} of its payment was refunded ({refund_names(self.refunds)})"
 
+    def _plan(self) -> tuple[str, str]:
+        if self.undone:
+            return "would give back the credits it had taken", "give back"
+        return "would take the credits that follow it back", "take back"
+
     def planned(self) -> list[Finding]:
+        plan, outcome = self._plan()
         return [
             _would(
                 self.kind,
-                f"{self._what()}: would take the credits that follow it back",
-                "take back",
+                f"{self._what()}: {plan}",
+                outcome,
                 purchase_id=self.purchase.id,
                 wallet_id=self.purchase.wallet_id,
                 invoice_id=self.purchase.invoice_id,
@@ -532,6 +571,7 @@ class ApplyRefunds:
             invoice_id=self.purchase.invoice_id,
             outcome=outcome,
             what=self._what(),
+            undone=self.undone,
         )
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from flask import Flask
@@ -28,22 +27,10 @@ from tests.support.api import (
     subscribed_customer,
     unique,
 )
+from tests.support.events import types_of, wallet_events
 from tests.support.purchases import customer_of, settled_purchase
 from tests.support.threads import app_session
 from tests.support.webhooks import deliver_object, invoice_event, make_purchase, post_signed
-
-
-def wallet_events(session: Session, wallet_id: str) -> list[dict[str, Any]]:
-    """The wallet's events as stored (the delivered JSON), in the order written."""
-    session.expire_all()
-    bodies = session.execute(
-        select(Event.body).where(Event.wallet_id == wallet_id).order_by(Event.position)
-    ).scalars()
-    return [json.loads(body) for body in bodies]
-
-
-def types_of(rows: list[dict[str, Any]]) -> list[str]:
-    return [row["type"] for row in rows]
 
 
 def test_a_wallets_life_is_published_in_order_with_the_apis_json(

@@ -481,6 +481,46 @@ def test_a_pending_refund_takes_credits_once_it_succeeds_and_failed_ones_never(
     assert state_of(db_session, bought.purchase_id).balance == Decimal("3")
 
 
+def test_a_refund_that_failed_after_it_was_counted_gives_the_credits_back(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="5")
+    refund = stub.refund_payment(bought.invoice_id or "", amount=300)
+    only(run(app), FindingKind.SETTLED_PAYMENT_REFUNDED)
+    assert state_of(db_session, bought.purchase_id).balance == Decimal("2")
+    stub.fail_refund(refund["id"])  # its refund.failed event was lost
+
+    planned = only(run(app, dry_run=True), FindingKind.SETTLED_PAYMENT_REFUNDED)
+    assert planned.outcome == "give back"
+    finding = only(run(app), FindingKind.SETTLED_PAYMENT_REFUNDED)
+
+    assert (finding.action, finding.outcome) == (FindingAction.REPAIRED, "reinstated")
+    assert f"did not go back after all ({refund['id']} (failed))" in finding.detail
+    assert "3.00000 credits given back" in finding.detail
+    state = state_of(db_session, bought.purchase_id)
+    assert (state.purchase_status, state.balance) == (PurchaseStatus.SETTLED, Decimal("5"))
+    assert db_session.get_one(Purchase, bought.purchase_id).returned_cents == 0
+    assert run(app).findings == []
+
+
+def test_a_voided_credit_note_the_webhooks_missed_gives_the_credits_back(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="5")
+    note = stub.credit_note(bought.invoice_id or "", 200)
+    only(run(app), FindingKind.SETTLED_INVOICE_REFUNDED)
+    assert state_of(db_session, bought.purchase_id).balance == Decimal("3")
+    stub.void_credit_note(note["id"])  # its credit_note.voided event was lost
+
+    finding = only(run(app), FindingKind.SETTLED_INVOICE_REFUNDED)
+
+    assert (finding.action, finding.outcome) == (FindingAction.REPAIRED, "reinstated")
+    assert f"credit note {note['id']} (2.00 USD) voided" in finding.detail
+    assert "2.00000 credits given back" in finding.detail
+    assert state_of(db_session, bought.purchase_id).balance == Decimal("5")
+    assert run(app).findings == []
+
+
 def test_a_direct_refund_beside_a_credit_note_counts_each_once(
     app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:

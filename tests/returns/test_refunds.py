@@ -25,6 +25,7 @@ from gateway.models import (
 )
 from gateway.providers.stripe.sandbox import StripeStub
 from tests.support.api import delete, get, spend
+from tests.support.events import types_of, wallet_events
 from tests.support.purchases import Bought, buy_wallet, customer_of, settled_purchase
 from tests.support.webhooks import deliver_object, post_signed, state_of, stored_event
 
@@ -212,21 +213,148 @@ def test_credits_already_spent_are_a_shortfall_and_the_balance_stays_at_zero(
     assert purchase.status == PurchaseStatus.REFUNDED
 
 
-def test_a_refund_of_a_refund_required_purchase_resolves_it(
-    client: FlaskClient, db_session: Session, stub: StripeStub
-) -> None:
+def refund_required(client: FlaskClient, db_session: Session, stub: StripeStub) -> Bought:
+    """A purchase paid after its wallet ended: never credited, its payment to refund."""
     bought = buy_wallet(client, db_session, paid="10")
     assert delete(client, f"/wallets/{bought.wallet_id}").status_code == 200
     stub.invoices[bought.invoice_id or ""]["status"] = "open"  # the customer paid first
     stub.mark_paid(bought.invoice_id or "")
     post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
     assert purchase_row(db_session, bought.purchase_id).status == PurchaseStatus.REFUND_REQUIRED
+    return bought
+
+
+def test_a_refund_of_a_refund_required_purchase_resolves_it(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = refund_required(client, db_session, stub)
 
     deliver_object(client, stub, stub.refund_payment(bought.invoice_id or ""), "refund.created")
 
     purchase = purchase_row(db_session, bought.purchase_id)
     assert (purchase.status, purchase.returned_cents) == (PurchaseStatus.REFUNDED, 1000)
     assert settled_credits(db_session, bought.wallet_id, TransactionStatus.REFUNDED) == []
+
+
+def test_every_event_of_a_resolved_refund_required_purchase_counts_it_once(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = refund_required(client, db_session, stub)
+    refund = stub.refund_payment(bought.invoice_id or "")
+    before = types_of(wallet_events(db_session, bought.wallet_id))
+
+    # Stripe sends all three for one refund; the purchase never held credits.
+    deliver_object(client, stub, refund, "refund.created")
+    deliver_object(client, stub, refund, "refund.updated")
+    pi = stub.payment_intent_of(bought.invoice_id or "") or ""
+    deliver_object(client, stub, stub.charge_of(pi), "charge.refunded")
+
+    purchase = purchase_row(db_session, bought.purchase_id)
+    assert (purchase.status, purchase.returned_cents) == (PurchaseStatus.REFUNDED, 1000)
+    assert (purchase.reclaimed_credits, purchase.shortfall_credits) == (0, 0)
+    assert purchase.attention_reason != "refunded_after_consumption"
+    assert types_of(wallet_events(db_session, bought.wallet_id)) == before
+
+
+# --- money that did not go back after all ------------------------------------------------
+
+
+def test_a_refund_that_fails_after_it_succeeded_gives_the_credits_back(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    refund = stub.refund_payment(bought.invoice_id or "")
+    deliver_object(client, stub, refund, "refund.created")
+    assert purchase_row(db_session, bought.purchase_id).status == PurchaseStatus.REFUNDED
+
+    failed = stub.fail_refund(refund["id"])
+    assert deliver_object(client, stub, failed, "refund.failed") == "processed"
+
+    purchase = purchase_row(db_session, bought.purchase_id)
+    assert (purchase.status, purchase.returned_cents) == (PurchaseStatus.SETTLED, 0)
+    assert purchase.reclaimed_credits == 0
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.REINSTATED) == [D("10")]
+    assert balance(db_session, bought.wallet_id) == D("10")
+    assert invoice_of(client, bought)["status"] == "paid"  # no longer "refunded"
+    published = wallet_events(db_session, bought.wallet_id)[-1]
+    assert published["type"] == "wallet_transaction.created"
+    assert published["data"]["wallet_transaction"]["transaction_status"] == "reinstated"
+
+    # Its older states, delivered late, change nothing: a refund only moves forward.
+    for stale in ({**refund, "status": "succeeded"}, {**refund, "status": "pending"}):
+        deliver_object(client, stub, stale, "refund.updated")
+    assert purchase_row(db_session, bought.purchase_id).returned_cents == 0
+    assert balance(db_session, bought.wallet_id) == D("10")
+
+
+def test_a_failed_refund_of_spent_credits_cancels_the_shortfall_first(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    spend(client, customer_of(db_session, bought), 700)  # 7 of the 10 credits
+    refund = stub.refund_payment(bought.invoice_id or "")
+    deliver_object(client, stub, refund, "refund.created")
+    assert purchase_row(db_session, bought.purchase_id).shortfall_credits == D("7")
+
+    deliver_object(client, stub, stub.fail_refund(refund["id"]), "refund.updated")
+
+    purchase = purchase_row(db_session, bought.purchase_id)
+    assert (purchase.shortfall_credits, purchase.attention_reason) == (0, None)
+    # Only the 3 credits that were taken come back; the 7 were spent on invoices.
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.REINSTATED) == [D("3")]
+    assert balance(db_session, bought.wallet_id) == D("3")
+
+
+def test_a_failed_refund_of_a_refund_required_purchase_needs_the_refund_again(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = refund_required(client, db_session, stub)
+    refund = stub.refund_payment(bought.invoice_id or "")
+    deliver_object(client, stub, refund, "refund.created")
+
+    deliver_object(client, stub, stub.fail_refund(refund["id"]), "refund.failed")
+
+    purchase = purchase_row(db_session, bought.purchase_id)
+    assert (purchase.status, purchase.returned_cents) == (PurchaseStatus.REFUND_REQUIRED, 0)
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.REINSTATED) == []
+    published = wallet_events(db_session, bought.wallet_id)[-1]
+    assert published["type"] == "purchase.attention_required"
+    assert published["data"]["attention_reason"] == "refund_required"
+
+
+def test_a_voided_credit_note_gives_its_credits_back(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    note = stub.credit_note(bought.invoice_id or "", 300)
+    deliver_object(client, stub, note, "credit_note.created")
+    assert balance(db_session, bought.wallet_id) == D("7")
+
+    voided = stub.void_credit_note(note["id"])
+    assert deliver_object(client, stub, voided, "credit_note.voided") == "processed"
+    deliver_object(client, stub, note, "credit_note.created")  # a late repeat of the issue
+
+    purchase = purchase_row(db_session, bought.purchase_id)
+    assert (purchase.returned_cents, purchase.reclaimed_credits) == (0, 0)
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.REINSTATED) == [D("3")]
+    assert balance(db_session, bought.wallet_id) == D("10")
+
+
+def test_a_refund_made_through_a_voided_credit_note_still_counts(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    note = stub.credit_note(bought.invoice_id or "", 300, refund=True)
+    refund = stub.refunds[note["refunds"][0]["refund"]]
+    deliver_object(client, stub, note, "credit_note.created")
+    deliver_object(client, stub, refund, "refund.created")
+
+    deliver_object(client, stub, stub.void_credit_note(note["id"]), "credit_note.voided")
+
+    # The note no longer counts, but its refund's money went back all the same.
+    assert purchase_row(db_session, bought.purchase_id).returned_cents == 300
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.REINSTATED) == []
+    assert balance(db_session, bought.wallet_id) == D("7")
 
 
 # --- credit notes ----------------------------------------------------------------------

@@ -19,6 +19,7 @@ arrive before its payment). After every step it checks:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -105,6 +106,7 @@ class ReturnsMachine(RuleBasedStateMachine):
         self.now = datetime(2031, 1, 1, tzinfo=UTC)
         self.purchases: list[ModelPurchase] = []
         self._closed_as: dict[str, str] = {}
+        self.notes: dict[str, tuple[ModelPurchase, CreditNote]] = {}  # issued, not voided
 
     def teardown(self) -> None:
         self.session.close()
@@ -289,9 +291,41 @@ class ReturnsMachine(RuleBasedStateMachine):
         if refunding and not refund_first:
             self.deliver(self._refund_delivery(model, refund_id, amount, "succeeded"))
         model.notes[note.id] = amount
+        self.notes[note.id] = (model, note)
         if refunding:
             model.refunds[refund_id] = (amount, "succeeded")
             model.via_note.add(refund_id)
+        return delivery
+
+    @rule(target=deliveries, which=st.integers(0, PURCHASES - 1), pick=st.integers(0, 99))
+    def refund_fails(self, which: int, pick: int) -> Delivery:
+        """A succeeded refund fails after all (`refund.failed`): the money stayed."""
+        model = self.purchases[which]
+        succeeded = sorted(r for r, (_, status) in model.refunds.items() if status == "succeeded")
+        if not succeeded:
+            return lambda conn, now: None
+        refund_id = succeeded[pick % len(succeeded)]
+        amount, _ = model.refunds[refund_id]
+        delivery = self._refund_delivery(model, refund_id, amount, "failed")
+        self.deliver(delivery)
+        model.refunds[refund_id] = (amount, "failed")
+        return delivery
+
+    @rule(target=deliveries, pick=st.integers(0, 99))
+    def note_voided(self, pick: int) -> Delivery:
+        """An issued credit note is voided (`credit_note.voided`): it gives nothing back,
+        and a refund it made counts on its own."""
+        if not self.notes:
+            return lambda conn, now: None
+        model, note = self.notes.pop(sorted(self.notes)[pick % len(self.notes)])
+        voided = dataclasses.replace(note, voided=True)
+
+        def delivery(conn: Connection, now: datetime) -> None:
+            returns.apply_credit_note(conn, voided, now, "stateful")
+
+        self.deliver(delivery)
+        del model.notes[note.id]
+        model.via_note.difference_update(note.refund_ids)
         return delivery
 
     @rule(target=deliveries, which=st.integers(0, PURCHASES - 1))
@@ -379,6 +413,8 @@ class ReturnsMachine(RuleBasedStateMachine):
                 )
             if model.returned() == model.paid_cents:
                 assert row.status == PurchaseStatus.REFUNDED
+            else:
+                assert row.status == PurchaseStatus.SETTLED
             taken_by_purchases += taken
         kinds = {
             TransactionStatus.REFUNDED: Decimal(1),

@@ -74,8 +74,6 @@ META_EXTERNAL_ID = "gateway_external_id"
 # Stripe's page size limit for list and search.
 PAGE_SIZE = 100
 INVOICE_STATUSES = ("draft", "open", "paid", "uncollectible", "void")
-# Refunds that give (or are giving) money back; failed and canceled ones did not.
-REFUND_STATUSES = frozenset({"succeeded", "pending"})
 # Reads answered 429 are tried again this many times, each after Stripe's Retry-After
 # or an exponential backoff with jitter, never waiting more than RATE_LIMIT_MAX_DELAY.
 RATE_LIMIT_RETRIES = 5
@@ -520,7 +518,7 @@ class StripeProvider:
             for refund in page.data:
                 data = refund.to_dict()
                 payment_intent = object_id(data.get("payment_intent"))
-                if data.get("status") not in REFUND_STATUSES or payment_intent is None:
+                if payment_intent is None:
                     continue
                 invoice_id = self.invoice_paid_by(payment_intent)
                 if invoice_id is None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway.providers.base import (
     CreditNote,
-    CreditNoteIssued,
+    CreditNoteChanged,
     Dispute,
     DisputeChanged,
     DisputeOutcome,
@@ -34,16 +34,20 @@ INVOICE_TYPES = frozenset(
 )
 PAYMENT_FAILED_TYPE = "invoice.payment_failed"
 INVOICE_PAYMENT_PAID_TYPE = "invoice_payment.paid"
-REFUND_TYPES = frozenset({"refund.created", "refund.updated"})
+# `refund.failed`: a refund can fail after it succeeded (a closed card account): the
+# money did not go back after all.
+REFUND_TYPES = frozenset({"refund.created", "refund.updated", "refund.failed"})
 CHARGE_REFUNDED_TYPE = "charge.refunded"
-CREDIT_NOTE_TYPE = "credit_note.created"
+# A voided credit note gives nothing back any more.
+CREDIT_NOTE_TYPES = frozenset({"credit_note.created", "credit_note.voided"})
 DISPUTE_TYPES = frozenset({"charge.dispute.created", "charge.dispute.closed"})
 # Every type the service acts on; the others are recorded as ignored.
 HANDLED_TYPES = (
     INVOICE_TYPES
     | REFUND_TYPES
     | DISPUTE_TYPES
-    | {PAYMENT_FAILED_TYPE, INVOICE_PAYMENT_PAID_TYPE, CHARGE_REFUNDED_TYPE, CREDIT_NOTE_TYPE}
+    | CREDIT_NOTE_TYPES
+    | {PAYMENT_FAILED_TYPE, INVOICE_PAYMENT_PAID_TYPE, CHARGE_REFUNDED_TYPE}
 )
 # A dispute Stripe closed in the merchant's favour (`warning_closed`: an inquiry that
 # never became a chargeback).
@@ -73,8 +77,8 @@ def read_event(event: Mapping[str, Any]) -> ProviderEvent:
         return RefundsChanged(refund.payment_id, (refund,))
     if event_type == CHARGE_REFUNDED_TYPE:
         return _charge_refunds(data)
-    if event_type == CREDIT_NOTE_TYPE:
-        return CreditNoteIssued(read_credit_note(data))
+    if event_type in CREDIT_NOTE_TYPES:
+        return CreditNoteChanged(read_credit_note(data))
     if event_type in DISPUTE_TYPES:
         return DisputeChanged(read_dispute(data))
     return OtherEvent()

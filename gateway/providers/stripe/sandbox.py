@@ -596,6 +596,19 @@ class StripeStub:
             self._touched(invoice_id)
             return _copy(note)
 
+    def void_credit_note(self, note_id: str) -> Json:
+        """POST /v1/credit_notes/{id}/void: the note gives nothing back any more; the
+        invoice's post-payment credit notes amount drops by it."""
+        with self._lock:
+            note = self.credit_notes[note_id]
+            if note["status"] != "void":
+                note["status"] = "void"
+                note["voided_at"] = int(time.time())
+                invoice = self._invoice(note["invoice"])
+                invoice["post_payment_credit_notes_amount"] -= note["post_payment_amount"]
+                self._touched(note["invoice"])
+            return _copy(note)
+
     def last_credit_note(self, invoice_id: str) -> Json:
         with self._lock:
             notes = [note for note in self.credit_notes.values() if note["invoice"] == invoice_id]
@@ -721,6 +734,15 @@ class StripeStub:
             }
             self._order[refund["id"]] = next(self._sequence)
             self.refunds[refund["id"]] = refund
+            return _copy(refund)
+
+    def fail_refund(self, refund_id: str, reason: str = "expired_or_canceled_card") -> Json:
+        """A refund that had succeeded fails (the card's account closed): the money
+        comes back to the merchant's balance."""
+        with self._lock:
+            refund = self.refunds[refund_id]
+            refund["status"] = "failed"
+            refund["failure_reason"] = reason
             return _copy(refund)
 
     def event(self, invoice_id: str, event_type: str = "invoice.paid") -> Json:

@@ -540,7 +540,8 @@ def test_iter_invoice_refunds_maps_each_refund_to_the_invoice_its_payment_paid(
     stub.refund(first.id, amount=100)  # a credit note refunds through the payment too
     direct = stub.refund_payment(first.id, amount=200)
     pending = stub.refund_payment(second.id, status="pending")
-    stub.refund_payment(second.id, amount=5, status="failed")  # gave nothing back
+    # Failed since: listed too (a refund counted when it succeeded gives its credits back).
+    failed = stub.refund_payment(second.id, amount=5, status="failed")
     stub.refund_payment_intent("pi_elsewhere", 700)  # pays no invoice
     since = datetime.now(UTC) - timedelta(hours=1)
     stripe_http.calls.reset()
@@ -548,12 +549,13 @@ def test_iter_invoice_refunds_maps_each_refund_to_the_invoice_its_payment_paid(
     refunds = list(provider.iter_invoice_refunds(created_since=since))
 
     assert [(r.refund_id, r.invoice_id, r.amount_cents, r.currency, r.status) for r in refunds][
-        :2
+        :3
     ] == [
+        (failed["id"], second.id, 5, "EUR", "failed"),
         (pending["id"], second.id, 1500, "EUR", "pending"),
         (direct["id"], first.id, 200, "USD", "succeeded"),
     ]
-    assert [(r.invoice_id, r.amount_cents) for r in refunds[2:]] == [(first.id, 100)]
+    assert [(r.invoice_id, r.amount_cents) for r in refunds[3:]] == [(first.id, 100)]
     assert refunds[0].created_at is not None
     requests = sent(stripe_http)
     assert [(r.method, r.path) for r in requests] == [("GET", "/v1/refunds")] + [
