@@ -55,8 +55,8 @@ from gateway.models import (
 from gateway.providers.base import (
     CreditNote,
     Dispute,
-    DisputeOutcome,
     Refund,
+    dispute_moved_on,
     refund_moved_on,
 )
 
@@ -213,9 +213,6 @@ def _record_credit_note(
     return changed
 
 
-_DISPUTE_RANK = {DisputeOutcome.OPEN: 0, DisputeOutcome.WON: 1, DisputeOutcome.LOST: 1}
-
-
 def _record_dispute(
     conn: Connection, purchase_id: str, dispute: Dispute, rows: dict[str, _Row], now: datetime
 ) -> bool:
@@ -225,7 +222,7 @@ def _record_dispute(
                 amount_cents=dispute.amount_cents, status=dispute.outcome, now=now)  # fmt: skip
         return True
     # A closed dispute stays closed: `created` delivered after `closed` changes nothing.
-    if _DISPUTE_RANK[DisputeOutcome(known.status)] >= _DISPUTE_RANK[dispute.outcome]:
+    if not dispute_moved_on(known.status, dispute.outcome):
         return False
     _update(conn, rows, dispute.id, now, status=dispute.outcome)
     return True

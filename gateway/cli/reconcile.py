@@ -207,7 +207,7 @@ def _show(report: ReconcileReport, output_format: str, stdout: TextIO) -> None:
     console.print(
         f"window: since {report.window_start:%Y-%m-%d %H:%M} UTC; checked "
         f"{report.invoices_scanned} Stripe invoice(s), {report.refunds_scanned} refund(s), "
-        f"{report.purchases_checked} "
+        f"{report.disputes_scanned} dispute(s), {report.purchases_checked} "
         f"purchase(s), {report.wallets_checked} wallet(s)"
     )
     counts = ", ".join(

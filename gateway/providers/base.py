@@ -152,6 +152,20 @@ class Dispute:
     outcome: DisputeOutcome
 
 
+def dispute_moved_on(recorded: str, now: DisputeOutcome) -> bool:
+    """Whether a dispute recorded as `recorded` (open, won, lost) has moved on to `now`:
+    only an open one can close; a closed one stays closed."""
+    return recorded == DisputeOutcome.OPEN and now != DisputeOutcome.OPEN
+
+
+@dataclass(frozen=True)
+class PaymentDispute:
+    """A dispute of a payment that paid an invoice (the invoice it paid, looked up)."""
+
+    dispute: Dispute
+    invoice_id: str
+
+
 @dataclass(frozen=True)
 class InvoiceChanged:
     """The invoice moved (paid, voided, uncollectible, finalized…)."""
@@ -316,6 +330,17 @@ class PaymentProvider(Protocol):
     def iter_invoice_refunds(
         self, *, created_since: datetime | None = None
     ) -> Iterator[PaymentRefund]:
-        """Refunds (succeeded or pending) created since `created_since`, each with the
+        """Refunds created since `created_since`, whatever their status, each with the
         invoice its payment paid; refunds of payments that paid no invoice are skipped."""
+        ...
+
+    def iter_invoice_disputes(
+        self, *, created_since: datetime | None = None
+    ) -> Iterator[PaymentDispute]:
+        """Disputes created since `created_since`, each with the invoice its payment
+        paid; disputes of payments that paid no invoice are skipped."""
+        ...
+
+    def retrieve_dispute(self, dispute_id: str) -> Dispute:
+        """One dispute as it is now."""
         ...

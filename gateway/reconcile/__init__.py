@@ -8,18 +8,20 @@ One run, in this order, one module per step:
    only the caller's retry does that), paid invoices settled, void or uncollectible ones
    failed, missed credit notes applied.
 2. `refunds`: Stripe's refunds created in the window, each mapped to the invoice its
-   payment paid: refunds the webhooks missed are applied.
-3. `unmatched`: purchases still `creating` or `open` that no listed invoice named.
-4. `voids`: invoices of ended wallets still to void at Stripe.
-5. `attention`: purchases waiting for a person (refund required, review required,
+   payment paid: refunds the webhooks missed (or whose status moved on) are applied.
+3. `disputes`: Stripe's disputes created in the window, and those recorded open here:
+   openings and closings the webhooks missed are applied.
+4. `unmatched`: purchases still `creating` or `open` that no listed invoice named.
+5. `voids`: invoices of ended wallets still to void at Stripe.
+6. `attention`: purchases waiting for a person (refund required, review required,
    credits spent before their money went back) and wallets whose balance differs from
    their ledger.
 
-Steps 1-4 *plan* repairs (`repairs`); they never write. A real run executes each repair
+Steps 1-5 *plan* repairs (`repairs`); they never write. A real run executes each repair
 as it is planned, through the code the webhooks use and under the same locks (wallet,
 then purchase), in a short transaction of its own, so a webhook arriving at the same
 moment cannot apply anything twice. A dry run (`dry_run=True`) keeps the plan and reports
-each repair as `would_repair`: no database write, no Stripe write. Step 5 only reports.
+each repair as `would_repair`: no database write, no Stripe write. Step 6 only reports.
 
 Stripe is read a page at a time, so 10,000 pending purchases cost about a hundred list
 calls, not 10,000 retrieves; single calls are made only to repair (void an invoice,
@@ -38,6 +40,7 @@ from gateway.errors import PaymentProviderUnavailable
 from gateway.providers.base import PaymentProvider, ProviderError
 from gateway.reconcile.attention import check_ledger, report_attention, report_shortfalls
 from gateway.reconcile.context import CLOCK_SLACK, DEFAULT_LOOKBACK, IN_FLIGHT, Run
+from gateway.reconcile.disputes import scan_disputes
 from gateway.reconcile.invoices import scan_invoices
 from gateway.reconcile.refunds import scan_refunds
 from gateway.reconcile.repairs import Repair, abandon_stuck_purchase
@@ -74,6 +77,7 @@ log = logging.getLogger(__name__)
 PLANNING_STEPS: tuple[Callable[[Run], Iterable[Repair]], ...] = (
     scan_invoices,
     scan_refunds,
+    scan_disputes,
     scan_unmatched,
     scan_void_pending,
 )

@@ -1,4 +1,4 @@
-"""Step 5: reported from the database, for a person: purchases marked `refund_required`
+"""Step 6: reported from the database, for a person: purchases marked `refund_required`
 or `review_required`, purchases whose money went back after their credits were spent
 (`shortfall_credits`), and, in one grouped query, every wallet whose stored balance
 differs from the sum of its settled ledger entries. Nothing here repairs anything."""

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 # Without --since, Stripe's invoices and refunds are listed back this far, so settled
 # purchases and unknown payments of the last weeks are checked. Never further: an
 # unsettled purchase older than this (an unpaid `send_invoice`) is read from the
-# database in pages by id and its invoice retrieved on its own (step 3), instead of
+# database in pages by id and its invoice retrieved on its own (step 4), instead of
 # listing the whole account back to it on every run.
 DEFAULT_LOOKBACK = timedelta(days=30)
 # An invoice is made after its purchase row; this covers clocks that disagree.
@@ -120,20 +120,20 @@ class Run:
     # made with a key since removed cannot be claimed by its caller any more. None: not
     # checked (the caller does not know the keys).
     api_principals: frozenset[str] | None = None
-    # Unsettled purchases an invoice of the listing named: step 3 skips them.
+    # Unsettled purchases an invoice of the listing named: step 4 skips them.
     seen: set[str] = field(default_factory=set)
     # Purchases already in a finding: the attention report does not repeat them.
     reported: set[str] = field(default_factory=set)
     # Status and credit notes' amount of each listed invoice (step 2 compares refunds
     # with the latter).
     listed: dict[str, tuple[str, int]] = field(default_factory=dict)
-    # Refunds found for purchases waiting for one: step 5 says so.
+    # Refunds found for purchases waiting for one: step 6 says so.
     refunds_of_waiting: dict[str, str] = field(default_factory=dict)
 
     @property
     def cutoff(self) -> datetime:
         """Purchases created after this are left to their request (not voided nor
-        abandoned, not looked for in step 3)."""
+        abandoned, not looked for in step 4)."""
         return self.started_at - IN_FLIGHT
 
     def claimable(self, purchase: PurchaseRow) -> bool:

@@ -112,7 +112,7 @@ def compare(run: Run, purchase: PurchaseRow, invoice: InvoiceSnapshot) -> Iterat
         yield ApplyInvoice(FindingKind.INVOICE_PAID_NOT_SETTLED, purchase, invoice)
     if status in PAID_FOR:
         yield from _check_paid_for(run, purchase, invoice)
-    # refund_required / review_required: reported from the database (step 5).
+    # refund_required / review_required: reported from the database (step 6).
 
 
 def _check_paid_for(run: Run, purchase: PurchaseRow, invoice: InvoiceSnapshot) -> Iterator[Repair]:

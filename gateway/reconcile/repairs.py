@@ -21,6 +21,8 @@ from gateway.db import unit_of_work
 from gateway.models import Purchase, PurchaseStatus
 from gateway.providers.base import (
     REFUND_GIVING_BACK,
+    Dispute,
+    DisputeOutcome,
     InvoiceSnapshot,
     PaymentRefund,
     ProviderError,
@@ -191,7 +193,7 @@ class VoidUnclaimed:
     told the purchase failed (or never heard back) and cannot take it up, so it must not
     be collected. The purchase fails (flagged for voiding) in one transaction, then the
     invoice is voided (`settlement.void_flagged_invoices`: a payment that beat the void
-    is settled; a void that fails stays flagged for step 4)."""
+    is settled; a void that fails stays flagged for step 5)."""
 
     purchase: PurchaseRow
     invoice: InvoiceSnapshot
@@ -572,6 +574,67 @@ class ApplyRefunds:
             outcome=outcome,
             what=self._what(),
             undone=self.undone,
+        )
+
+
+@dataclass(frozen=True)
+class ApplyDispute:
+    """A dispute of a purchase's payment that the webhooks missed (its opening or its
+    closing), applied through `returns.apply_dispute`, as the webhook would."""
+
+    purchase: PurchaseRow
+    dispute: Dispute
+
+    def _what(self) -> str:
+        shown = money.format_minor(self.dispute.amount_cents, self.dispute.currency)
+        return f"dispute {self.dispute.id} of its payment ({shown}) is {self.dispute.outcome}"
+
+    def _plan(self) -> tuple[str, str]:
+        match self.dispute.outcome:
+            case DisputeOutcome.OPEN:
+                return "would hold the purchase's credits", "hold"
+            case DisputeOutcome.WON:
+                return "would give back the credits it held", "give back"
+            case _:
+                return "would keep the purchase's credits out", "keep out"
+
+    def planned(self) -> list[Finding]:
+        plan, outcome = self._plan()
+        return [
+            _would(
+                FindingKind.SETTLED_PAYMENT_DISPUTED,
+                f"{self._what()}: {plan}",
+                outcome,
+                purchase_id=self.purchase.id,
+                wallet_id=self.purchase.wallet_id,
+                invoice_id=self.purchase.invoice_id,
+            )
+        ]
+
+    def execute(self, run: Run) -> None:
+        with unit_of_work(run.db) as session:
+            outcome = returns.apply_dispute(
+                session.connection(), self.dispute, run.clock(), SOURCE,
+                purchase_id=self.purchase.id,
+            )  # fmt: skip
+        if outcome.action != returns.ReturnAction.APPLIED:
+            return  # counted already (a webhook or another run), or nothing to move
+        if outcome.taken:
+            moved = f"{money.format_credits(outcome.taken)} credits held"
+        elif outcome.reinstated:
+            moved = f"{money.format_credits(outcome.reinstated)} credits given back"
+        else:
+            moved = "no credits moved"
+        run.add(
+            Finding(
+                FindingKind.SETTLED_PAYMENT_DISPUTED,
+                FindingAction.REPAIRED,
+                f"{self._what()} at Stripe but no webhook took effect: applied; {moved}",
+                outcome=f"dispute_{self.dispute.outcome}",
+                purchase_id=self.purchase.id,
+                wallet_id=self.purchase.wallet_id,
+                invoice_id=self.purchase.invoice_id,
+            )
         )
 
 

@@ -23,6 +23,8 @@ class FindingKind(enum.StrEnum):
     # Money back the webhooks missed, applied here: credit notes, refunds of the payment.
     SETTLED_INVOICE_REFUNDED = "settled_invoice_refunded"
     SETTLED_PAYMENT_REFUNDED = "settled_payment_refunded"
+    # A dispute opened or closed on a paid purchase's payment, applied here.
+    SETTLED_PAYMENT_DISPUTED = "settled_payment_disputed"
     # Credits already spent when their money went back (`shortfall_credits`).
     REFUNDED_AFTER_CONSUMPTION = "refunded_after_consumption"
     INVOICE_MISSING = "invoice_missing"
@@ -85,6 +87,7 @@ class ReconcileReport:
     finished_at: datetime | None = None
     invoices_scanned: int = 0
     refunds_scanned: int = 0
+    disputes_scanned: int = 0
     purchases_checked: int = 0
     wallets_checked: int = 0
     findings: list[Finding] = field(default_factory=list)
@@ -133,6 +136,7 @@ class ReconcileReport:
             "scanned": {
                 "stripe_invoices": self.invoices_scanned,
                 "stripe_refunds": self.refunds_scanned,
+                "stripe_disputes": self.disputes_scanned,
                 "purchases": self.purchases_checked,
                 "wallets": self.wallets_checked,
             },

@@ -1,4 +1,4 @@
-"""Step 3: purchases still `creating` or `open` that no listed invoice named, read in
+"""Step 4: purchases still `creating` or `open` that no listed invoice named, read in
 batches by id (`DB_BATCH` a page, whatever their age: without `--since` this is how
 those older than the listed window are checked). A stored invoice is read on its own;
 a purchase still `creating` that no caller can claim any more is looked up by metadata

@@ -1,4 +1,4 @@
-"""Step 4: invoices of ended wallets still to void at Stripe (the wallet's ending could
+"""Step 5: invoices of ended wallets still to void at Stripe (the wallet's ending could
 not reach Stripe then)."""
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ def test_invoice_statuses_are_compared_as_the_enum() -> None:
     assert spelled == []
 
 
-_RECONCILE_STEPS = ("invoices", "refunds", "unmatched", "voids", "attention")
+_RECONCILE_STEPS = ("invoices", "refunds", "disputes", "unmatched", "voids", "attention")
 
 
 @pytest.mark.parametrize("step", _RECONCILE_STEPS)

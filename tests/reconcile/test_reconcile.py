@@ -41,7 +41,13 @@ from tests.support.reconcile import (
     run,
     table_rows,
 )
-from tests.support.webhooks import invoice_event, make_purchase, post_signed, state_of
+from tests.support.webhooks import (
+    deliver_object,
+    invoice_event,
+    make_purchase,
+    post_signed,
+    state_of,
+)
 
 pytestmark = pytest.mark.usefixtures("stripe_http")
 
@@ -456,6 +462,7 @@ def test_a_refund_made_on_the_payment_alone_is_applied(
         ("GET", "/v1/invoices"),
         ("GET", "/v1/refunds"),
         ("GET", "/v1/invoice_payments"),
+        ("GET", "/v1/disputes"),
     ]
     state = state_of(db_session, bought.purchase_id)
     assert state.purchase_status == PurchaseStatus.SETTLED
@@ -521,6 +528,70 @@ def test_a_voided_credit_note_the_webhooks_missed_gives_the_credits_back(
     assert run(app).findings == []
 
 
+# --- disputes the webhooks missed ---------------------------------------------------------
+
+
+def test_a_dispute_the_webhooks_missed_holds_the_credits(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="5")
+    dispute = stub.dispute(bought.invoice_id or "")  # charge.dispute.created was lost
+
+    dry = only(run(app, dry_run=True), FindingKind.SETTLED_PAYMENT_DISPUTED)
+    assert (dry.action, dry.outcome) == (FindingAction.WOULD_REPAIR, "hold")
+    assert state_of(db_session, bought.purchase_id).balance == Decimal("5")
+    report = run(app)
+
+    finding = only(report, FindingKind.SETTLED_PAYMENT_DISPUTED)
+    assert (finding.action, finding.outcome) == (FindingAction.REPAIRED, "dispute_open")
+    assert f"dispute {dispute['id']} of its payment (5.00 USD) is open" in finding.detail
+    assert "5.00000 credits held" in finding.detail
+    assert report.disputes_scanned == 1
+    assert state_of(db_session, bought.purchase_id).balance == 0
+    assert db_session.get_one(Purchase, bought.purchase_id).dispute_status == "open"
+    assert run(app).findings == []
+
+
+def test_a_won_dispute_whose_closing_was_missed_gives_the_credits_back(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="5")
+    dispute = stub.dispute(bought.invoice_id or "")
+    deliver_object(client, stub, dispute, "charge.dispute.created")
+    assert state_of(db_session, bought.purchase_id).balance == 0
+    stub.close_dispute(dispute["id"], "won")  # charge.dispute.closed was lost
+
+    finding = only(run(app), FindingKind.SETTLED_PAYMENT_DISPUTED)
+
+    assert (finding.action, finding.outcome) == (FindingAction.REPAIRED, "dispute_won")
+    assert "5.00000 credits given back" in finding.detail
+    assert state_of(db_session, bought.purchase_id).balance == Decimal("5")
+    assert run(app).findings == []
+
+
+def test_a_dispute_opened_before_the_window_is_read_again_until_it_closes(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="5")
+    dispute = stub.dispute(bought.invoice_id or "")
+    deliver_object(client, stub, dispute, "charge.dispute.created")
+    stub.disputes[dispute["id"]]["created"] -= int(timedelta(days=90).total_seconds())
+
+    before = len(stub.requests)
+    assert run(app).findings == []  # still open: nothing to do
+    assert ("GET", f"/v1/disputes/{dispute['id']}") in [
+        (r.method, r.path) for r in stub.requests[before:]
+    ]
+    stub.close_dispute(dispute["id"], "lost")
+    report = run(app)
+
+    finding = only(report, FindingKind.SETTLED_PAYMENT_DISPUTED)
+    assert (finding.outcome, report.disputes_scanned) == ("dispute_lost", 0)
+    assert db_session.get_one(Purchase, bought.purchase_id).dispute_status == "lost"
+    assert state_of(db_session, bought.purchase_id).balance == 0  # lost: they stay out
+    assert run(app).findings == []
+
+
 def test_a_direct_refund_beside_a_credit_note_counts_each_once(
     app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
@@ -556,6 +627,7 @@ def test_a_refund_of_an_invoice_older_than_the_window_is_applied(
         "/v1/invoices",
         "/v1/refunds",
         "/v1/invoice_payments",
+        "/v1/disputes",
     ]
     state = state_of(db_session, bought.purchase_id)
     assert (state.purchase_status, state.balance) == (PurchaseStatus.REFUNDED, 0)
@@ -880,7 +952,10 @@ def test_250_pending_purchases_cost_three_list_pages_not_250_retrieves(
 
     calls = [(r.method, r.path) for r in stub.requests[before:]]
     # 100 + 100 + 50 invoices, one page of refunds (none), and nothing else
-    assert calls == [("GET", "/v1/invoices")] * 3 + [("GET", "/v1/refunds")]
+    assert calls == [("GET", "/v1/invoices")] * 3 + [
+        ("GET", "/v1/refunds"),
+        ("GET", "/v1/disputes"),
+    ]
     assert all(r.params["limit"] == "100" for r in stub.requests[before:])
     assert report.invoices_scanned == 250
     settled = findings(report, FindingKind.INVOICE_PAID_NOT_SETTLED)
@@ -900,7 +975,10 @@ def test_a_rate_limited_page_is_retried_after_retry_after(
 
     report = run(app)
 
-    assert [r.path for r in stub.requests[before:]] == ["/v1/invoices"] * 3 + ["/v1/refunds"]
+    assert [r.path for r in stub.requests[before:]] == ["/v1/invoices"] * 3 + [
+        "/v1/refunds",
+        "/v1/disputes",
+    ]
     assert only(report, FindingKind.INVOICE_PAID_NOT_SETTLED).outcome == "settled"
 
 

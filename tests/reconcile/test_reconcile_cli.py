@@ -52,7 +52,10 @@ def test_all_consistent_exits_0_with_a_summary(
 
     assert result.exit_code == 0, result.output
     assert "all consistent" in result.stdout
-    assert "checked 1 Stripe invoice(s), 0 refund(s), 1 purchase(s), 1 wallet(s)" in result.stdout
+    assert (
+        "checked 1 Stripe invoice(s), 0 refund(s), 0 dispute(s), 1 purchase(s), 1 wallet(s)"
+        in result.stdout
+    )
 
 
 @pytest.mark.usefixtures("stripe_http")
@@ -122,6 +125,7 @@ def test_json_format_describes_every_finding(
     assert document["scanned"] == {
         "stripe_invoices": 1,
         "stripe_refunds": 0,
+        "stripe_disputes": 0,
         "purchases": 1,
         "wallets": 2,
     }
@@ -392,7 +396,11 @@ def test_progress_bar_is_drawn_on_a_terminal(tmp_path: Path, stripe_server: Stri
     assert "Reading Stripe invoices" in output
     assert "Checking wallet balances against the ledger" in output
     assert "all consistent" in output
-    assert [r.path for r in stripe_server.requests] == ["/v1/invoices", "/v1/refunds"]
+    assert [r.path for r in stripe_server.requests] == [
+        "/v1/invoices",
+        "/v1/refunds",
+        "/v1/disputes",
+    ]
 
 
 @pytest.mark.usefixtures("stripe_http")

@@ -36,6 +36,7 @@ import stripe
 from stripe.params import (
     CreditNoteListParams,
     CustomerCreateParams,
+    DisputeListParams,
     InvoiceCreateParams,
     InvoiceFinalizeInvoiceParams,
     InvoiceItemCreateParams,
@@ -54,7 +55,9 @@ from gateway.providers.base import (
     META_WALLET_ID,
     CreditNote,
     CustomerRequest,
+    Dispute,
     InvoiceSnapshot,
+    PaymentDispute,
     PaymentRefund,
     ProviderRejected,
     ProviderUnavailable,
@@ -62,7 +65,7 @@ from gateway.providers.base import (
     Refund,
 )
 from gateway.providers.stripe import limits
-from gateway.providers.stripe.events import read_credit_note, read_refund
+from gateway.providers.stripe.events import read_credit_note, read_dispute, read_refund
 from gateway.providers.stripe.objects import int_field as _int
 from gateway.providers.stripe.objects import invoice_snapshot, object_id
 from gateway.settings import Settings
@@ -506,8 +509,9 @@ class StripeProvider:
         to the invoice its payment intent paid (Invoice Payments: one lookup per
         refunded payment intent, kept for the rest of the listing).
 
-        Refunds that are failed or canceled, that have no payment intent, or whose
-        payment paid no invoice are skipped.
+        Every status is listed (a refund counted when it succeeded may have failed
+        since); refunds with no payment intent, or whose payment paid no invoice, are
+        skipped.
         """
         params: RefundListParams = {"limit": PAGE_SIZE}
         if created_since is not None:
@@ -540,6 +544,34 @@ class StripeProvider:
             if not page.has_more or not page.data:
                 return
             params["starting_after"] = page.data[-1].id
+
+    def iter_invoice_disputes(
+        self, *, created_since: datetime | None = None
+    ) -> Iterator[PaymentDispute]:
+        """Disputes created since `created_since`, newest first, 100 a page, each with
+        the invoice its payment intent paid (one Invoice Payments lookup per disputed
+        payment intent, remembered). Disputes whose payment paid no invoice are skipped."""
+        params: DisputeListParams = {"limit": PAGE_SIZE}
+        if created_since is not None:
+            params["created"] = {"gte": int(created_since.timestamp())}
+        while True:
+            with _boundary("list disputes"):
+                page = _rate_limited(lambda: self._client.v1.disputes.list(params))
+            for listed in page.data:
+                dispute = read_dispute(listed.to_dict())
+                if dispute.payment_id is None:
+                    continue
+                invoice_id = self.invoice_paid_by(dispute.payment_id)
+                if invoice_id is not None:
+                    yield PaymentDispute(dispute, invoice_id)
+            if not page.has_more or not page.data:
+                return
+            params["starting_after"] = page.data[-1].id
+
+    def retrieve_dispute(self, dispute_id: str) -> Dispute:
+        with _boundary("retrieve a dispute"):
+            found = _rate_limited(lambda: self._client.v1.disputes.retrieve(dispute_id))
+        return read_dispute(found.to_dict())
 
     def invoice_paid_by(self, payment_intent: str) -> str | None:
         """The invoice `payment_intent` paid, if any (the first one Stripe lists).

@@ -32,6 +32,9 @@ Endpoints
                                         payment[type], payment[payment_intent], status
     GET  /v1/credit_notes               limit, starting_after, ending_before, invoice,
                                         customer, created / created[...]
+    GET  /v1/disputes                   limit, starting_after, ending_before,
+                                        payment_intent, charge, created / created[...]
+    GET  /v1/disputes/{id}
 
 Behaviour kept from Stripe
     - `Authorization: Bearer sk_test_...` is required (401 otherwise); `api_key=`
@@ -334,6 +337,7 @@ _REFUND_LIST_PARAMS = {
     "limit", "starting_after", "ending_before", "payment_intent", "charge", "created",
     "expand",
 }  # fmt: skip
+_DISPUTE_LIST_PARAMS = _REFUND_LIST_PARAMS
 _CREDIT_NOTE_LIST_PARAMS = {
     "limit", "starting_after", "ending_before", "invoice", "customer", "created", "expand",
 }  # fmt: skip
@@ -635,6 +639,7 @@ class StripeStub:
                 "reason": "fraudulent",
                 "status": "needs_response",
             }
+            self._order[dispute["id"]] = next(self._sequence)
             self.disputes[dispute["id"]] = dispute
             return _copy(dispute)
 
@@ -890,12 +895,20 @@ class StripeStub:
             ("GET", "refunds"): self._list_refunds,
             ("GET", "invoice_payments"): self._list_invoice_payments,
             ("GET", "credit_notes"): self._list_credit_notes,
+            ("GET", "disputes"): self._list_disputes,
         }.get((method, "/".join(route)))
         if collection is not None:
             return collection(params)
         if method == "GET" and len(route) == 2 and route[0] == "invoices":
             _refuse_unknown(params, {"expand"})
             return _copy(self._invoice(route[1]))
+        if method == "GET" and len(route) == 2 and route[0] == "disputes":
+            _refuse_unknown(params, {"expand"})
+            if route[1] not in self.disputes:
+                raise StubError(
+                    404, f"No such dispute: '{route[1]}'", code="resource_missing", param="id"
+                )
+            return _copy(self.disputes[route[1]])
         if method == "POST" and len(route) == 3 and route[0] == "invoices":
             if route[2] == "finalize":
                 return self._finalize(route[1], params)
@@ -1252,6 +1265,14 @@ class StripeStub:
             if key in params:
                 rows = [row for row in rows if row[key] == params[key]]
         return self._page(rows, params, "/v1/refunds", self.refunds)
+
+    def _list_disputes(self, params: Json) -> Json:
+        _refuse_unknown(params, _DISPUTE_LIST_PARAMS)
+        rows = list(self.disputes.values())
+        for key in ("payment_intent", "charge"):
+            if key in params:
+                rows = [row for row in rows if row[key] == params[key]]
+        return self._page(rows, params, "/v1/disputes", self.disputes)
 
     def _list_credit_notes(self, params: Json) -> Json:
         _refuse_unknown(params, _CREDIT_NOTE_LIST_PARAMS)
