@@ -278,9 +278,12 @@ def _follow(
         changes["dispute_status"] = dispute
     all_returned = returned >= paid
     if purchase.entry_status != EntryStatus.SETTLED or purchase.status not in _HOLDING:
+        # A lost dispute returned the money through the customer's bank.
+        charged_back = dispute == DisputeStatus.LOST
         return _follow_without_credits(
-            conn, locked, changes, all_returned=all_returned, now=now, source=source
-        )
+            conn, locked, changes, all_returned=all_returned or charged_back, now=now,
+            source=source,
+        )  # fmt: skip
     purchased = purchase.credit_amount
     by_refunds = money.returned_credits(purchased, returned, paid)
     target = purchased if dispute in _HELD else by_refunds
@@ -351,8 +354,8 @@ def _follow_without_credits(
 ) -> ReturnOutcome:
     """A purchase whose entry never settled (not paid yet, paid for an ended wallet,
     under review) holds no credits: its returns are only counted. A `refund_required`
-    purchase is `refunded` once everything went back, and needs its refund again if
-    some of it did not."""
+    purchase is `refunded` once everything went back (refunds, credit notes, or a lost
+    dispute), and needs its refund again if some of it did not after all."""
     purchase = locked.purchase
     if purchase.status == PurchaseStatus.REFUND_REQUIRED and all_returned:
         transitions.mark_refunded(conn, locked.ref, now, changes)

@@ -10,7 +10,14 @@ from decimal import Decimal
 from sqlalchemy import and_, func, select
 
 from gateway import ledger, money
-from gateway.models import EntryStatus, Purchase, PurchaseStatus, Wallet, WalletTransaction
+from gateway.models import (
+    DisputeStatus,
+    EntryStatus,
+    Purchase,
+    PurchaseStatus,
+    Wallet,
+    WalletTransaction,
+)
 from gateway.reconcile.context import DB_BATCH, Run
 from gateway.reconcile.report import Finding, FindingAction, FindingKind
 
@@ -26,6 +33,7 @@ def report_attention(run: Run) -> None:
             Purchase.provider_invoice_id,
             Purchase.invoice_status,
             Purchase.attention_reason,
+            Purchase.dispute_status,
         )
         .where(
             Purchase.status.in_([PurchaseStatus.REFUND_REQUIRED, PurchaseStatus.REVIEW_REQUIRED])
@@ -36,9 +44,9 @@ def report_attention(run: Run) -> None:
     if run.since is not None:
         query = query.where(Purchase.created_at >= run.since)
     with run.session() as session:
-        for purchase_id, wallet_id, status, invoice_id, invoice_status, reason in session.execute(
-            query
-        ):
+        for (
+            purchase_id, wallet_id, status, invoice_id, invoice_status, reason, dispute
+        ) in session.execute(query):  # fmt: skip
             run.progress.advance()
             if purchase_id in run.reported:
                 continue
@@ -50,6 +58,11 @@ def report_attention(run: Run) -> None:
             )
             if purchase_id in run.refunds_of_waiting:
                 detail = f"{detail} ({run.refunds_of_waiting[purchase_id]})"
+            if refund and dispute == DisputeStatus.OPEN:
+                detail = (
+                    f"{detail}; its payment is disputed: do not refund it while the "
+                    "dispute is open (a lost dispute returns the money)"
+                )
             run.add(
                 Finding(
                     FindingKind.REFUND_REQUIRED if refund else FindingKind.REVIEW_REQUIRED,

@@ -592,6 +592,22 @@ def test_a_dispute_opened_before_the_window_is_read_again_until_it_closes(
     assert run(app).findings == []
 
 
+def test_a_disputed_payment_waiting_for_its_refund_is_not_to_be_refunded(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = buy_wallet(client, db_session, paid="5")
+    assert delete(client, f"/wallets/{bought.wallet_id}").status_code == 200
+    stub.invoices[bought.invoice_id or ""]["status"] = "open"
+    stub.mark_paid(bought.invoice_id or "")
+    post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
+    deliver_object(client, stub, stub.dispute(bought.invoice_id or ""), "charge.dispute.created")
+
+    finding = only(run(app), FindingKind.REFUND_REQUIRED)
+
+    assert "refund the payment" in finding.detail
+    assert "its payment is disputed: do not refund it while the dispute is open" in finding.detail
+
+
 def test_a_direct_refund_beside_a_credit_note_counts_each_once(
     app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:

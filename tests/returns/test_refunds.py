@@ -430,6 +430,25 @@ def test_a_dispute_holds_the_credits_and_a_won_dispute_gives_them_back(
     assert purchase_row(db_session, bought.purchase_id).status == PurchaseStatus.SETTLED
 
 
+def test_a_lost_dispute_of_a_refund_required_payment_resolves_it(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = refund_required(client, db_session, stub)
+    dispute = stub.dispute(bought.invoice_id or "")
+
+    deliver_object(client, stub, dispute, "charge.dispute.created")
+    purchase = purchase_row(db_session, bought.purchase_id)
+    assert (purchase.status, purchase.dispute_status) == (PurchaseStatus.REFUND_REQUIRED, "open")
+
+    deliver_object(client, stub, stub.close_dispute(dispute["id"], "lost"), "charge.dispute.closed")
+
+    # The customer's bank gave the money back: nobody should refund it a second time.
+    purchase = purchase_row(db_session, bought.purchase_id)
+    assert (purchase.status, purchase.dispute_status) == (PurchaseStatus.REFUNDED, "lost")
+    assert (purchase.reclaimed_credits, purchase.shortfall_credits) == (0, 0)
+    assert settled_credits(db_session, bought.wallet_id, TransactionStatus.DISPUTED) == []
+
+
 def test_a_lost_dispute_keeps_the_credits_out_and_a_later_refund_takes_nothing_more(
     client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
