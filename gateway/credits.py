@@ -316,7 +316,9 @@ def _answer(
         )
         # Still under the wallet's lock: a threshold reached starts its top-up here,
         # committed with this answer (the provider is called later, by the worker).
-        topups.after_balance_lowered(session, wallet, now)
+        topups.after_balance_lowered(
+            session, wallet, now, rules=loaded.wallets[wallet.id].recurring_transaction_rules
+        )
     return ApplicationResult(application, created=True)
 
 

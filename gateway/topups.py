@@ -26,7 +26,7 @@ until it is paid or has failed, and a failure pauses the rule (`gateway.rules`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -115,14 +115,18 @@ def after_balance_lowered(
     now: datetime,
     *,
     provider: PaymentProvider | None = None,
+    rules: Iterable[Any] | None = None,
 ) -> list[WalletTransaction]:
     """The wallet's balance went down (its row locked, its new balance flushed): start
     its threshold rule's top-up if the threshold is reached. Returns the entries made.
 
+    `rules`: the wallet's rules as the caller read them in this transaction, after the
+    change and under the lock (the rows its events carry): not read again.
+
     Never calls the provider and never fails the caller's change: a top-up that cannot
     be bought (no provider configured, an amount it cannot charge) pauses its rule.
     """
-    row = session.execute(_THRESHOLD_RULE, {"wallet_id": wallet.id}).first()
+    row = _threshold_rule(session, wallet.id, rules)
     if row is None or wallet.credits_balance > row.threshold_credits:
         return []
     pending, unpaid_of_rule = _pending(session, wallet.id, row.id)
@@ -131,6 +135,20 @@ def after_balance_lowered(
     rule = _Rule(row.id, row.method, row.paid_credits, row.granted_credits, row.target_credits)
     origin = ledger.Origin(EntrySource.THRESHOLD, rule.id)
     return _top_up(session, wallet, rule, origin, pending=pending, now=now, provider=provider)
+
+
+def _threshold_rule(session: Session, wallet_id: str, rules: Iterable[Any] | None) -> Any:
+    """The wallet's active threshold rule, if any: from `rules`, else read."""
+    if rules is None:
+        return session.execute(_THRESHOLD_RULE, {"wallet_id": wallet_id}).first()
+    return next(
+        (
+            rule
+            for rule in rules
+            if rule.trigger == RuleTrigger.THRESHOLD and rule.status == RuleStatus.ACTIVE
+        ),
+        None,
+    )
 
 
 def after_balance_lowered_on(conn: Connection, wallet_id: str, now: datetime) -> None:

@@ -10,7 +10,8 @@ import pytest
 import responses
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from gateway import topups
@@ -93,6 +94,28 @@ def test_crossing_the_threshold_starts_one_purchase_without_calling_stripe(
         client, f"/wallets/{wallet_id}/wallet_transactions", transaction_status="purchased"
     )
     assert listed.json["wallet_transactions"][0]["source"] == "threshold"
+
+
+def test_a_credit_application_reads_its_wallets_rules_once(
+    client: FlaskClient, connection: Connection
+) -> None:
+    """The threshold check takes the rules the answer's events read, under the same
+    lock, in the same transaction: no second SELECT of them while the wallet is locked
+    (on a busy wallet, every statement under the lock is one more wait for the next)."""
+    customer, _ = wallet_with_rule(client, FIXED, granted="30")
+    statements: list[str] = []
+
+    def sent(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "recurring_transaction_rules" in statement:
+            statements.append(" ".join(statement.split()[:2]))
+
+    event.listen(connection, "before_cursor_execute", sent)
+    try:
+        applied(client, customer, 1500, invoice_type="usage")
+    finally:
+        event.remove(connection, "before_cursor_execute", sent)
+
+    assert statements == ["SELECT wallet_transactions.id"]  # the events' read, rules joined
 
 
 def test_no_second_top_up_while_the_first_is_unpaid(
