@@ -202,6 +202,12 @@ class Run:
             yield batch
             after = batch[-1].id
 
+    def purchases_of_invoices(self, invoice_ids: Sequence[str]) -> Iterator[list[PurchaseRow]]:
+        """The purchases these invoices pay, `MATCH_BATCH` invoices a query."""
+        for start in range(0, len(invoice_ids), MATCH_BATCH):
+            chunk = invoice_ids[start : start + MATCH_BATCH]
+            yield self.rows_where(Purchase.provider_invoice_id.in_(chunk))
+
     def rows_where(self, condition: ColumnElement[bool]) -> list[PurchaseRow]:
         with self.session() as session:
             return [

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from gateway.models import DisputeStatus, PaymentReturn, Purchase, ReturnKind
 from gateway.providers.base import Dispute, DisputeOutcome, dispute_moved_on
-from gateway.reconcile.context import CLOCK_SLACK, MATCH_BATCH, Run
+from gateway.reconcile.context import CLOCK_SLACK, Run
 from gateway.reconcile.invoices import PAID_FOR
 from gateway.reconcile.repairs import ApplyDispute, Repair
 
@@ -32,10 +32,7 @@ def scan_disputes(run: Run) -> Iterator[Repair]:
         run.progress.advance()
         by_invoice.setdefault(found.invoice_id, []).append(found.dispute)
     listed: set[str] = set()
-    invoice_ids = list(by_invoice)
-    for start in range(0, len(invoice_ids), MATCH_BATCH):
-        chunk = invoice_ids[start : start + MATCH_BATCH]
-        rows = run.rows_where(Purchase.provider_invoice_id.in_(chunk))
+    for rows in run.purchases_of_invoices(list(by_invoice)):
         recorded = _recorded(run, [row.id for row in rows])
         for purchase in rows:
             for dispute in by_invoice[purchase.invoice_id or ""]:

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from sqlalchemy import select
 
 from gateway import money
-from gateway.models import PaymentReturn, Purchase, PurchaseStatus, ReturnKind
+from gateway.models import PaymentReturn, PurchaseStatus, ReturnKind
 from gateway.providers.base import REFUND_GIVING_BACK, PaymentRefund, refund_moved_on
-from gateway.reconcile.context import CLOCK_SLACK, MATCH_BATCH, Run
+from gateway.reconcile.context import CLOCK_SLACK, Run
 from gateway.reconcile.invoices import PAID_FOR
 from gateway.reconcile.repairs import ApplyRefunds, Repair, refund_names
 
@@ -31,10 +31,7 @@ def scan_refunds(run: Run) -> Iterator[Repair]:
         run.report.refunds_scanned += 1
         run.progress.advance()
         by_invoice.setdefault(refund.invoice_id, []).append(refund)
-    invoice_ids = list(by_invoice)
-    for start in range(0, len(invoice_ids), MATCH_BATCH):
-        chunk = invoice_ids[start : start + MATCH_BATCH]
-        rows = run.rows_where(Purchase.provider_invoice_id.in_(chunk))
+    for rows in run.purchases_of_invoices(list(by_invoice)):
         recorded = _recorded(run, [row.id for row in rows])
         for purchase in rows:
             refunds = by_invoice[purchase.invoice_id or ""]

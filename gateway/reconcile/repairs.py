@@ -405,29 +405,50 @@ def _returned_finding(
     invoice_id: str | None,
     outcome: returns.ReturnOutcome,
     what: str,
-    undone: bool = False,
+    result: str,
+    taken_as: str = "taken back",
 ) -> None:
+    """What applying money that went back (or came back) did: `result` is the
+    finding's outcome; the credits moved are said in words (`taken_as`: what taking
+    them is called, "held" for a dispute)."""
     if outcome.action != returns.ReturnAction.APPLIED:
         return  # counted already (a webhook or another run), or nothing to move yet
     if outcome.taken:
-        moved = f"; {money.format_credits(outcome.taken)} credits taken back"
+        moved = f"{money.format_credits(outcome.taken)} credits {taken_as}"
     elif outcome.reinstated:
-        moved = f"; {money.format_credits(outcome.reinstated)} credits given back"
-    elif undone:
-        moved = "; no credits came back (none were taken, or the wallet has ended)"
+        moved = f"{money.format_credits(outcome.reinstated)} credits given back"
     else:
-        moved = "; no credits were left to take back"
+        moved = "no credits moved (none were left, or the wallet has ended)"
     run.add(
         Finding(
             kind,
             FindingAction.REPAIRED,
-            f"{what} at Stripe but no webhook took effect: applied{moved}",
-            outcome="reinstated" if undone else "refunded",
+            f"{what} at Stripe but no webhook took effect: applied; {moved}",
+            outcome=result,
             purchase_id=purchase.id,
             wallet_id=purchase.wallet_id,
             invoice_id=invoice_id,
         )
     )
+
+
+def _plan_of(
+    kind: FindingKind, purchase: PurchaseRow, invoice_id: str | None, what: str,
+    plan: tuple[str, str],
+) -> list[Finding]:  # fmt: skip
+    """A dry run's finding for money going back (or coming back): `plan` is the words
+    and the outcome of what a real run would do."""
+    words, outcome = plan
+    return [
+        _would(
+            kind,
+            f"{what}: {words}",
+            outcome,
+            purchase_id=purchase.id,
+            wallet_id=purchase.wallet_id,
+            invoice_id=invoice_id,
+        )
+    ]
 
 
 @dataclass(frozen=True)
@@ -456,17 +477,13 @@ class ApplyCreditNotes:
         return "would take the credits that follow it back", "take back"
 
     def planned(self) -> list[Finding]:
-        plan, outcome = self._plan()
-        return [
-            _would(
-                FindingKind.SETTLED_INVOICE_REFUNDED,
-                f"{self._what()}: {plan}",
-                outcome,
-                purchase_id=self.purchase.id,
-                wallet_id=self.purchase.wallet_id,
-                invoice_id=self.invoice_id,
-            )
-        ]
+        return _plan_of(
+            FindingKind.SETTLED_INVOICE_REFUNDED,
+            self.purchase,
+            self.invoice_id,
+            self._what(),
+            self._plan(),
+        )
 
     def execute(self, run: Run) -> None:
         try:
@@ -496,7 +513,7 @@ class ApplyCreditNotes:
                 what=f"credit note {note.id} "
                 f"({money.format_minor(note.amount_cents, note.currency)})"
                 + (" voided" if note.voided else ""),
-                undone=note.voided,
+                result="reinstated" if note.voided else "refunded",
             )
 
 
@@ -534,17 +551,9 @@ class ApplyRefunds:
         return "would take the credits that follow it back", "take back"
 
     def planned(self) -> list[Finding]:
-        plan, outcome = self._plan()
-        return [
-            _would(
-                self.kind,
-                f"{self._what()}: {plan}",
-                outcome,
-                purchase_id=self.purchase.id,
-                wallet_id=self.purchase.wallet_id,
-                invoice_id=self.purchase.invoice_id,
-            )
-        ]
+        return _plan_of(
+            self.kind, self.purchase, self.purchase.invoice_id, self._what(), self._plan()
+        )
 
     def execute(self, run: Run) -> None:
         refunds = [
@@ -573,7 +582,7 @@ class ApplyRefunds:
             invoice_id=self.purchase.invoice_id,
             outcome=outcome,
             what=self._what(),
-            undone=self.undone,
+            result="reinstated" if self.undone else "refunded",
         )
 
 
@@ -599,17 +608,13 @@ class ApplyDispute:
                 return "would keep the purchase's credits out", "keep out"
 
     def planned(self) -> list[Finding]:
-        plan, outcome = self._plan()
-        return [
-            _would(
-                FindingKind.SETTLED_PAYMENT_DISPUTED,
-                f"{self._what()}: {plan}",
-                outcome,
-                purchase_id=self.purchase.id,
-                wallet_id=self.purchase.wallet_id,
-                invoice_id=self.purchase.invoice_id,
-            )
-        ]
+        return _plan_of(
+            FindingKind.SETTLED_PAYMENT_DISPUTED,
+            self.purchase,
+            self.purchase.invoice_id,
+            self._what(),
+            self._plan(),
+        )
 
     def execute(self, run: Run) -> None:
         with unit_of_work(run.db) as session:
@@ -617,24 +622,15 @@ class ApplyDispute:
                 session.connection(), self.dispute, run.clock(), SOURCE,
                 purchase_id=self.purchase.id,
             )  # fmt: skip
-        if outcome.action != returns.ReturnAction.APPLIED:
-            return  # counted already (a webhook or another run), or nothing to move
-        if outcome.taken:
-            moved = f"{money.format_credits(outcome.taken)} credits held"
-        elif outcome.reinstated:
-            moved = f"{money.format_credits(outcome.reinstated)} credits given back"
-        else:
-            moved = "no credits moved"
-        run.add(
-            Finding(
-                FindingKind.SETTLED_PAYMENT_DISPUTED,
-                FindingAction.REPAIRED,
-                f"{self._what()} at Stripe but no webhook took effect: applied; {moved}",
-                outcome=f"dispute_{self.dispute.outcome}",
-                purchase_id=self.purchase.id,
-                wallet_id=self.purchase.wallet_id,
-                invoice_id=self.purchase.invoice_id,
-            )
+        _returned_finding(
+            run,
+            kind=FindingKind.SETTLED_PAYMENT_DISPUTED,
+            purchase=self.purchase,
+            invoice_id=self.purchase.invoice_id,
+            outcome=outcome,
+            what=self._what(),
+            result=f"dispute_{self.dispute.outcome}",
+            taken_as="held",
         )
 
 
