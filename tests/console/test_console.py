@@ -488,6 +488,12 @@ def test_attention_lists_purchases_that_need_a_person(
         .values(status="refund_required", attention_reason="paid after the wallet ended <b>")
     )
     db_session.commit()
+    disputed = make_purchase(db_session)
+    db_session.execute(
+        update(Purchase)
+        .where(Purchase.id == disputed.id)
+        .values(status="refund_required", attention_reason="paid late", dispute_status="open")
+    )
 
     spent = make_purchase(db_session)
     db_session.execute(
@@ -504,8 +510,10 @@ def test_attention_lists_purchases_that_need_a_person(
     assert "Refund required" in page
     assert "paid after the wallet ended &lt;b&gt;" in page
     assert "Refund shortfall" in page and "2.50000 credits already spent" in page
+    # Only the disputed one: its bank may return the money; a refund would pay it twice.
+    assert page.count("do not refund it while the dispute is open") == 1
     customers = re.findall(r'href="/console/customers/([^"]+)"', page)
-    assert quiet.id and len(customers) == 2  # the open purchase is not listed
+    assert quiet.id and len(customers) == 3  # the open purchase is not listed
 
 
 def test_sandbox_cannot_run_with_a_live_key() -> None:
