@@ -5,9 +5,11 @@
 
 Seeds a fresh database (GATEWAY_BENCH_DATABASE_URL) as the load scenarios do, sends
 the requests through Flask's test client (no gunicorn, no loopback), and prints the
-CPU time per request (`time.process_time`) and every statement sent to PostgreSQL per
-request, BEGIN and COMMIT included: each one is a round trip and a few tenths of a
-millisecond of SQLAlchemy, psycopg and PostgreSQL work. `--profile` also writes a
+CPU time per request (`time.process_time`), the wall time and how much of it a
+transaction was open (for a request that locks a wallet, how long the next request for
+that wallet waits: the hot wallet's rate is about one over it), and every statement
+sent to PostgreSQL per request, BEGIN and COMMIT included: each one is a round trip and
+a few tenths of a millisecond of SQLAlchemy, psycopg and PostgreSQL work. `--profile` also writes a
 cProfile (CPU time) of the measured requests, for `python -m pstats`.
 """
 
@@ -30,6 +32,26 @@ from bench.common import bench_database_url, fresh_database
 from bench.scenario_webhooks import paid_event, seed_purchases, service_env, signed
 
 WARM_UP = 50
+
+
+class _Open:
+    """Wall time with a transaction open (BEGIN to COMMIT or ROLLBACK): for a request
+    that locks a wallet, the time the next request for that wallet waits."""
+
+    def __init__(self, engine: Any) -> None:
+        self.seconds = 0.0
+        self._since: float | None = None
+        event.listen(engine, "begin", self._begin)
+        event.listen(engine, "commit", self._end)
+        event.listen(engine, "rollback", self._end)
+
+    def _begin(self, _conn: Any) -> None:
+        self._since = time.perf_counter()
+
+    def _end(self, _conn: Any) -> None:
+        if self._since is not None:
+            self.seconds += time.perf_counter() - self._since
+            self._since = None
 
 
 def _statements(engine: Any) -> collections.Counter[str]:
@@ -90,6 +112,7 @@ def main() -> None:
     for request in requests[:WARM_UP]:
         send(request)
     counts = _statements(app.extensions["db"].engine)
+    held = _Open(app.extensions["db"].engine)
     measured = requests[WARM_UP:]
     profiler = cProfile.Profile(time.process_time) if args.profile else None
 
@@ -97,14 +120,19 @@ def main() -> None:
         for request in measured:
             send(request)
 
-    started = time.process_time()
+    started, wall_started = time.process_time(), time.perf_counter()
     if profiler is not None:
         profiler.runcall(run)
         profiler.dump_stats(args.profile)
     else:
         run()
     cpu_ms = 1000 * (time.process_time() - started) / len(measured)
+    wall_ms = 1000 * (time.perf_counter() - wall_started) / len(measured)
     print(f"{args.route}: {len(measured)} requests, {cpu_ms:.2f} ms CPU per request in-process")
+    print(
+        f"wall time per request {wall_ms:.2f} ms, of which a transaction was open "
+        f"{1000 * held.seconds / len(measured):.2f} ms"
+    )
     print(f"round trips per request: {sum(counts.values()) / len(measured):.1f}")
     for statement, n in counts.most_common():
         print(f"  {n / len(measured):5.2f}  {statement}")
