@@ -35,8 +35,12 @@ INVOICE_TYPES = frozenset(
 PAYMENT_FAILED_TYPE = "invoice.payment_failed"
 INVOICE_PAYMENT_PAID_TYPE = "invoice_payment.paid"
 # `refund.failed`: a refund can fail after it succeeded (a closed card account): the
-# money did not go back after all.
-REFUND_TYPES = frozenset({"refund.created", "refund.updated", "refund.failed"})
+# money did not go back after all. Endpoints on API versions before 2024-10-28 get the
+# refund.* events only for refunds without a charge; a card refund's changes come as
+# `charge.refund.updated` (its object a refund too).
+REFUND_TYPES = frozenset(
+    {"refund.created", "refund.updated", "refund.failed", "charge.refund.updated"}
+)
 CHARGE_REFUNDED_TYPE = "charge.refunded"
 # A voided credit note gives nothing back any more.
 CREDIT_NOTE_TYPES = frozenset({"credit_note.created", "credit_note.voided"})
