@@ -50,11 +50,14 @@ if CHROMIUM is None or CHROMEDRIVER is None:
     pytest.skip("chromium and chromedriver are not installed", allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.remote.webelement import WebElement  # noqa: E402
-from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
 
@@ -172,13 +175,32 @@ def field(driver: WebDriver, label_text: str) -> WebElement:
     return driver.find_element(By.ID, label.get_attribute("for") or "")
 
 
+def _left(page: WebElement) -> Any:
+    """A wait condition: `page` (the old document's root) is gone. Chromium's driver
+    says so either as a stale element or, while the next document replaces it, as
+    "Node with given id does not belong to the document"; both mean gone."""
+
+    def gone(_driver: WebDriver) -> bool:
+        try:
+            page.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" in (exc.msg or ""):
+                return True
+            raise
+        return False
+
+    return gone
+
+
 def press(driver: WebDriver, text: str) -> None:
     """Click the button or link reading `text`, and wait for the page it leads to."""
     page = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(
         By.XPATH, f"//button[normalize-space()='{text}'] | //a[normalize-space()='{text}']"
     ).click()
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, 20).until(_left(page))
     # The old page is gone; wait until the new one is whole (its scripts are off, the
     # driver's are not), so that no element is taken from a document still replaced.
     WebDriverWait(driver, 20).until(
