@@ -310,18 +310,27 @@ def _follow(
     _write_holding(conn, locked, changes, all_returned=all_returned, now=now)
     if shortfall > purchase.shortfall_credits:
         transitions.announce_attention(
-            conn,
-            locked.ref,
-            REFUNDED_AFTER_CONSUMPTION,
-            f"{shortfall} credits returned at the provider were already consumed",
+            conn, locked.ref, REFUNDED_AFTER_CONSUMPTION, _shortfall_detail(shortfall, wallet, now),
             now,
-        )
+        )  # fmt: skip
     log.info(
         "%s: purchase %s returned %s of %s, %s credits out (%s taken, %s reinstated, "
         "%s short), dispute %s",
         source, purchase.id, returned, paid, target, taken, reinstated, shortfall, dispute,
     )  # fmt: skip
     return ReturnOutcome(ReturnAction.APPLIED, purchase.id, None, taken, reinstated)
+
+
+def _shortfall_detail(shortfall: Decimal, wallet: settlement.LockedWallet, now: datetime) -> str:
+    """Why credits the returns call for could not be taken back. A wallet that has
+    ended had what was left voided then: the shortfall is what was spent before it
+    ended, or voided when it did, which the ledger does not tell apart per purchase."""
+    if wallet_usable(wallet.status, wallet.expiration_at, now):
+        return f"{shortfall} credits returned at the provider were already consumed"
+    return (
+        f"{shortfall} credits returned at the provider could not be taken back: wallet "
+        f"{wallet.id} has ended (spent before it ended, or voided when it did)"
+    )
 
 
 def _write_holding(

@@ -503,7 +503,7 @@ def attention() -> ResponseReturnValue:
     total = session.execute(select(func.count()).select_from(query.subquery())).scalar_one()
     page = Page(_page_number(), int(total))
     rows = session.execute(
-        query.options(selectinload(Purchase.customer))
+        query.options(selectinload(Purchase.customer), selectinload(Purchase.wallet))
         .order_by(Purchase.updated_at.desc(), Purchase.id.desc())
         .limit(page.per_page)
         .offset(page.offset)

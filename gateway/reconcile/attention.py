@@ -17,6 +17,7 @@ from gateway.models import (
     PurchaseStatus,
     Wallet,
     WalletTransaction,
+    wallet_usable,
 )
 from gateway.reconcile.context import DB_BATCH, Run
 from gateway.reconcile.report import Finding, FindingAction, FindingKind
@@ -89,7 +90,10 @@ def report_shortfalls(run: Run) -> None:
             Purchase.returned_cents,
             Purchase.currency,
             Purchase.shortfall_credits,
+            Wallet.status,
+            Wallet.expiration_at,
         )
+        .join(Wallet, Wallet.id == Purchase.wallet_id)
         .where(Purchase.shortfall_credits > 0)
         .order_by(Purchase.created_at, Purchase.id)
         .execution_options(yield_per=DB_BATCH)
@@ -105,15 +109,23 @@ def report_shortfalls(run: Run) -> None:
             returned,
             currency,
             short,
+            wallet_status,
+            expiration_at,
         ) in session.execute(query):
             run.progress.advance()
+            went_back = f"{money.format_minor(returned, currency)} of its payment went back"
+            if wallet_usable(wallet_status, expiration_at, run.started_at):
+                why = f"after {money.format_credits(short)} of its credits were spent"
+            else:  # what was left was voided when the wallet ended
+                why = (
+                    f"after its wallet ended: {money.format_credits(short)} of its credits "
+                    "were spent before it ended, or voided when it did"
+                )
             run.add(
                 Finding(
                     FindingKind.REFUNDED_AFTER_CONSUMPTION,
                     FindingAction.REPORTED,
-                    f"{money.format_minor(returned, currency)} of its payment went back "
-                    f"after {money.format_credits(short)} of its credits were spent: "
-                    "those could not be taken back",
+                    f"{went_back} {why}: those could not be taken back",
                     purchase_id=purchase_id,
                     wallet_id=wallet_id,
                     invoice_id=invoice_id,

@@ -503,6 +503,16 @@ def test_attention_lists_purchases_that_need_a_person(
                 attention_reason="refunded_after_consumption")
     )  # fmt: skip
     quiet = make_purchase(db_session)  # open: nothing to do
+    ended = make_purchase(db_session)
+    db_session.execute(
+        update(Purchase)
+        .where(Purchase.id == ended.id)
+        .values(status="refunded", shortfall_credits=Decimal("4"),
+                attention_reason="refunded_after_consumption")
+    )  # fmt: skip
+    db_session.execute(
+        update(Wallet).where(Wallet.id == ended.wallet_id).values(status="terminated")
+    )
     db_session.commit()
 
     page = signed_in.get("/console/attention").get_data(as_text=True)
@@ -510,10 +520,11 @@ def test_attention_lists_purchases_that_need_a_person(
     assert "Refund required" in page
     assert "paid after the wallet ended &lt;b&gt;" in page
     assert "Refund shortfall" in page and "2.50000 credits already spent" in page
+    assert "4.00000 credits not taken back: the wallet has ended" in page
     # Only the disputed one: its bank may return the money; a refund would pay it twice.
     assert page.count("do not refund it while the dispute is open") == 1
     customers = re.findall(r'href="/console/customers/([^"]+)"', page)
-    assert quiet.id and len(customers) == 3  # the open purchase is not listed
+    assert quiet.id and len(customers) == 4  # the open purchase is not listed
 
 
 def test_sandbox_cannot_run_with_a_live_key() -> None:

@@ -717,6 +717,19 @@ def test_a_shortfall_is_reported_until_a_person_clears_it(
     assert state_of(db_session, bought.purchase_id).balance == 0
 
 
+def test_a_shortfall_after_the_wallet_ended_says_so(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    bought = settled_purchase(client, db_session, stub, paid="5")
+    assert delete(client, f"/wallets/{bought.wallet_id}").status_code == 200
+    stub.refund_payment(bought.invoice_id or "")
+
+    short = only(run(app), FindingKind.REFUNDED_AFTER_CONSUMPTION)
+
+    assert "after its wallet ended: 5.00000 of its credits were spent before it ended, or " \
+        "voided when it did" in short.detail  # fmt: skip
+
+
 def test_dry_run_plans_the_refund_repairs_and_changes_nothing(
     app: Flask,
     client: FlaskClient,

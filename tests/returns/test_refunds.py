@@ -224,6 +224,24 @@ def refund_required(client: FlaskClient, db_session: Session, stub: StripeStub) 
     return bought
 
 
+def test_a_refund_after_the_wallet_ended_does_not_call_its_credits_consumed(
+    client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    # A customer leaves (their credits are voided), then gets their money back.
+    bought = settled_purchase(client, db_session, stub, paid="10")
+    assert delete(client, f"/wallets/{bought.wallet_id}").status_code == 200
+
+    deliver_object(client, stub, stub.refund_payment(bought.invoice_id or ""), "refund.created")
+
+    purchase = purchase_row(db_session, bought.purchase_id)
+    assert (purchase.status, purchase.shortfall_credits) == (PurchaseStatus.REFUNDED, D("10"))
+    published = wallet_events(db_session, bought.wallet_id)[-1]
+    assert published["type"] == "purchase.attention_required"
+    detail = published["data"]["detail"]
+    assert "has ended (spent before it ended, or voided when it did)" in detail
+    assert "already consumed" not in detail
+
+
 def test_a_refund_of_a_refund_required_purchase_resolves_it(
     client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
