@@ -219,3 +219,148 @@ def test_reconcile_racing_refund_webhooks_takes_each_refund_back_once(
 
     with app_session(committed_app) as session:
         check(session)
+
+
+def reinstated(session: Any, wallet_id: str) -> list[Decimal]:
+    return list(
+        session.execute(
+            select(WalletTransaction.credit_amount).where(
+                WalletTransaction.wallet_id == wallet_id,
+                WalletTransaction.transaction_status == TransactionStatus.REINSTATED,
+            )
+        ).scalars()
+    )
+
+
+def test_a_failed_refund_reported_every_way_at_once_gives_its_credits_back_once(
+    committed_app: Flask,
+) -> None:
+    purchase = settled(committed_app)
+    made = refund("re_undone", 1000)
+    first = post_signed(committed_app.test_client(), stripe_event("refund.created", made))
+    assert first.status_code == 200
+    failed = {**made, "status": "failed", "failure_reason": "expired_or_canceled_card"}
+    bodies = [
+        encode(stripe_event(event_type, data))
+        for event_type, data in (
+            ("refund.failed", failed),
+            ("refund.updated", failed),
+            ("charge.refund.updated", failed),
+            ("refund.created", made),  # its older state, late
+        )
+        for _ in range(3)
+    ]
+
+    answers = deliver_at_once(committed_app, bodies)
+
+    assert [status for status, _ in answers] == [200] * len(bodies), answers
+
+    def check(session: Any) -> None:
+        assert taken_back(session, purchase.wallet_id) == [Decimal("10")]
+        assert reinstated(session, purchase.wallet_id) == [Decimal("10")]
+        state = state_of(session, purchase.id)
+        assert (state.balance, state.purchase_status) == (Decimal("10"), PurchaseStatus.SETTLED)
+        assert session.get_one(Purchase, purchase.id).returned_cents == 0
+
+    with app_session(committed_app) as session:
+        check(session)
+
+
+def test_a_voided_credit_note_racing_its_late_issue_gives_back_once(
+    committed_app: Flask,
+) -> None:
+    purchase = settled(committed_app, payment_id="pi_void")
+    note = {
+        "id": "cn_void",
+        "object": "credit_note",
+        "invoice": purchase.invoice_id,
+        "amount": 300,
+        "post_payment_amount": 300,
+        "currency": "usd",
+        "type": "post_payment",
+        "status": "issued",
+        "refunds": [],
+    }
+    first = post_signed(committed_app.test_client(), stripe_event("credit_note.created", note))
+    assert first.status_code == 200
+    voided = {**note, "status": "void"}
+    bodies = [encode(stripe_event("credit_note.voided", voided)) for _ in range(6)]
+    bodies += [encode(stripe_event("credit_note.created", note)) for _ in range(4)]
+
+    answers = deliver_at_once(committed_app, bodies)
+
+    assert [status for status, _ in answers] == [200] * len(bodies), answers
+
+    def check(session: Any) -> None:
+        assert taken_back(session, purchase.wallet_id) == [Decimal("3")]
+        assert reinstated(session, purchase.wallet_id) == [Decimal("3")]
+        assert state_of(session, purchase.id).balance == Decimal("10")
+        assert session.get_one(Purchase, purchase.id).returned_cents == 0
+
+    with app_session(committed_app) as session:
+        check(session)
+
+
+@pytest.mark.usefixtures("stripe_http")
+def test_reconcile_racing_dispute_webhooks_holds_and_gives_back_once(
+    committed_app: Flask, stub: StripeStub
+) -> None:
+    """Disputes opened and closed at Stripe (won for some purchases, lost for others):
+    reconciliation applies them while their `created` and `closed` events arrive,
+    repeatedly and in any order, from several threads."""
+    with app_session(committed_app) as session:
+        client = committed_app.test_client()
+        bought = [settled_purchase(client, session, stub, paid="10") for _ in range(4)]
+    objects: list[tuple[dict[str, Any], str]] = []
+    outcomes: dict[str, str] = {}
+    for index, purchase in enumerate(bought):
+        opened = stub.dispute(purchase.invoice_id or "")
+        closed = stub.close_dispute(opened["id"], "won" if index % 2 else "lost")
+        outcomes[purchase.purchase_id] = closed["status"]
+        objects += [(opened, "charge.dispute.created"), (closed, "charge.dispute.closed")]
+    gate = stub.hold("GET", "/v1/disputes")
+    reports: list[ReconcileReport] = []
+    errors: list[BaseException] = []
+    reconciler = run_in_thread(committed_app, reports, errors)
+    assert gate.arrived.wait(10), "reconciliation never reached the disputes"
+    senders = 3
+    start = threading.Barrier(senders + 1)
+    statuses: list[int] = []
+
+    def send() -> None:
+        start.wait()
+        while reconciler.is_alive() or not statuses:
+            for obj, event_type in objects:
+                response = post_signed(
+                    committed_app.test_client(), stub.object_event(obj, event_type)
+                )
+                statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=send) for _ in range(senders)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    gate.release()
+    for thread in [reconciler, *threads]:
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+
+    assert errors == []
+    assert set(statuses) == {200}
+
+    def check(session: Any) -> None:
+        for purchase in bought:
+            held = taken_back(session, purchase.wallet_id)
+            back = reinstated(session, purchase.wallet_id)
+            # Held at most once and given back at most once, whichever event came
+            # first; what stays out is all of it for a lost dispute, none for a won one.
+            assert len(held) <= 1 and len(back) <= 1
+            won = outcomes[purchase.purchase_id] == "won"
+            assert sum(held) - sum(back) == (0 if won else Decimal("10"))
+            state = state_of(session, purchase.purchase_id)
+            assert state.balance == (Decimal("10") if won else 0)
+            row = session.get_one(Purchase, purchase.purchase_id)
+            assert row.dispute_status == ("won" if won else "lost")
+
+    with app_session(committed_app) as session:
+        check(session)
