@@ -28,7 +28,12 @@ from gateway.reconcile import (
 )
 from tests.support.api import applied, delete
 from tests.support.config import API_KEY
-from tests.support.purchases import buy_more, buy_wallet, settled_purchase
+from tests.support.purchases import (
+    buy_more,
+    buy_wallet,
+    refund_required_purchase,
+    settled_purchase,
+)
 from tests.support.reconcile import (
     actions,
     backdate,
@@ -595,11 +600,7 @@ def test_a_dispute_opened_before_the_window_is_read_again_until_it_closes(
 def test_a_disputed_payment_waiting_for_its_refund_is_not_to_be_refunded(
     app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
-    bought = buy_wallet(client, db_session, paid="5")
-    assert delete(client, f"/wallets/{bought.wallet_id}").status_code == 200
-    stub.invoices[bought.invoice_id or ""]["status"] = "open"
-    stub.mark_paid(bought.invoice_id or "")
-    post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
+    bought = refund_required_purchase(client, db_session, stub, paid="5")
     deliver_object(client, stub, stub.dispute(bought.invoice_id or ""), "charge.dispute.created")
 
     finding = only(run(app), FindingKind.REFUND_REQUIRED)

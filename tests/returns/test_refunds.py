@@ -26,8 +26,14 @@ from gateway.models import (
 from gateway.providers.stripe.sandbox import StripeStub
 from tests.support.api import delete, get, spend
 from tests.support.events import types_of, wallet_events
-from tests.support.purchases import Bought, buy_wallet, customer_of, settled_purchase
-from tests.support.webhooks import deliver_object, post_signed, state_of, stored_event
+from tests.support.purchases import (
+    Bought,
+    buy_wallet,
+    customer_of,
+    refund_required_purchase,
+    settled_purchase,
+)
+from tests.support.webhooks import deliver_object, post_signed, stored_event
 
 pytestmark = pytest.mark.usefixtures("stripe_http")
 
@@ -106,7 +112,7 @@ def test_partial_refunds_add_up_to_exactly_the_purchased_credits(
     client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
     # 10 credits at 0.333 bill 333 cents: each third is 3.333333... credits.
-    bought = settled_purchase_at(client, db_session, stub, paid="10", rate="0.333")
+    bought = settled_purchase(client, db_session, stub, paid="10", rate_amount="0.333")
     for _ in range(3):
         refund = stub.refund_payment(bought.invoice_id or "", amount=111)
         deliver_object(client, stub, refund, "refund.created")
@@ -117,16 +123,6 @@ def test_partial_refunds_add_up_to_exactly_the_purchased_credits(
     assert sum(taken) == D("10")
     assert purchase_row(db_session, bought.purchase_id).status == PurchaseStatus.REFUNDED
     assert balance(db_session, bought.wallet_id) == 0
-
-
-def settled_purchase_at(
-    client: FlaskClient, db_session: Session, stub: StripeStub, *, paid: str, rate: str
-) -> Bought:
-    bought = buy_wallet(client, db_session, paid=paid, rate_amount=rate)
-    stub.mark_paid(bought.invoice_id or "")
-    post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
-    assert state_of(db_session, bought.purchase_id).purchase_status == PurchaseStatus.SETTLED
-    return bought
 
 
 def test_repeats_and_every_event_of_one_refund_count_it_once(
@@ -213,17 +209,6 @@ def test_credits_already_spent_are_a_shortfall_and_the_balance_stays_at_zero(
     assert purchase.status == PurchaseStatus.REFUNDED
 
 
-def refund_required(client: FlaskClient, db_session: Session, stub: StripeStub) -> Bought:
-    """A purchase paid after its wallet ended: never credited, its payment to refund."""
-    bought = buy_wallet(client, db_session, paid="10")
-    assert delete(client, f"/wallets/{bought.wallet_id}").status_code == 200
-    stub.invoices[bought.invoice_id or ""]["status"] = "open"  # the customer paid first
-    stub.mark_paid(bought.invoice_id or "")
-    post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
-    assert purchase_row(db_session, bought.purchase_id).status == PurchaseStatus.REFUND_REQUIRED
-    return bought
-
-
 def test_a_refund_after_the_wallet_ended_does_not_call_its_credits_consumed(
     client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
@@ -245,7 +230,7 @@ def test_a_refund_after_the_wallet_ended_does_not_call_its_credits_consumed(
 def test_a_refund_of_a_refund_required_purchase_resolves_it(
     client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
-    bought = refund_required(client, db_session, stub)
+    bought = refund_required_purchase(client, db_session, stub)
 
     deliver_object(client, stub, stub.refund_payment(bought.invoice_id or ""), "refund.created")
 
@@ -257,7 +242,7 @@ def test_a_refund_of_a_refund_required_purchase_resolves_it(
 def test_every_event_of_a_resolved_refund_required_purchase_counts_it_once(
     client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
-    bought = refund_required(client, db_session, stub)
+    bought = refund_required_purchase(client, db_session, stub)
     refund = stub.refund_payment(bought.invoice_id or "")
     before = types_of(wallet_events(db_session, bought.wallet_id))
 
@@ -327,7 +312,7 @@ def test_a_failed_refund_of_spent_credits_cancels_the_shortfall_first(
 def test_a_failed_refund_of_a_refund_required_purchase_needs_the_refund_again(
     client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
-    bought = refund_required(client, db_session, stub)
+    bought = refund_required_purchase(client, db_session, stub)
     refund = stub.refund_payment(bought.invoice_id or "")
     deliver_object(client, stub, refund, "refund.created")
 
@@ -452,7 +437,7 @@ def test_a_dispute_holds_the_credits_and_a_won_dispute_gives_them_back(
 def test_a_lost_dispute_of_a_refund_required_payment_resolves_it(
     client: FlaskClient, db_session: Session, stub: StripeStub
 ) -> None:
-    bought = refund_required(client, db_session, stub)
+    bought = refund_required_purchase(client, db_session, stub)
     dispute = stub.dispute(bought.invoice_id or "")
 
     deliver_object(client, stub, dispute, "charge.dispute.created")

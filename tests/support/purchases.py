@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from gateway.models import Purchase, PurchaseStatus, Wallet
 from gateway.providers.stripe.sandbox import StripeStub
-from tests.support.api import create_wallet, subscribed_customer, top_up
+from tests.support.api import create_wallet, delete, subscribed_customer, top_up
 from tests.support.webhooks import post_signed, state_of
 
 
@@ -70,13 +70,28 @@ def buy_more(
 
 
 def settled_purchase(
-    client: FlaskClient, db_session: Session, stub: StripeStub, paid: str
+    client: FlaskClient, db_session: Session, stub: StripeStub, paid: str, **fields: Any
 ) -> Bought:
-    """A purchase paid at Stripe and settled by its webhook."""
-    bought = buy_wallet(client, db_session, paid=paid)
+    """A purchase paid at Stripe and settled by its webhook (`fields`: the wallet's)."""
+    bought = buy_wallet(client, db_session, paid=paid, **fields)
     stub.mark_paid(bought.invoice_id or "")
     post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
     assert state_of(db_session, bought.purchase_id).purchase_status == PurchaseStatus.SETTLED
+    return bought
+
+
+def refund_required_purchase(
+    client: FlaskClient, db_session: Session, stub: StripeStub, paid: str = "10"
+) -> Bought:
+    """A purchase paid for a wallet that had ended (the customer paid before its
+    invoice was voided): never credited, its payment to refund."""
+    bought = buy_wallet(client, db_session, paid=paid)
+    assert delete(client, f"/wallets/{bought.wallet_id}").status_code == 200
+    stub.invoices[bought.invoice_id or ""]["status"] = "open"  # the customer paid first
+    stub.mark_paid(bought.invoice_id or "")
+    post_signed(client, stub.event(bought.invoice_id or "", "invoice.paid"))
+    status = state_of(db_session, bought.purchase_id).purchase_status
+    assert status == PurchaseStatus.REFUND_REQUIRED
     return bought
 
 
