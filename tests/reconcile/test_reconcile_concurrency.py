@@ -3,9 +3,9 @@ whoever applies a paid invoice first, the credits arrive exactly once."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -17,9 +17,8 @@ from gateway.models import EntryStatus, Purchase, PurchaseStatus, Wallet, Wallet
 from gateway.providers.stripe.sandbox import StripeStub
 from gateway.reconcile import FindingKind, ReconcileReport
 from tests.support.purchases import Bought, buy_more, buy_wallet
-from tests.support.reconcile import run_in_thread
+from tests.support.reconcile import race_with_webhooks, run_in_thread
 from tests.support.threads import app_session
-from tests.support.webhooks import post_signed
 
 pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("stripe_http")]
 
@@ -75,40 +74,18 @@ def test_lost_webhooks_repaired_while_duplicate_webhooks_race_credit_once(
     committed_app: Flask, session: Session, stub: StripeStub
 ) -> None:
     bought = _paid_purchases(committed_app, session, stub)
-    gate = stub.hold("GET", "/v1/invoices")
-    reports: list[ReconcileReport] = []
-    errors: list[BaseException] = []
-    reconciler = run_in_thread(committed_app, reports, errors)
-    assert gate.arrived.wait(10), "reconciliation never reached Stripe"
 
     # Webhook senders go through the purchases oldest first while reconciliation (which
     # reads Stripe newest first) settles them: they meet on the same purchases at the
     # same moment. Each delivery is a new event for the invoice (a duplicate webhook),
     # and the senders keep going until reconciliation is done.
-    senders = 4
-    start = threading.Barrier(senders + 1)
-    statuses: list[int] = []
+    def events(round_number: int) -> list[dict[str, Any]]:
+        event_type = "invoice.paid" if round_number % 2 else "invoice.payment_succeeded"
+        return [stub.event(purchase.invoice_id or "", event_type) for purchase in bought]
 
-    def send() -> None:
-        start.wait()
-        while reconciler.is_alive() or not statuses:
-            for purchase in bought:
-                event_type = "invoice.paid" if len(statuses) % 2 else "invoice.payment_succeeded"
-                event = stub.event(purchase.invoice_id or "", event_type)
-                statuses.append(post_signed(committed_app.test_client(), event).status_code)
+    report, statuses = race_with_webhooks(committed_app, stub, "/v1/invoices", events, senders=4)
 
-    threads = [threading.Thread(target=send) for _ in range(senders)]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    gate.release()  # reconciliation and every sender now run at once
-    for thread in [reconciler, *threads]:
-        thread.join(timeout=120)
-        assert not thread.is_alive()
-
-    assert errors == []
     assert set(statuses) == {200}
-    [report] = reports
     assert report.error is None
     repaired = [f for f in report.findings if f.kind == FindingKind.INVOICE_PAID_NOT_SETTLED]
     assert {f.outcome for f in repaired} <= {"settled"}

@@ -3,7 +3,6 @@ PostgreSQL take credits back exactly once."""
 
 from __future__ import annotations
 
-import threading
 from decimal import Decimal
 from typing import Any
 
@@ -13,9 +12,8 @@ from sqlalchemy import select
 
 from gateway.models import Purchase, PurchaseStatus, TransactionStatus, WalletTransaction
 from gateway.providers.stripe.sandbox import StripeStub
-from gateway.reconcile import ReconcileReport
 from tests.support.purchases import settled_purchase
-from tests.support.reconcile import run_in_thread
+from tests.support.reconcile import race_with_webhooks
 from tests.support.threads import app_session
 from tests.support.webhooks import (
     PurchaseRow,
@@ -24,7 +22,6 @@ from tests.support.webhooks import (
     invoice_object,
     make_purchase,
     post_signed,
-    sign,
     state_of,
     stripe_event,
 )
@@ -175,38 +172,14 @@ def test_reconcile_racing_refund_webhooks_takes_each_refund_back_once(
         else:
             note = stub.credit_note(invoice_id, 200)
         objects.append((note, "credit_note.created"))
-    gate = stub.hold("GET", "/v1/invoices")
-    reports: list[ReconcileReport] = []
-    errors: list[BaseException] = []
-    reconciler = run_in_thread(committed_app, reports, errors)
-    assert gate.arrived.wait(10), "reconciliation never reached Stripe"
-    senders = 3
-    start = threading.Barrier(senders + 1)
-    statuses: list[int] = []
+    _, statuses = race_with_webhooks(
+        committed_app,
+        stub,
+        "/v1/invoices",
+        lambda _round: [stub.object_event(obj, event_type) for obj, event_type in objects],
+        senders=3,
+    )
 
-    def send() -> None:
-        start.wait()
-        while reconciler.is_alive() or not statuses:
-            for obj, event_type in objects:
-                body = encode(stub.object_event(obj, event_type))
-                response = committed_app.test_client().post(
-                    "/webhooks/stripe",
-                    data=body,
-                    headers={"Stripe-Signature": sign(body)},
-                    content_type="application/json",
-                )
-                statuses.append(response.status_code)
-
-    threads = [threading.Thread(target=send) for _ in range(senders)]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    gate.release()
-    for thread in [reconciler, *threads]:
-        thread.join(timeout=120)
-        assert not thread.is_alive()
-
-    assert errors == []
     assert set(statuses) == {200}
 
     def check(session: Any) -> None:
@@ -318,34 +291,14 @@ def test_reconcile_racing_dispute_webhooks_holds_and_gives_back_once(
         closed = stub.close_dispute(opened["id"], "won" if index % 2 else "lost")
         outcomes[purchase.purchase_id] = closed["status"]
         objects += [(opened, "charge.dispute.created"), (closed, "charge.dispute.closed")]
-    gate = stub.hold("GET", "/v1/disputes")
-    reports: list[ReconcileReport] = []
-    errors: list[BaseException] = []
-    reconciler = run_in_thread(committed_app, reports, errors)
-    assert gate.arrived.wait(10), "reconciliation never reached the disputes"
-    senders = 3
-    start = threading.Barrier(senders + 1)
-    statuses: list[int] = []
+    _, statuses = race_with_webhooks(
+        committed_app,
+        stub,
+        "/v1/disputes",
+        lambda _round: [stub.object_event(obj, event_type) for obj, event_type in objects],
+        senders=3,
+    )
 
-    def send() -> None:
-        start.wait()
-        while reconciler.is_alive() or not statuses:
-            for obj, event_type in objects:
-                response = post_signed(
-                    committed_app.test_client(), stub.object_event(obj, event_type)
-                )
-                statuses.append(response.status_code)
-
-    threads = [threading.Thread(target=send) for _ in range(senders)]
-    for thread in threads:
-        thread.start()
-    start.wait()
-    gate.release()
-    for thread in [reconciler, *threads]:
-        thread.join(timeout=120)
-        assert not thread.is_alive()
-
-    assert errors == []
     assert set(statuses) == {200}
 
     def check(session: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -32,7 +33,7 @@ from gateway.purchases import invoice_description
 from gateway.reconcile import Finding, FindingAction, FindingKind, ReconcileReport, reconcile
 from tests.support.purchases import Bought
 from tests.support.stripe import SECRET_KEY
-from tests.support.webhooks import make_purchase
+from tests.support.webhooks import make_purchase, post_signed
 
 
 def invoice_at_stripe(app: Flask, session: Session, purchase_id: str) -> InvoiceSnapshot:
@@ -197,6 +198,48 @@ def table_rows(connection: Connection) -> dict[str, list[tuple[Any, ...]]]:
         rows = connection.execute(select(table)).all()
         state[table.name] = sorted((tuple(row) for row in rows), key=repr)
     return state
+
+
+def race_with_webhooks(
+    app: Flask,
+    stub: StripeStub,
+    held_at: str,
+    events: Callable[[int], Iterable[dict[str, Any]]],
+    *,
+    senders: int,
+) -> tuple[ReconcileReport, list[int]]:
+    """A reconcile run and `senders` webhook threads at once: the run waits at Stripe's
+    `GET held_at` until every sender is ready, then all are let go together. Each
+    sender posts `events(round)`, signed, round after round until the run has ended.
+    Returns the run's report and every delivery's status; the run raised nothing and
+    every thread finished."""
+    gate = stub.hold("GET", held_at)
+    reports: list[ReconcileReport] = []
+    errors: list[BaseException] = []
+    reconciler = run_in_thread(app, reports, errors)
+    assert gate.arrived.wait(10), f"reconciliation never reached {held_at}"
+    start = threading.Barrier(senders + 1)
+    statuses: list[int] = []
+
+    def send() -> None:
+        start.wait()
+        round_number = 0
+        while reconciler.is_alive() or not statuses:
+            for event in events(round_number):
+                statuses.append(post_signed(app.test_client(), event).status_code)
+            round_number += 1
+
+    threads = [threading.Thread(target=send) for _ in range(senders)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    gate.release()  # the run and every sender now go at once
+    for thread in [reconciler, *threads]:
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+    assert errors == []
+    [report] = reports
+    return report, statuses
 
 
 def run_in_thread(
