@@ -667,7 +667,7 @@ _SETTLE_ENTRY = (
     .where(_purchase_entry, _ENTRIES.c.status == bindparam("b_from_status"))
     .values(status=EntryStatus.SETTLED, settled_at=bindparam("b_now"), failed_at=None)
 )
-_SETTLE_PURCHASE_ENTRY = _SETTLE_ENTRY.returning(_ENTRIES.c.credit_amount, _ENTRIES.c.wallet_id)
+_SETTLE_PURCHASE_ENTRY = _SETTLE_ENTRY.returning(_ENTRIES.c.credit_amount)
 # A balance moved by `b_delta` (negative: taken out); the second form answers the balance
 # after the move and the wallet's low-balance threshold, what a crossing of it
 # (`balance_crossings`) is read from.
@@ -683,9 +683,6 @@ _MOVE_BALANCE = (
 _MOVE_BALANCE_READ = _MOVE_BALANCE.returning(
     _WALLETS.c.credits_balance, _WALLETS.c.low_balance_threshold_credits
 )
-# PostgreSQL does both in one statement: the entry's UPDATE as a data-modifying CTE
-# whose RETURNING feeds the balance's UPDATE (no row settled, no balance raised).
-_settled_entry = _SETTLE_PURCHASE_ENTRY.cte("settled_entry")
 
 
 def _raised_by(entry: CTE) -> Update:
@@ -700,11 +697,6 @@ def _raised_by(entry: CTE) -> Update:
     )
 
 
-_SETTLE_AND_RAISE_BALANCE = _raised_by(_settled_entry).returning(
-    _settled_entry.c.credit_amount,
-    _WALLETS.c.credits_balance,
-    _WALLETS.c.low_balance_threshold_credits,
-)
 _FAIL_PURCHASE_ENTRY = (
     update(_ENTRIES)
     .where(_purchase_entry, _ENTRIES.c.status == EntryStatus.PENDING)
@@ -742,18 +734,12 @@ def settle_purchase(
         return None
     entry = {"b_entry_id": entry_id, "b_wallet_id": wallet_id, "b_from_status": from_status,
              "b_now": now}  # fmt: skip
-    if conn.dialect.name == "postgresql":
-        settled = conn.execute(_SETTLE_AND_RAISE_BALANCE, entry).one_or_none()
-        if settled is None:
-            return None
-        credited, after, threshold = settled
-    else:
-        credited = conn.execute(_SETTLE_PURCHASE_ENTRY, entry).scalar()
-        if credited is None:
-            return None
-        after, threshold = conn.execute(
-            _MOVE_BALANCE_READ, {"b_wallet_id": wallet_id, "b_delta": credited, "b_now": now}
-        ).one()
+    credited = conn.execute(_SETTLE_PURCHASE_ENTRY, entry).scalar()
+    if credited is None:
+        return None
+    after, threshold = conn.execute(
+        _MOVE_BALANCE_READ, {"b_wallet_id": wallet_id, "b_delta": credited, "b_now": now}
+    ).one()
     crossed = balance_crossings(wallet_id, after - credited, after, threshold)
     if crossed:
         events.emit_on_connection(conn, crossed, now)
