@@ -95,7 +95,7 @@ def operator_actor() -> str:
 
 def operator_principal() -> str:
     """Scopes the console's form tokens to the operator (idempotency keys' principal)."""
-    return f"operator:{current_operator().id}"
+    return actors.operator_principal(current_operator().id)
 
 
 @console.before_request

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
+from gateway import actors
 from gateway.db import Database
 from gateway.models import PaymentReturn, Purchase, PurchaseStatus, ReturnKind
 from gateway.providers.base import PaymentProvider
@@ -138,9 +139,9 @@ class Run:
 
     def claimable(self, purchase: PurchaseRow) -> bool:
         """Whether someone is still to take `purchase` up: the caller of the request
-        that opened it (a retry with the same Idempotency-Key, by the same API key,
-        before the key expires), or, for an automatic top-up (no caller was told
-        anything), the worker (`topups.complete_automatic_purchases`)."""
+        that opened it (a retry with the same Idempotency-Key, by the same API key, or
+        the same console form, before the key expires), or, for an automatic top-up (no
+        caller was told anything), the worker (`topups.complete_automatic_purchases`)."""
         if purchase.automatic:
             return True
         until = purchase.claimable_until
@@ -148,8 +149,8 @@ class Run:
             return False
         if self.api_principals is None:
             return True
-        principal = (purchase.request_key or "").partition(":")[0]
-        return principal in self.api_principals
+        principal = actors.api_principal_of_request(purchase.request_key or "")
+        return principal is None or principal in self.api_principals
 
     def add(self, finding: Finding) -> None:
         self.report.findings.append(finding)

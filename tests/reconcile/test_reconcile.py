@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, func, select, text, update
 from sqlalchemy.orm import Session
 
 from gateway.api.auth import principal_of
@@ -1079,6 +1079,28 @@ def test_an_automatic_top_up_left_creating_is_left_to_the_worker(
     assert findings(report, FindingKind.STUCK_PURCHASE) == []
     assert stripe_writes(stub, before) == []
     assert state_of(db_session, purchase.id).purchase_status == PurchaseStatus.CREATING
+
+
+def test_a_console_purchase_stays_claimable_whatever_the_api_keys(
+    app: Flask, client: FlaskClient, db_session: Session, stub: StripeStub
+) -> None:
+    """A purchase opened in the console is claimed by the operator's form token (its
+    request key begins `operator:ID`), not by an API key: rotating the API keys does not
+    leave it without a caller."""
+    first = buy_wallet(client, db_session, paid="1")
+    stub.fail_next("POST", "/v1/invoices/", after=True)  # finalized at Stripe, answer lost
+    stuck = buy_more(client, db_session, first.wallet_id, paid="2", key="buy-1")
+    backdate(db_session, stuck.purchase_id, minutes=10)
+    db_session.execute(
+        update(Purchase)
+        .where(Purchase.id == stuck.purchase_id)
+        .values(request_key="operator:opr_1:form-token:purchase:0")
+    )
+    db_session.commit()
+
+    report = run(app, dry_run=True, api_principals={principal_of("test-key-2")})
+
+    assert only(report, FindingKind.STUCK_PURCHASE).outcome == "adopt the invoice"
 
 
 def test_a_purchase_whose_api_key_was_rotated_out_cannot_be_claimed(
