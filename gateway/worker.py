@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 
 from gateway import delivery
 from gateway.db import Database, count_in_batches, in_batches, utcnow
-from gateway.providers.base import PaymentProvider, ProviderNotConfigured
+from gateway.providers import provider_if_configured
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def _expire_wallets(db: Database, settings: Settings, now: datetime) -> str | No
     from gateway.expiry import expire_wallets
 
     result = expire_wallets(
-        db, now=now, batch_size=settings.expiry_batch_size, provider=_provider(settings)
+        db, now=now, batch_size=settings.expiry_batch_size, provider=provider_if_configured()
     )
     return f"expired {result.expired} wallet(s)" if result.expired else None
 
@@ -104,25 +104,10 @@ def _interval_top_ups(db: Database, _settings: Settings, now: datetime) -> str |
     return f"{run.started} interval top-up(s) started, {len(run.skipped)} due rule(s) skipped"
 
 
-def _provider(settings: Settings) -> PaymentProvider | None:
-    """The app's provider (or one built from `settings` outside an app); None if none
-    is configured."""
-    from flask import has_app_context
-
-    from gateway.providers import build_provider, provider_if_configured
-
-    if has_app_context():
-        return provider_if_configured()
-    try:
-        return build_provider(settings)
-    except ProviderNotConfigured:
-        return None
-
-
-def _complete_top_ups(db: Database, settings: Settings, _now: datetime) -> str | None:
+def _complete_top_ups(db: Database, _settings: Settings, _now: datetime) -> str | None:
     from gateway.topups import complete_automatic_purchases
 
-    provider = _provider(settings)
+    provider = provider_if_configured()
     if provider is None:
         return None  # no automatic purchase can exist without one (rules need it)
     with db.session() as session:  # it commits around each provider call itself
