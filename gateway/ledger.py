@@ -584,8 +584,7 @@ def consume_credits(
     wallet.consumed_credits += entry.credit_amount
     wallet.consumed_amount_cents += amount_cents
     if not announce:
-        session.add(entry)
-        session.flush()
+        _add(session, entry)
         return entry
     return _record(session, wallet, entry, now)
 
@@ -617,21 +616,6 @@ def ledger_balance(session: Session, wallet_id: str) -> Decimal:
     return money.quantize_credits(Decimal(total))
 
 
-_PENDING_CREDITS = select(
-    func.coalesce(func.sum(_ENTRIES.c.credit_amount), 0).label("pending")
-).where(
-    _ENTRIES.c.wallet_id == bindparam("wallet_id"),
-    _ENTRIES.c.status == EntryStatus.PENDING,
-    _ENTRIES.c.transaction_status == TransactionStatus.PURCHASED,
-)
-
-
-def pending_credits(session: Session, wallet_id: str) -> Decimal:
-    """Credits bought for `wallet_id` and not paid yet (its pending purchase entries)."""
-    total = session.execute(_PENDING_CREDITS, {"wallet_id": wallet_id}).scalar_one()
-    return money.quantize_credits(Decimal(total))
-
-
 def pending_credits_of(
     wallet_id: ColumnElement[str] | InstrumentedAttribute[str],
 ) -> ScalarSelect[Decimal]:
@@ -650,6 +634,16 @@ def pending_credits_of(
         )
         .scalar_subquery()
     )
+
+
+# What `pending_credits` reads: the same definition, for one wallet by id.
+_PENDING_CREDITS = select(pending_credits_of(bindparam("wallet_id")))
+
+
+def pending_credits(session: Session, wallet_id: str) -> Decimal:
+    """Credits bought for `wallet_id` and not paid yet (its pending purchase entries)."""
+    total = session.execute(_PENDING_CREDITS, {"wallet_id": wallet_id}).scalar_one()
+    return money.quantize_credits(Decimal(total))
 
 
 # --- purchase entries by id, on a connection (the settlement path) -------------------
