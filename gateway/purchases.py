@@ -564,29 +564,24 @@ def terminate_wallet(
     now: datetime,
     *,
     created_by: str,
-    provider: PaymentProvider | None = None,
 ) -> Wallet:
     """Terminate a wallet (`wallets.terminate_wallet`); once that has committed, the
     invoices of the unpaid purchases it failed are voided at the provider."""
     terminated = wallets.terminate_wallet(session, wallet_id, now, created_by=created_by)
-    void_after_commit(session, terminated.purchases_to_void, provider)
+    void_after_commit(session, terminated.purchases_to_void)
     return terminated.wallet
 
 
-def void_after_commit(
-    session: Session, purchase_ids: Sequence[str], provider: PaymentProvider | None = None
-) -> None:
+def void_after_commit(session: Session, purchase_ids: Sequence[str]) -> None:
     """Commit the caller's transaction (the wallets' ending), then void the invoices of
-    `purchase_ids` at `provider` (default: the app's, if one is configured), best
-    effort: what cannot be voided now stays flagged for reconciliation. Nothing to void:
-    nothing is committed, the caller's unit of work does it."""
+    `purchase_ids` at the app's provider (if one is configured), best effort: what
+    cannot be voided now stays flagged for reconciliation. Nothing to void: nothing is
+    committed, the caller's unit of work does it."""
     if not purchase_ids:
         return
     session.commit()  # no transaction stays open across the provider's calls
     settlement.void_invoices_of_ended_wallets(
-        settlement.sessions_like(session),
-        provider if provider is not None else provider_if_configured(),
-        purchase_ids,
+        settlement.sessions_like(session), provider_if_configured(), purchase_ids
     )
 
 
