@@ -510,7 +510,7 @@ def attention() -> ResponseReturnValue:
     ).scalars()
     return render_template(
         "console/attention.html", purchases=list(rows), page=page, labels=ATTENTION,
-        shortfall=REFUND_SHORTFALL, safe_link=safe_link,
+        shortfall=REFUND_SHORTFALL, safe_link=safe_link, now=utcnow(),
     )  # fmt: skip
 
 
