@@ -716,13 +716,15 @@ def settled_purchase_ctes() -> tuple[CTE, CTE]:
 
 def settle_purchase(
     conn: Connection, wallet_id: str, entry_id: str, from_status: EntryStatus, now: datetime
-) -> Decimal | None:
+) -> tuple[Decimal, list[events.NewEvent]] | None:
     """Purchase entry `entry_id` of (locked) `wallet_id` → settled, balance raised by it.
 
     `from_status` is the status the caller read under the lock: `pending`, or `failed`
     for an invoice paid after all (Stripe lets an uncollectible invoice be paid later:
-    the money arrived, so the credits do too). Returns the credits added, or None if
-    the entry was not a purchase of that wallet in that status (nothing changed).
+    the money arrived, so the credits do too). Returns the credits added and the
+    balance's crossings of the wallet's low-balance threshold (events for the caller to
+    write with its own), or None if the entry was not a purchase of that wallet in that
+    status (nothing changed).
     """
     if from_status not in (EntryStatus.PENDING, EntryStatus.FAILED):
         return None
@@ -734,10 +736,7 @@ def settle_purchase(
     after, threshold = conn.execute(
         _MOVE_BALANCE_READ, {"b_wallet_id": wallet_id, "b_delta": credited, "b_now": now}
     ).one()
-    crossed = balance_crossings(wallet_id, after - credited, after, threshold)
-    if crossed:
-        events.emit_on_connection(conn, crossed, now)
-    return Decimal(credited)
+    return Decimal(credited), balance_crossings(wallet_id, after - credited, after, threshold)
 
 
 def fail_pending_purchase(conn: Connection, wallet_id: str, entry_id: str, now: datetime) -> bool:
@@ -925,13 +924,24 @@ def open_rule_top_ups(
             for row in written]  # fmt: skip
 
 
-def announce_rule_entries(session: Session, entries: Sequence[RuleEntry], now: datetime) -> None:
-    """`wallet_transaction.created` for entries `open_rule_top_ups` wrote, in one emit."""
+def announce_rule_entries(
+    session: Session,
+    entries: Sequence[RuleEntry],
+    now: datetime,
+    then: Sequence[events.NewEvent] = (),
+) -> None:
+    """`wallet_transaction.created` for entries `open_rule_top_ups` wrote, then `then`
+    (the balance crossings the top-ups made), in one emit."""
     events.emit(
         session,
         [
-            events.NewEvent(events.EventType.WALLET_TRANSACTION_CREATED, entry.wallet_id, entry.id)
-            for entry in entries
+            *(
+                events.NewEvent(
+                    events.EventType.WALLET_TRANSACTION_CREATED, entry.wallet_id, entry.id
+                )
+                for entry in entries
+            ),
+            *then,
         ],
         now,
     )

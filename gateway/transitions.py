@@ -192,14 +192,21 @@ def settle(
     """
     if entry_status in (EntryStatus.PENDING, EntryStatus.FAILED) and uses_one_statement(conn):
         return _settle_in_one_statement(conn, purchase, entry_status, now, changes or {})
-    credited = ledger.settle_purchase(
+    settled = ledger.settle_purchase(
         conn, purchase.wallet_id, purchase.transaction_id, entry_status, now
     )
-    if credited is None:
+    if settled is None:
         raise _not_in(purchase, entry_status)
+    credited, crossed = settled
     _write(conn, purchase.purchase_id, PurchaseStatus.SETTLED, now, changes, **_SETTLED_COLUMNS)
-    _announce(conn, purchase, now, events.EventType.WALLET_TRANSACTION_SETTLED)
+    events.emit_on_connection(conn, [*crossed, _settled_event(purchase)], now)
     return credited
+
+
+def _settled_event(purchase: PurchaseRef) -> events.NewEvent:
+    return events.NewEvent(
+        events.EventType.WALLET_TRANSACTION_SETTLED, purchase.wallet_id, purchase.transaction_id
+    )
 
 
 def _not_in(purchase: PurchaseRef, entry_status: EntryStatus) -> TransitionError:
@@ -297,9 +304,7 @@ def _settle_in_one_statement(
         *ledger.balance_crossings(
             purchase.wallet_id, after - credited, after, values["w_low_balance_threshold_credits"]
         ),
-        events.NewEvent(
-            events.EventType.WALLET_TRANSACTION_SETTLED, purchase.wallet_id, purchase.transaction_id
-        ),
+        _settled_event(purchase),
     ]
     loaded = events.Loaded()
     for each in rows:
