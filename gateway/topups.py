@@ -307,8 +307,7 @@ def buy_due_interval_top_ups(
         name = (provider or purchases.configured_provider()).name
         purchases.open_automatic_purchases(conn, name, opened, now)
     session.flush()  # the rules' next dates (and pauses), in one executemany
-    ledger.announce_rule_entries(session, entries, now)
-    events.emit(session, crossings, now)
+    ledger.announce_rule_entries(session, entries, now, then=crossings)
     log.info("interval top-ups: %d due rules, %d top-ups started, %d skipped",
              run.rules, run.started, len(run.skipped))  # fmt: skip
     return run
