@@ -43,7 +43,7 @@ from gateway.models import (
 from gateway.providers.base import PaymentProvider
 
 FIELD = "recurring_transaction_rules"
-_REASON_LIMIT = 2000
+REASON_LIMIT = 2000
 
 
 class PausedReason:
@@ -328,7 +328,7 @@ def pause_rule_of_entry(conn: Connection, transaction_id: str, reason: str, now:
     transaction, its wallet locked. Returns whether a rule paused."""
     result = conn.execute(
         _PAUSE_RULE_OF_ENTRY,
-        {"b_transaction_id": transaction_id, "b_reason": reason[:_REASON_LIMIT], "b_now": now},
+        {"b_transaction_id": transaction_id, "b_reason": reason[:REASON_LIMIT], "b_now": now},
     )
     return bool(result.rowcount)
 
@@ -336,7 +336,7 @@ def pause_rule_of_entry(conn: Connection, transaction_id: str, reason: str, now:
 def pause_rule(conn: Connection, rule_id: str, reason: str, now: datetime) -> bool:
     """Rule `rule_id` pauses (its wallet locked by the caller); False if not active."""
     result = conn.execute(
-        _PAUSE_RULE, {"b_rule_id": rule_id, "b_reason": reason[:_REASON_LIMIT], "b_now": now}
+        _PAUSE_RULE, {"b_rule_id": rule_id, "b_reason": reason[:REASON_LIMIT], "b_now": now}
     )
     return bool(result.rowcount)
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, bindparam, case, func, select
 from sqlalchemy.engine import Connection
@@ -191,16 +191,10 @@ def _top_up(
 ) -> list[WalletTransaction]:
     """One top-up of `rule` into the (locked) wallet: its purchase row (left `creating`
     for the worker) and granted credits, in the caller's transaction."""
-    paid: Decimal | None
-    granted: Decimal | None
-    if rule.method == RuleMethod.TARGET:
-        assert rule.target_credits is not None
-        paid = money.quantize_credits(rule.target_credits - wallet.credits_balance - pending)
-        granted = None
-        if paid <= 0:
-            return []
-    else:
-        paid, granted = rule.paid_credits, rule.granted_credits
+    bought = _what_to_buy(rule, wallet.credits_balance, pending)
+    if bought is None:
+        return []
+    paid, granted = bought
     entries: list[WalletTransaction] = []
     if paid:
         try:
@@ -209,14 +203,11 @@ def _top_up(
             entries.append(
                 batch.open(session, wallet, paid, now, created_by=actors.SYSTEM, origin=origin)
             )
-        except PaymentProviderUnavailable as exc:
-            _pause(session, rule.id, rules.PausedReason.PROVIDER_NOT_CONFIGURED, exc, now)
-            return []
-        except DomainError as exc:  # an amount the provider cannot charge
-            if rule.method == RuleMethod.TARGET and isinstance(exc, AmountTooSmall):
-                # What is missing to the target is too little to charge: nothing to do.
-                return []
-            _pause(session, rule.id, rules.PausedReason.AMOUNT_NOT_CHARGEABLE, exc, now)
+        except DomainError as exc:  # no provider, or an amount it cannot charge
+            code = _pause_code(rule.method, exc)
+            if code is not None:
+                rules.pause_rule(session.connection(), rule.id, _pause_reason(rule.id, code, exc),
+                                 now)  # fmt: skip
             return []
     if granted:
         entries.append(
@@ -234,9 +225,45 @@ def _top_up(
     return entries
 
 
-def _pause(session: Session, rule_id: str, code: str, exc: Exception, now: datetime) -> None:
+class _Amounts(Protocol):
+    """What a top-up reads of its rule (a threshold rule's row or an interval rule)."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def target_credits(self) -> Decimal | None: ...
+    @property
+    def paid_credits(self) -> Decimal | None: ...
+    @property
+    def granted_credits(self) -> Decimal | None: ...
+
+
+def _what_to_buy(
+    rule: _Amounts, balance: Decimal, pending: Decimal
+) -> tuple[Decimal | None, Decimal | None] | None:
+    """The paid and granted credits a top-up of `rule` makes into a wallet holding
+    `balance` with `pending` on their way; None when a target rule's target is met."""
+    if rule.method != RuleMethod.TARGET:
+        return rule.paid_credits, rule.granted_credits
+    assert rule.target_credits is not None
+    paid = money.quantize_credits(rule.target_credits - balance - pending)
+    return (paid, None) if paid > 0 else None
+
+
+def _pause_code(method: str, exc: DomainError) -> str | None:
+    """Why a rule pauses when its purchase cannot be opened: no provider configured, or
+    an amount the provider cannot charge. None: what is missing to a target is too
+    little to charge, so there is nothing to do (the rule stays active)."""
+    if isinstance(exc, PaymentProviderUnavailable):
+        return rules.PausedReason.PROVIDER_NOT_CONFIGURED
+    if method == RuleMethod.TARGET and isinstance(exc, AmountTooSmall):
+        return None
+    return rules.PausedReason.AMOUNT_NOT_CHARGEABLE
+
+
+def _pause_reason(rule_id: str, code: str, exc: Exception) -> str:
     log.warning("automatic top-up rule %s paused: %s: %s", rule_id, code, exc)
-    rules.pause_rule(session.connection(), rule_id, f"{code}: {exc}", now)
+    return f"{code}: {exc}"[: rules.REASON_LIMIT]
 
 
 # --- interval rules: the worker's duty ---------------------------------------------
@@ -431,16 +458,10 @@ def _interval_plan(
 ) -> tuple[ledger.RuleTopUp, int] | None:
     """What `rule` buys for `period_at` and what it bills (minor units), or None when
     there is nothing to buy, or nothing the provider can charge (the rule pauses)."""
-    paid: Decimal | None
-    granted: Decimal | None
-    if rule.method == RuleMethod.TARGET:
-        assert rule.target_credits is not None
-        paid = money.quantize_credits(rule.target_credits - wallet.credits_balance - pending)
-        granted = None
-        if paid <= 0:
-            return None
-    else:
-        paid, granted = rule.paid_credits, rule.granted_credits
+    bought = _what_to_buy(rule, wallet.credits_balance, pending)
+    if bought is None:
+        return None
+    paid, granted = bought
     amount = 0
     if paid:
         try:
@@ -448,23 +469,19 @@ def _interval_plan(
             amount = purchases.check_purchase_amount(
                 chosen, paid, wallet.rate_amount, wallet.currency
             )
-        except PaymentProviderUnavailable as exc:
-            _pause_row(rule, rules.PausedReason.PROVIDER_NOT_CONFIGURED, exc, now)
-            return None
-        except DomainError as exc:
-            if rule.method == RuleMethod.TARGET and isinstance(exc, AmountTooSmall):
-                return None  # too little missing to the target to charge: nothing to do
-            _pause_row(rule, rules.PausedReason.AMOUNT_NOT_CHARGEABLE, exc, now)
+        except DomainError as exc:  # no provider, or an amount it cannot charge
+            code = _pause_code(rule.method, exc)
+            if code is not None:
+                _pause_row(rule, _pause_reason(rule.id, code, exc), now)
             return None
     origin = ledger.Origin(EntrySource.INTERVAL, rule.id, period_at)
     return ledger.RuleTopUp(wallet.id, wallet.rate_amount, origin, paid, granted), amount
 
 
-def _pause_row(rule: RecurringTransactionRule, code: str, exc: Exception, now: datetime) -> None:
+def _pause_row(rule: RecurringTransactionRule, reason: str, now: datetime) -> None:
     """Pause a rule the caller holds locked (flushed with the batch)."""
-    log.warning("automatic top-up rule %s paused: %s: %s", rule.id, code, exc)
     rule.status = RuleStatus.PAUSED
-    rule.paused_reason = f"{code}: {exc}"[:2000]
+    rule.paused_reason = reason
     rule.updated_at = now
 
 
