@@ -250,6 +250,28 @@ def _rate_limited(call: Callable[[], T]) -> T:
     return call()
 
 
+# The parameters of the list calls read page after page.
+_ListParams = TypeVar(
+    "_ListParams", InvoiceListParams, RefundListParams, DisputeListParams, CreditNoteListParams
+)
+
+
+def _listed(
+    action: str, list_page: Callable[[_ListParams], Any], params: _ListParams
+) -> Iterator[dict[str, Any]]:
+    """Every object a Stripe list call answers, as a dict, page after page
+    (`starting_after`): each page asked on its own, under the boundary (`action` names
+    it in errors) and tried again while throttled."""
+    while True:
+        with _boundary(action):
+            page = _rate_limited(lambda: list_page(params))
+        for listed in page.data:
+            yield listed.to_dict()
+        if not page.has_more or not page.data:
+            return
+        params["starting_after"] = page.data[-1].id
+
+
 def _retry_delay(exc: stripe.StripeError, attempt: int) -> float:
     """Seconds to wait: Retry-After if Stripe sent one, else 0.5 s doubling, jittered."""
     retry_after = next(
@@ -491,16 +513,10 @@ class StripeProvider:
             if status not in INVOICE_STATUSES:
                 raise ValueError(f"status must be one of {', '.join(INVOICE_STATUSES)}")
             params["status"] = status
-        while True:
-            with _boundary("list invoices"):
-                page = _rate_limited(lambda: self._client.v1.invoices.list(params))
-            for invoice in page.data:
-                snapshot = invoice_snapshot(invoice.to_dict())
-                if snapshot.purchase_id is not None:
-                    yield snapshot
-            if not page.has_more or not page.data:
-                return
-            params["starting_after"] = page.data[-1].id
+        for invoice in _listed("list invoices", self._client.v1.invoices.list, params):
+            snapshot = invoice_snapshot(invoice)
+            if snapshot.purchase_id is not None:
+                yield snapshot
 
     def iter_invoice_refunds(
         self, *, created_since: datetime | None = None
@@ -516,34 +532,27 @@ class StripeProvider:
         params: RefundListParams = {"limit": PAGE_SIZE}
         if created_since is not None:
             params["created"] = {"gte": int(created_since.timestamp())}
-        while True:
-            with _boundary("list refunds"):
-                page = _rate_limited(lambda: self._client.v1.refunds.list(params))
-            for refund in page.data:
-                data = refund.to_dict()
-                payment_intent = object_id(data.get("payment_intent"))
-                if payment_intent is None:
-                    continue
-                invoice_id = self.invoice_paid_by(payment_intent)
-                if invoice_id is None:
-                    continue
-                created = data.get("created")
-                yield PaymentRefund(
-                    refund_id=str(data.get("id") or ""),
-                    invoice_id=invoice_id,
-                    amount_cents=_int(data, "amount"),
-                    currency=str(data.get("currency") or "").upper(),
-                    status=str(data.get("status")),
-                    payment_id=payment_intent,
-                    created_at=(
-                        datetime.fromtimestamp(created, UTC)
-                        if isinstance(created, int) and not isinstance(created, bool)
-                        else None
-                    ),
-                )
-            if not page.has_more or not page.data:
-                return
-            params["starting_after"] = page.data[-1].id
+        for data in _listed("list refunds", self._client.v1.refunds.list, params):
+            payment_intent = object_id(data.get("payment_intent"))
+            if payment_intent is None:
+                continue
+            invoice_id = self.invoice_paid_by(payment_intent)
+            if invoice_id is None:
+                continue
+            created = data.get("created")
+            yield PaymentRefund(
+                refund_id=str(data.get("id") or ""),
+                invoice_id=invoice_id,
+                amount_cents=_int(data, "amount"),
+                currency=str(data.get("currency") or "").upper(),
+                status=str(data.get("status")),
+                payment_id=payment_intent,
+                created_at=(
+                    datetime.fromtimestamp(created, UTC)
+                    if isinstance(created, int) and not isinstance(created, bool)
+                    else None
+                ),
+            )
 
     def iter_invoice_disputes(
         self, *, created_since: datetime | None = None
@@ -554,19 +563,13 @@ class StripeProvider:
         params: DisputeListParams = {"limit": PAGE_SIZE}
         if created_since is not None:
             params["created"] = {"gte": int(created_since.timestamp())}
-        while True:
-            with _boundary("list disputes"):
-                page = _rate_limited(lambda: self._client.v1.disputes.list(params))
-            for listed in page.data:
-                dispute = read_dispute(listed.to_dict())
-                if dispute.payment_id is None:
-                    continue
-                invoice_id = self.invoice_paid_by(dispute.payment_id)
-                if invoice_id is not None:
-                    yield PaymentDispute(dispute, invoice_id)
-            if not page.has_more or not page.data:
-                return
-            params["starting_after"] = page.data[-1].id
+        for data in _listed("list disputes", self._client.v1.disputes.list, params):
+            dispute = read_dispute(data)
+            if dispute.payment_id is None:
+                continue
+            invoice_id = self.invoice_paid_by(dispute.payment_id)
+            if invoice_id is not None:
+                yield PaymentDispute(dispute, invoice_id)
 
     def retrieve_dispute(self, dispute_id: str) -> Dispute:
         with _boundary("retrieve a dispute"):
@@ -592,26 +595,16 @@ class StripeProvider:
     def list_payment_refunds(self, payment_intent: str) -> list[Refund]:
         """Every refund of `payment_intent`, newest first."""
         params: RefundListParams = {"limit": PAGE_SIZE, "payment_intent": payment_intent}
-        refunds: list[Refund] = []
-        while True:
-            with _boundary("list the payment's refunds"):
-                page = _rate_limited(lambda: self._client.v1.refunds.list(params))
-            refunds.extend(read_refund(refund.to_dict()) for refund in page.data)
-            if not page.has_more or not page.data:
-                return refunds
-            params["starting_after"] = page.data[-1].id
+        listed = _listed("list the payment's refunds", self._client.v1.refunds.list, params)
+        return [read_refund(refund) for refund in listed]
 
     def list_credit_notes(self, invoice_id: str) -> list[CreditNote]:
         """Every credit note of `invoice_id`, newest first."""
         params: CreditNoteListParams = {"limit": PAGE_SIZE, "invoice": invoice_id}
-        notes: list[CreditNote] = []
-        while True:
-            with _boundary("list the invoice's credit notes"):
-                page = _rate_limited(lambda: self._client.v1.credit_notes.list(params))
-            notes.extend(read_credit_note(note.to_dict()) for note in page.data)
-            if not page.has_more or not page.data:
-                return notes
-            params["starting_after"] = page.data[-1].id
+        listed = _listed(
+            "list the invoice's credit notes", self._client.v1.credit_notes.list, params
+        )
+        return [read_credit_note(note) for note in listed]
 
     def _look_up_invoice_payment(self, payment_intent: str) -> str | None:
         params: InvoicePaymentListParams = {
