@@ -333,11 +333,10 @@ _LIST_PARAMS = {
     "collection_method", "expand",
 }  # fmt: skip
 _STATUSES = ("draft", "open", "paid", "uncollectible", "void")
-_REFUND_LIST_PARAMS = {
+_PAYMENT_OBJECT_LIST_PARAMS = {  # refunds and disputes
     "limit", "starting_after", "ending_before", "payment_intent", "charge", "created",
     "expand",
 }  # fmt: skip
-_DISPUTE_LIST_PARAMS = _REFUND_LIST_PARAMS
 _CREDIT_NOTE_LIST_PARAMS = {
     "limit", "starting_after", "ending_before", "invoice", "customer", "created", "expand",
 }  # fmt: skip
@@ -1259,20 +1258,19 @@ class StripeStub:
         }
 
     def _list_refunds(self, params: Json) -> Json:
-        _refuse_unknown(params, _REFUND_LIST_PARAMS)
-        rows = list(self.refunds.values())
-        for key in ("payment_intent", "charge"):
-            if key in params:
-                rows = [row for row in rows if row[key] == params[key]]
-        return self._page(rows, params, "/v1/refunds", self.refunds)
+        return self._list_of_payments(params, self.refunds, "/v1/refunds")
 
     def _list_disputes(self, params: Json) -> Json:
-        _refuse_unknown(params, _DISPUTE_LIST_PARAMS)
-        rows = list(self.disputes.values())
+        return self._list_of_payments(params, self.disputes, "/v1/disputes")
+
+    def _list_of_payments(self, params: Json, known: dict[str, Json], url: str) -> Json:
+        """A list of objects about payments (refunds, disputes), by payment or charge."""
+        _refuse_unknown(params, _PAYMENT_OBJECT_LIST_PARAMS)
+        rows = list(known.values())
         for key in ("payment_intent", "charge"):
             if key in params:
                 rows = [row for row in rows if row[key] == params[key]]
-        return self._page(rows, params, "/v1/disputes", self.disputes)
+        return self._page(rows, params, url, known)
 
     def _list_credit_notes(self, params: Json) -> Json:
         _refuse_unknown(params, _CREDIT_NOTE_LIST_PARAMS)
