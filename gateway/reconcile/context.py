@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
@@ -103,6 +103,13 @@ def purchase_row(values: Sequence[Any]) -> PurchaseRow:
         automatic=bool(automatic),
         credited_cents=int(credited or 0),
     )
+
+
+class RecordedReturn(NamedTuple):
+    """A refund, credit note or dispute as recorded here (`payment_returns`)."""
+
+    status: str
+    credit_note_id: str | None  # a refund's: the credit note that counts it
 
 
 @dataclass
@@ -208,6 +215,28 @@ class Run:
         for start in range(0, len(invoice_ids), MATCH_BATCH):
             chunk = invoice_ids[start : start + MATCH_BATCH]
             yield self.rows_where(Purchase.provider_invoice_id.in_(chunk))
+
+    def recorded_returns(
+        self, purchase_ids: Sequence[str], kind: ReturnKind
+    ) -> dict[str, RecordedReturn]:
+        """The refunds, credit notes or disputes (`kind`) recorded for these purchases,
+        by their provider id."""
+        if not purchase_ids:
+            return {}
+        with self.session() as session:
+            return {
+                object_id: RecordedReturn(status, credit_note_id)
+                for object_id, status, credit_note_id in session.execute(
+                    select(
+                        PaymentReturn.provider_object_id,
+                        PaymentReturn.status,
+                        PaymentReturn.credit_note_id,
+                    ).where(
+                        PaymentReturn.purchase_id.in_(purchase_ids),
+                        PaymentReturn.kind == kind,
+                    )
+                )
+            }
 
     def rows_where(self, condition: ColumnElement[bool]) -> list[PurchaseRow]:
         with self.session() as session:

@@ -33,13 +33,13 @@ def scan_disputes(run: Run) -> Iterator[Repair]:
         by_invoice.setdefault(found.invoice_id, []).append(found.dispute)
     listed: set[str] = set()
     for rows in run.purchases_of_invoices(list(by_invoice)):
-        recorded = _recorded(run, [row.id for row in rows])
+        recorded = run.recorded_returns([row.id for row in rows], ReturnKind.DISPUTE)
         for purchase in rows:
             for dispute in by_invoice[purchase.invoice_id or ""]:
                 listed.add(dispute.id)
                 known = recorded.get(dispute.id)
                 if purchase.status in PAID_FOR and (
-                    known is None or dispute_moved_on(known, dispute.outcome)
+                    known is None or dispute_moved_on(known.status, dispute.outcome)
                 ):
                     yield ApplyDispute(purchase, dispute)
     yield from _closed_since(run, listed)
@@ -54,22 +54,6 @@ def _closed_since(run: Run, listed: set[str]) -> Iterator[Repair]:
         if dispute.outcome != DisputeOutcome.OPEN:
             (purchase,) = run.rows_where(Purchase.id == purchase_id)
             yield ApplyDispute(purchase, dispute)
-
-
-def _recorded(run: Run, purchase_ids: list[str]) -> dict[str, str]:
-    """The disputes recorded for these purchases: id -> status (open, won, lost)."""
-    if not purchase_ids:
-        return {}
-    with run.session() as session:
-        return {
-            object_id: status
-            for object_id, status in session.execute(
-                select(PaymentReturn.provider_object_id, PaymentReturn.status).where(
-                    PaymentReturn.kind == ReturnKind.DISPUTE,
-                    PaymentReturn.purchase_id.in_(purchase_ids),
-                )
-            )
-        }
 
 
 def _still_open(run: Run) -> dict[str, str]:

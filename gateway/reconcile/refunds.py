@@ -12,12 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from sqlalchemy import select
-
 from gateway import money
-from gateway.models import PaymentReturn, PurchaseStatus, ReturnKind
+from gateway.models import PurchaseStatus, ReturnKind
 from gateway.providers.base import REFUND_GIVING_BACK, PaymentRefund, refund_moved_on
-from gateway.reconcile.context import CLOCK_SLACK, Run
+from gateway.reconcile.context import CLOCK_SLACK, RecordedReturn, Run
 from gateway.reconcile.invoices import PAID_FOR
 from gateway.reconcile.repairs import ApplyRefunds, Repair, refund_names
 
@@ -32,7 +30,7 @@ def scan_refunds(run: Run) -> Iterator[Repair]:
         run.progress.advance()
         by_invoice.setdefault(refund.invoice_id, []).append(refund)
     for rows in run.purchases_of_invoices(list(by_invoice)):
-        recorded = _recorded(run, [row.id for row in rows])
+        recorded = run.recorded_returns([row.id for row in rows], ReturnKind.REFUND)
         for purchase in rows:
             refunds = by_invoice[purchase.invoice_id or ""]
             if purchase.status == PurchaseStatus.REFUND_REQUIRED:
@@ -51,7 +49,7 @@ def scan_refunds(run: Run) -> Iterator[Repair]:
                 yield ApplyRefunds(purchase, missing)
 
 
-def _uncounted(refund: PaymentRefund, recorded: dict[str, tuple[str, str | None]]) -> bool:
+def _uncounted(refund: PaymentRefund, recorded: dict[str, RecordedReturn]) -> bool:
     """Whether `refund` says something its recorded row does not: new and giving money
     back, or moved on (pending to succeeded, succeeded to failed). A refund a credit
     note made counts through the note."""
@@ -60,23 +58,3 @@ def _uncounted(refund: PaymentRefund, recorded: dict[str, tuple[str, str | None]
         return refund.status in REFUND_GIVING_BACK
     status, credit_note_id = known
     return credit_note_id is None and refund_moved_on(status, refund.status)
-
-
-def _recorded(run: Run, purchase_ids: list[str]) -> dict[str, tuple[str, str | None]]:
-    """The refunds recorded for these purchases: id -> (status, credit note counting it)."""
-    if not purchase_ids:
-        return {}
-    with run.session() as session:
-        return {
-            object_id: (status, credit_note_id)
-            for object_id, status, credit_note_id in session.execute(
-                select(
-                    PaymentReturn.provider_object_id,
-                    PaymentReturn.status,
-                    PaymentReturn.credit_note_id,
-                ).where(
-                    PaymentReturn.purchase_id.in_(purchase_ids),
-                    PaymentReturn.kind == ReturnKind.REFUND,
-                )
-            )
-        }

@@ -432,6 +432,14 @@ def _returned_finding(
     )
 
 
+def _give_or_take(*, undone: bool, taker: str) -> tuple[str, str]:
+    """A dry run's words and outcome for money that went back (its credits follow it
+    out) or, `undone`, that did not after all (what `taker` took comes back)."""
+    if undone:
+        return f"would give back the credits {taker} had taken", "give back"
+    return "would take the credits that follow it back", "take back"
+
+
 def _plan_of(
     kind: FindingKind, purchase: PurchaseRow, invoice_id: str | None, what: str,
     plan: tuple[str, str],
@@ -472,9 +480,7 @@ class ApplyCreditNotes:
         return f"{shown} of its invoice was credited back after payment (credit notes)"
 
     def _plan(self) -> tuple[str, str]:
-        if self.undone:
-            return "would give back the credits they had taken", "give back"
-        return "would take the credits that follow it back", "take back"
+        return _give_or_take(undone=self.undone, taker="they")
 
     def planned(self) -> list[Finding]:
         return _plan_of(
@@ -546,9 +552,7 @@ class ApplyRefunds:
         return f"{shown} of its payment was refunded ({refund_names(self.refunds)})"
 
     def _plan(self) -> tuple[str, str]:
-        if self.undone:
-            return "would give back the credits it had taken", "give back"
-        return "would take the credits that follow it back", "take back"
+        return _give_or_take(undone=self.undone, taker="it")
 
     def planned(self) -> list[Finding]:
         return _plan_of(
