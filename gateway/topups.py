@@ -79,18 +79,6 @@ _THRESHOLD_RULE = select(
     _rules.c.trigger == RuleTrigger.THRESHOLD,
     _rules.c.status == RuleStatus.ACTIVE,
 )
-# Only once a threshold is reached: the wallet's pending credits, and how many of its
-# pending entries this rule made (its unpaid top-ups), in one statement.
-_PENDING = select(
-    func.coalesce(func.sum(_entries.c.credit_amount), 0).label("pending"),
-    func.coalesce(
-        func.sum(case((_entries.c.rule_id == bindparam("rule_id"), 1), else_=0)), 0
-    ).label("unpaid_of_rule"),
-).where(
-    _entries.c.wallet_id == bindparam("wallet_id"),
-    _entries.c.status == EntryStatus.PENDING,
-    _entries.c.transaction_status == TransactionStatus.PURCHASED,
-)
 
 
 @dataclass(frozen=True)
@@ -105,8 +93,10 @@ class _Rule:
 
 
 def _pending(session: Session, wallet_id: str, rule_id: str) -> tuple[Decimal, int]:
-    row = session.execute(_PENDING, {"wallet_id": wallet_id, "rule_id": rule_id}).one()
-    return money.quantize_credits(Decimal(row.pending)), int(row.unpaid_of_rule)
+    """Only once a threshold is reached: the wallet's pending credits, and how many of
+    its pending entries the rule made (its unpaid top-ups), in one statement."""
+    found = _pending_of(session, [wallet_id], [rule_id])
+    return found.get(wallet_id, (money.quantize_credits(Decimal(0)), 0))
 
 
 def after_balance_lowered(
@@ -319,7 +309,8 @@ def buy_due_interval_top_ups(
     if not due:
         return run
     run.rules = len(due)
-    plans = _plan_due_rules(due, _pending_of_wallets(session, due), now, provider, run)
+    pending = _pending_of(session, [wallet.id for _, wallet in due], [rule.id for rule, _ in due])
+    plans = _plan_due_rules(due, pending, now, provider, run)
     conn = session.connection()
     entries = ledger.open_rule_top_ups(
         conn, [top_up for _, top_up, _ in plans.values()], now, created_by=actors.SYSTEM
@@ -412,14 +403,13 @@ def _start_written(
     return opened, crossings
 
 
-def _pending_of_wallets(session: Session, due: Sequence[Any]) -> dict[str, tuple[Decimal, int]]:
-    """For the batch's wallets: pending credits and unpaid top-ups of their interval rule."""
+def _pending_of(
+    session: Session, wallet_ids: Sequence[str], rule_ids: Sequence[str]
+) -> dict[str, tuple[Decimal, int]]:
+    """For each wallet with pending purchases: its pending credits, and how many of its
+    pending entries `rule_ids` made (their unpaid top-ups)."""
     rows = session.execute(
-        _PENDING_OF_WALLETS,
-        {
-            "wallet_ids": [wallet.id for _, wallet in due],
-            "rule_ids": [rule.id for rule, _ in due],
-        },
+        _PENDING_OF_WALLETS, {"wallet_ids": list(wallet_ids), "rule_ids": list(rule_ids)}
     )
     return {
         row.wallet_id: (money.quantize_credits(Decimal(row.pending)), int(row.unpaid_of_rule))
