@@ -253,21 +253,31 @@ def entry_columns(
     ]
 
 
-@cache
-def _entries_with_their_rows() -> Select[Any]:
-    """The entries named by `transaction_ids` with their purchase's invoice columns,
-    their wallet, its customer's external id, its pending credits and its rules: one
-    Core SELECT, built once, as every settlement reads it."""
+def entries_with_their_rows(
+    entry: FromClause, purchase: FromClause, wallet: FromClause
+) -> Select[Any]:
+    """What an event carries about entries: each `entry` with its `purchase`'s invoice
+    columns, its `wallet`, the customer's external id, the wallet's pending credits and
+    its rules (one row per rule). The sources are the tables, or rows with their columns
+    (a statement's RETURNING, as settlement's one statement reads them)."""
     from gateway.ledger import pending_credits_of
 
-    rows = _entries.join(_wallets, _wallets.c.id == _entries.c.wallet_id).outerjoin(
-        _purchases, _purchases.c.transaction_id == _entries.c.id
+    rows = entry.join(wallet, wallet.c.id == entry.c.wallet_id).outerjoin(
+        purchase, purchase.c.transaction_id == entry.c.id
     )
     return (
-        select(*entry_columns(_entries, _purchases, _wallets, pending_credits_of(_wallets.c.id)))
-        .select_from(with_rules(rows, _wallets))
-        .where(_entries.c.id.in_(bindparam("transaction_ids", expanding=True)))
+        select(*entry_columns(entry, purchase, wallet, pending_credits_of(wallet.c.id)))
+        .select_from(with_rules(rows, wallet))
         .order_by(RULES_ORDER)
+    )
+
+
+@cache
+def _entries_with_their_rows() -> Select[Any]:
+    """The entries named by `transaction_ids`, with what their events carry: one Core
+    SELECT, built once."""
+    return entries_with_their_rows(_entries, _purchases, _wallets).where(
+        _entries.c.id.in_(bindparam("transaction_ids", expanding=True))
     )
 
 

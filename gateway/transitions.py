@@ -251,16 +251,7 @@ def _settle_statement(change_keys: tuple[str, ...]) -> Select[Any]:
         .returning(_purchases.c.transaction_id, *events.invoice_columns(_purchases))
         .cte("purchase")
     )
-    rows = entry.join(wallet, wallet.c.id == entry.c.wallet_id).outerjoin(
-        written, written.c.transaction_id == entry.c.id
-    )
-    return (
-        select(
-            *events.entry_columns(entry, written, wallet, ledger.pending_credits_of(wallet.c.id))
-        )
-        .select_from(events.with_rules(rows, wallet))
-        .order_by(events.RULES_ORDER)
-    )
+    return events.entries_with_their_rows(entry, written, wallet)
 
 
 def _settle_in_one_statement(
